@@ -1,0 +1,75 @@
+"""Configuration: load ``config.yaml``, validate it against the JSON schema, fill defaults."""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from mambamil.errors import ConfigError
+
+SCHEMA_NAME = "config.schema.yaml"
+
+
+def load_schema() -> dict[str, Any]:
+    """The config JSON schema (shipped in the package; ``workflow/schemas/`` links to the same file)."""
+    text = resources.files("mambamil.schemas").joinpath(SCHEMA_NAME).read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator that fills in schema defaults, as ``snakemake.utils.validate(set_default=True)`` does."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):  # type: ignore[no-untyped-def]
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def key_path(error: jsonschema.ValidationError) -> str:
+    """A dotted key path for a validation error, e.g. ``tiling.target_mpp``."""
+    parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in error.absolute_path]
+    return ".".join(parts).replace(".[", "[") or "(top level)"
+
+
+def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Validate ``config`` in place (defaults filled) and return it; :class:`ConfigError` names the key path."""
+    schema = load_schema()
+    cls = _with_defaults(jsonschema.validators.validator_for(schema))
+    # Two passes: the first fills nested defaults (objects defaulted to {} get their own defaults on the second).
+    for _ in range(2):
+        errors = sorted(cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+        if errors:
+            err = errors[0]
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise ConfigError(f"{source}: {key_path(err)}: {err.message}{more}")
+    return config
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config file, apply ``overrides`` (top-level keys), validate and fill defaults."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(config).__name__}")
+    config.update(overrides or {})
+    return validate_config(config, source=str(path))
+
+
+def default_section(name: str) -> dict[str, Any]:
+    """The schema defaults of one config section (e.g. ``tiling``)."""
+    return validate_config({"slides": "", "labels": ""}, source="defaults")[name]

@@ -1,0 +1,390 @@
+"""Selective scan (Mamba's S6 recurrence) with three backends.
+
+Semantics and shapes follow ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``::
+
+    u, delta, z: (batch, d, L)      A: (d, n)      B, C: (batch, n, L)      D, delta_bias: (d,)
+    delta  <- softplus(delta + delta_bias)            (each step optional)
+    h_t    =  exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t            h: (batch, d, n)
+    y_t    =  C_t . h_t + D * u_t,   then  y_t * silu(z_t)  when z is given
+
+Math runs in float32 (float64 when ``u`` is float64); the output has ``u``'s dtype.
+
+Backends
+--------
+``reference``  a plain sequential loop (autograd through it), for tests.
+``chunked``    the project's own scan in plain PyTorch, exact to float32 rounding and memory-lean:
+
+    The (zero-padded) sequence is cut into chunks of ``T`` steps; ``G`` consecutive chunks form a
+    *segment*. Segments are processed one after another, carrying the state across. Inside a segment
+    (1) the chunk-local states (started from zero) are computed for all G chunks at once, one time step
+    at a time, storing the decays ``a_t = exp(delta_t A)`` and the local states in two segment buffers;
+    (2) a short recurrence over the G chunk boundaries gives each chunk's true start state, using the
+    chunk decay ``exp(A * sum(delta))``; (3) a second in-chunk pass adds ``prod(a) * start_state`` to the
+    local states. Only decays in (0, 1] are ever multiplied (no division, no log-space), so the result is
+    exact up to float32 rounding, and ``exp`` is evaluated once per element (plus 1/T for the chunk
+    decays). ``y`` is then one batched contraction with ``C`` per segment.
+
+    Memory: O(batch*d*L) for inputs/outputs plus two segment buffers of ``T*G*batch*d*n`` floats
+    (G is chosen so that ``G*batch*d*n`` is about ``2**19`` elements; ~64 MB at T=16) plus the
+    segment-start states (``batch*d*n`` per segment, O(batch*d*n*L/(G*T)) ) saved for backward.
+    Never O(batch*d*n*L).
+
+    The backward is a custom ``autograd.Function``: segments are visited in reverse time; each one
+    recomputes its states from the saved segment-start state, then runs the adjoint recurrence
+    ``lam_t = a_{t+1} lam_{t+1} + gy_t C_t`` with the same two-level chunk scheme in reverse time.
+``cuda``       mamba-ssm's fused kernel (``selective_scan_fn``); needs ``mamba_ssm`` and CUDA tensors.
+
+``auto`` picks ``cuda`` when mamba-ssm imports and the tensors are on CUDA, else ``chunked``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "available_backends",
+    "selective_scan",
+    "selective_scan_chunked",
+    "selective_scan_reference",
+]
+
+BACKENDS = ("auto", "cuda", "chunked", "reference")
+
+#: default chunk length (time steps per chunk) of the chunked scan
+DEFAULT_CHUNK = 16
+#: target number of elements of one per-step state slab (batch * G * d * n)
+DEFAULT_SLAB = 1 << 19
+
+
+@functools.lru_cache(maxsize=1)
+def _mamba_ssm_scan():
+    """Return mamba-ssm's ``selective_scan_fn`` or None when it does not import."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # ImportError, or a broken CUDA extension raising something else
+        return None
+    return selective_scan_fn
+
+
+def available_backends() -> list[str]:
+    """Backends usable in this process (``cuda`` only when mamba-ssm and a CUDA device exist)."""
+    out = ["chunked", "reference"]
+    if _mamba_ssm_scan() is not None and torch.cuda.is_available():
+        out.insert(0, "cuda")
+    return out
+
+
+def _compute_dtype(u: Tensor) -> torch.dtype:
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D, z, delta_bias) -> None:
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be (batch, d, L), got shape {tuple(u.shape)}")
+    b, d, L = u.shape
+    if L < 1:
+        raise ValueError("selective_scan: sequence length must be >= 1")
+    if delta.shape != u.shape:
+        raise ValueError(f"selective_scan: delta shape {tuple(delta.shape)} != u shape {tuple(u.shape)}")
+    if A.dim() != 2 or A.shape[0] != d:
+        raise ValueError(f"selective_scan: A must be (d={d}, n), got {tuple(A.shape)}")
+    n = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if tuple(t.shape) != (b, n, L):
+            raise ValueError(f"selective_scan: {name} must be (batch, n, L)={(b, n, L)}, got {tuple(t.shape)}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and tuple(t.shape) != (d,):
+            raise ValueError(f"selective_scan: {name} must be ({d},), got {tuple(t.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"selective_scan: z shape {tuple(z.shape)} != u shape {tuple(u.shape)}")
+
+
+def _prep_delta(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool, dtype: torch.dtype) -> Tensor:
+    delta = delta.to(dtype)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return delta
+
+
+def _finish(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None, dtype: torch.dtype) -> Tensor:
+    if D is not None:
+        y = y + u.to(dtype) * D.to(dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    return y
+
+
+# ----------------------------------------------------------------------------------------------
+# reference
+# ----------------------------------------------------------------------------------------------
+def selective_scan_reference(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Sequential per-step loop (differentiable by autograd); memory O(batch*d*(L+n))."""
+    dtype_in = u.dtype
+    dt = _compute_dtype(u)
+    delta = _prep_delta(delta, delta_bias, delta_softplus, dt)
+    uf, Af, Bf, Cf = u.to(dt), A.to(dt), B.to(dt), C.to(dt)
+    b, d, L = u.shape
+    h = uf.new_zeros(b, d, A.shape[1])
+    ys = []
+    for t in range(L):
+        dt_t = delta[:, :, t, None]  # (b, d, 1)
+        h = torch.exp(dt_t * Af) * h + (dt_t * uf[:, :, t, None]) * Bf[:, None, :, t]
+        ys.append(torch.einsum("bdn,bn->bd", h, Cf[:, :, t]))
+    y = _finish(torch.stack(ys, dim=2), u, D, z, dt).to(dtype_in)
+    return (y, h) if return_last_state else y
+
+
+# ----------------------------------------------------------------------------------------------
+# chunked
+# ----------------------------------------------------------------------------------------------
+def _gather(x: Tensor, k0: int, k1: int, T: int, L: int) -> Tensor:
+    """Positions [k0*T, k1*T) of x (b, c, L), zero-padded past L, as a contiguous (T, b, G, c)."""
+    b, c, _ = x.shape
+    G = k1 - k0
+    seg = x[:, :, k0 * T : min(k1 * T, L)]
+    if seg.shape[-1] < G * T:
+        seg = F.pad(seg, (0, G * T - seg.shape[-1]))
+    return seg.reshape(b, c, G, T).permute(3, 0, 2, 1).contiguous()
+
+
+def _scatter(out: Tensor, seg: Tensor, k0: int, k1: int, T: int, L: int) -> None:
+    """Inverse of :func:`_gather`: write seg (T, b, G, c) to out[:, :, k0*T : min(k1*T, L)]."""
+    T_, b, G, c = seg.shape
+    stop = min(k1 * T, L)
+    out[:, :, k0 * T : stop].copy_(seg.permute(1, 3, 2, 0).reshape(b, c, G * T)[:, :, : stop - k0 * T])
+
+
+def _take(buf: Tensor, G: int) -> Tensor:
+    """A contiguous (T, b, G, d, n) view on the front of a (T, b, G_max, d, n) buffer."""
+    T, b, _, d, n = buf.shape
+    return buf.view(-1)[: T * b * G * d * n].view(T, b, G, d, n)
+
+
+def _plan(b: int, d: int, n: int, L: int, chunk: int | None, slab: int | None) -> tuple[int, int, int]:
+    """Chunk length T, number of chunks K and chunks per segment G."""
+    T = max(1, min(chunk or DEFAULT_CHUNK, L))
+    K = math.ceil(L / T)
+    G = max(1, min(K, (slab or DEFAULT_SLAB) // max(1, b * d * n)))
+    return T, K, G
+
+
+def _segment_states(
+    dl: Tensor, du: Tensor, Bs: Tensor, A: Tensor, carry: Tensor, abuf: Tensor, hbuf: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """States of one segment.
+
+    dl, du: (T, b, G, d) delta and delta*u; Bs: (T, b, G, n); carry: (b, d, n) state before the segment.
+    Fills abuf[t] = exp(delta_t A) and hbuf[t] = h_t (true states), both (T, b, G, d, n).
+    Returns (start, P, carry_out): chunk start states (b, G, d, n), chunk decays (b, G, d, n) and the
+    state after the segment (b, d, n).
+    """
+    T, b, G, d = dl.shape
+    # (1) chunk-local states from zero, all chunks at once
+    for t in range(T):
+        a = abuf[t]
+        torch.mul(dl[t].unsqueeze(-1), A, out=a)
+        a.exp_()
+        if t == 0:
+            torch.mul(du[0].unsqueeze(-1), Bs[0].unsqueeze(2), out=hbuf[0])
+        else:
+            torch.mul(a, hbuf[t - 1], out=hbuf[t])
+            hbuf[t].addcmul_(du[t].unsqueeze(-1), Bs[t].unsqueeze(2))
+    # (2) recurrence over chunk boundaries; P = exp(A * sum delta) in (0, 1]
+    P = torch.mul(dl.sum(0).unsqueeze(-1), A).exp_()
+    start = torch.empty_like(P)
+    h = carry
+    for g in range(G):
+        start[:, g] = h
+        h = torch.addcmul(hbuf[T - 1, :, g], P[:, g], h)
+    # (3) add prod(a_1..a_t) * start to the local states
+    if G > 1 or bool(carry.abs().max() > 0):
+        acc = start.clone()
+        for t in range(T):
+            acc.mul_(abuf[t])
+            hbuf[t].add_(acc)
+    return start, P, h
+
+
+class _ChunkedScanFn(torch.autograd.Function):
+    """Core scan y_t = C_t . h_t (no D, z, bias, softplus) with a memory-lean custom backward."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, chunk, slab):  # type: ignore[override]
+        b, d, L = u.shape
+        n = A.shape[1]
+        T, K, G = _plan(b, d, n, L, chunk, slab)
+        y = u.new_empty(b, d, L)
+        abuf = u.new_empty(T, b, G, d, n)
+        hbuf = torch.empty_like(abuf)
+        carry = u.new_zeros(b, d, n)
+        seg_starts = []
+        for k0 in range(0, K, G):
+            k1 = min(K, k0 + G)
+            Gs = k1 - k0
+            dl = _gather(delta, k0, k1, T, L)
+            du = dl * _gather(u, k0, k1, T, L)
+            seg_starts.append(carry)
+            ab, hb = _take(abuf, Gs), _take(hbuf, Gs)
+            _, _, carry = _segment_states(dl, du, _gather(B, k0, k1, T, L), A, carry, ab, hb)
+            Cs = _gather(C, k0, k1, T, L)
+            ys = torch.matmul(hb.reshape(T * b * Gs, d, n), Cs.reshape(T * b * Gs, n, 1))
+            _scatter(y, ys.view(T, b, Gs, d), k0, k1, T, L)
+        ctx.save_for_backward(u, delta, A, B, C, torch.stack(seg_starts))
+        ctx.plan = (T, K, G)
+        ctx.mark_non_differentiable(carry)
+        return y, carry
+
+    @staticmethod
+    def backward(ctx, gy_full, _glast):  # type: ignore[override]
+        u, delta, A, B, C, seg_starts = ctx.saved_tensors
+        T, K, G = ctx.plan
+        b, d, L = u.shape
+        n = A.shape[1]
+        gy_full = gy_full if gy_full is not None else torch.zeros_like(u)
+        du_out = torch.empty_like(u)
+        ddelta_out = torch.empty_like(u)
+        dB_out = torch.empty_like(B)
+        dC_out = torch.empty_like(C)
+        dA = torch.zeros_like(A)
+        abuf = u.new_empty(T, b, G, d, n)
+        hbuf = torch.empty_like(abuf)
+        m = u.new_zeros(b, d, n)  # a_{t+1} * lam_{t+1} flowing into the segment's last step
+        starts = list(range(0, K, G))
+        for s in reversed(range(len(starts))):
+            k0 = starts[s]
+            k1 = min(K, k0 + G)
+            Gs = k1 - k0
+            ab, hb = _take(abuf, Gs), _take(hbuf, Gs)
+            dl = _gather(delta, k0, k1, T, L)
+            us = _gather(u, k0, k1, T, L)
+            du = dl * us
+            Bs = _gather(B, k0, k1, T, L)
+            Cs = _gather(C, k0, k1, T, L)
+            gy = _gather(gy_full, k0, k1, T, L)
+            start, P, _ = _segment_states(dl, du, Bs, A, seg_starts[s], ab, hb)
+            TbG = T * b * Gs
+            # dC_t[n] = sum_d gy_t[d] h_t[d, n]
+            dCs = torch.matmul(gy.reshape(TbG, 1, d), hb.reshape(TbG, d, n)).view(T, b, Gs, n)
+            gyC = gy.unsqueeze(-1)
+            # R1: chunk-local adjoints from zero, all chunks at once -> a_first * lam_first per chunk
+            lam = torch.zeros_like(start)
+            for t in reversed(range(T)):
+                lam.addcmul_(gyC[t], Cs[t].unsqueeze(2))
+                lam.mul_(ab[t])
+            # reverse recurrence over chunk boundaries
+            M = torch.empty_like(start)
+            for g in reversed(range(Gs)):
+                M[:, g] = m
+                m = torch.addcmul(lam[:, g], P[:, g], m)
+            # R2: true adjoints; hb[t] <- lam_t, ab[t] <- W_t = a_t lam_t h_{t-1}
+            lam = M
+            for t in reversed(range(T)):
+                lam.addcmul_(gyC[t], Cs[t].unsqueeze(2))
+                hb[t].copy_(lam)
+                lam.mul_(ab[t])
+                torch.mul(lam, hb[t - 1] if t > 0 else start, out=ab[t])
+            lamB = torch.matmul(hb.reshape(TbG, d, n), Bs.reshape(TbG, n, 1)).view(T, b, Gs, d)
+            dBs = torch.matmul(du.reshape(TbG, 1, d), hb.reshape(TbG, d, n)).view(T, b, Gs, n)
+            ddl = torch.mul(ab, A).sum(-1)
+            ddl.addcmul_(us, lamB)
+            dA += torch.mul(ab, dl.unsqueeze(-1)).sum((0, 1, 2))
+            _scatter(du_out, dl.mul_(lamB), k0, k1, T, L)
+            _scatter(ddelta_out, ddl, k0, k1, T, L)
+            _scatter(dB_out, dBs, k0, k1, T, L)
+            _scatter(dC_out, dCs, k0, k1, T, L)
+        return du_out, ddelta_out, dA, dB_out, dC_out, None, None
+
+
+def selective_scan_chunked(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    chunk_size: int | None = None,
+    slab: int | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Chunked two-level scan (see module docstring); differentiable in every tensor input."""
+    dtype_in = u.dtype
+    dt = _compute_dtype(u)
+    delta_f = _prep_delta(delta, delta_bias, delta_softplus, dt)
+    y, last = _ChunkedScanFn.apply(
+        u.to(dt), delta_f, A.to(dt), B.to(dt), C.to(dt), chunk_size, slab
+    )
+    y = _finish(y, u, D, z, dt).to(dtype_in)
+    return (y, last) if return_last_state else y
+
+
+def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+    fn = _mamba_ssm_scan()
+    if fn is None:
+        raise RuntimeError("selective_scan: backend 'cuda' needs mamba_ssm, which does not import here")
+    if not u.is_cuda:
+        raise RuntimeError("selective_scan: backend 'cuda' needs CUDA tensors")
+    return fn(
+        u.contiguous(),
+        delta.contiguous(),
+        A.float().contiguous(),
+        B.contiguous(),
+        C.contiguous(),
+        None if D is None else D.float(),
+        None if z is None else z.contiguous(),
+        None if delta_bias is None else delta_bias.float(),
+        delta_softplus,
+        return_last_state,
+    )
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    backend: str = "auto",
+    chunk_size: int | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Selective scan with mamba-ssm's ``selective_scan_fn`` semantics; see the module docstring.
+
+    Returns ``out`` (batch, d, L) in u's dtype, or ``(out, last_state)`` with last_state
+    (batch, d, n) when ``return_last_state`` (no gradient flows through last_state).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"selective_scan: unknown backend {backend!r}; choose one of {BACKENDS}")
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    if backend == "auto":
+        backend = "cuda" if (u.is_cuda and _mamba_ssm_scan() is not None) else "chunked"
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if backend == "cuda":
+        return _selective_scan_cuda(*args)
+    if backend == "reference":
+        return selective_scan_reference(*args)
+    return selective_scan_chunked(*args, chunk_size=chunk_size)

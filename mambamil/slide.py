@@ -1,0 +1,248 @@
+"""Slide access: the one place that opens whole-slide images and reads them at a physical resolution.
+
+Everything is expressed in level-0 pixel coordinates and µm/px (``mpp``). µm/px is resolved in this order:
+the slide sheet's override, OpenSlide's ``openslide.mpp-x/y``, then the TIFF resolution tags. A slide with
+none of these is an error: resolution is never guessed from objective-power buckets.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openslide
+
+from mambamil.errors import SlideError
+
+#: A pyramid level whose µm/px exceeds the target by at most this fraction still counts as "at or below"
+#: the target (0.499 vs 0.5 and 0.5021 vs 0.5 both read level 0/1 directly rather than a 2× finer level).
+LEVEL_MPP_TOLERANCE = 0.02
+
+#: Plausible µm/px for a microscope image; TIFF resolution tags outside it are screen defaults (72 dpi).
+PLAUSIBLE_MPP = (0.05, 50.0)
+
+#: Largest edge, in pixels of the level being read, of one OpenSlide request in block-wise reads.
+READ_BLOCK = 4096
+
+_UNIT_TO_UM = {"centimeter": 1e4, "inch": 25400.0, "millimeter": 1e3, "micrometer": 1.0}
+
+
+@dataclass(frozen=True)
+class LevelChoice:
+    """The pyramid level used to read at some target µm/px."""
+
+    level: int
+    downsample: float
+    mpp: float
+
+
+class Slide:
+    """An open whole-slide image with a resolved µm/px.
+
+    Use as a context manager, or call :meth:`close`. Each process (and each DataLoader worker) must open its
+    own ``Slide``: OpenSlide handles are not shared across forked processes.
+    """
+
+    def __init__(self, path: str | Path, mpp: float | None = None, slide_id: str | None = None) -> None:
+        self.path = Path(path)
+        self.slide_id = slide_id or self.path.stem
+        self._osr = _open(self.path, self.slide_id)
+        try:
+            self.mpp, self.mpp_source = self._resolve_mpp(mpp)
+        except SlideError:
+            self._osr.close()
+            raise
+
+    # -- basic properties -------------------------------------------------------------------------------
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 (width, height) in pixels."""
+        return self._osr.dimensions
+
+    @property
+    def level_count(self) -> int:
+        return self._osr.level_count
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return self._osr.level_dimensions
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return self._osr.level_downsamples
+
+    @property
+    def properties(self) -> dict[str, str]:
+        return dict(self._osr.properties)
+
+    def error(self, cause: str) -> SlideError:
+        """A :class:`SlideError` naming this slide."""
+        return SlideError(self.path, cause, self.slide_id)
+
+    # -- resolution ---------------------------------------------------------------------------------------
+    def _resolve_mpp(self, override: float | None) -> tuple[float, str]:
+        if override is not None and not (isinstance(override, float) and math.isnan(override)):
+            if not override > 0:
+                raise self.error(f"mpp override must be > 0, got {override}")
+            return float(override), "override"
+        props = self._osr.properties
+        mx, my = props.get(openslide.PROPERTY_NAME_MPP_X), props.get(openslide.PROPERTY_NAME_MPP_Y)
+        if mx:
+            value = _mean_mpp(mx, my)
+            if value is not None:
+                return value, "openslide.mpp"
+        unit = (props.get("tiff.ResolutionUnit") or "").lower()
+        xres, yres = props.get("tiff.XResolution"), props.get("tiff.YResolution")
+        if xres and unit in _UNIT_TO_UM:
+            try:
+                values = [_UNIT_TO_UM[unit] / float(r) for r in (xres, yres or xres)]
+            except (ValueError, ZeroDivisionError):
+                values = []
+            if values and all(PLAUSIBLE_MPP[0] <= v <= PLAUSIBLE_MPP[1] for v in values):
+                return float(np.mean(values)), "tiff.resolution"
+            if values:
+                raise self.error(
+                    f"TIFF resolution tags give {values[0]:.4g} µm/px, not a microscope resolution; "
+                    "set the 'mpp' column in the slide sheet"
+                )
+        raise self.error(
+            "no µm/px in the slide (no openslide.mpp-x, no TIFF resolution tags); "
+            "set the 'mpp' column in the slide sheet"
+        )
+
+    def level_mpp(self, level: int) -> float:
+        return self.mpp * self.level_downsamples[level]
+
+    def level_for_mpp(self, target_mpp: float) -> LevelChoice:
+        """The coarsest pyramid level whose µm/px is at or below ``target_mpp`` (within tolerance)."""
+        if target_mpp <= 0:
+            raise self.error(f"target µm/px must be > 0, got {target_mpp}")
+        best = 0
+        for level in range(self.level_count):
+            if self.level_mpp(level) <= target_mpp * (1 + LEVEL_MPP_TOLERANCE):
+                best = level if self.level_downsamples[level] >= self.level_downsamples[best] else best
+        return LevelChoice(best, float(self.level_downsamples[best]), self.level_mpp(best))
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def read_level_region(self, x0: int, y0: int, level: int, size: tuple[int, int]) -> np.ndarray:
+        """OpenSlide's read_region as an RGB uint8 array; transparent pixels become white."""
+        try:
+            rgba = np.asarray(self._osr.read_region((int(x0), int(y0)), level, (int(size[0]), int(size[1]))))
+        except openslide.OpenSlideError as exc:
+            raise self.error(f"read failed at level {level} ({x0}, {y0}): slide is corrupt or truncated ({exc})") from exc
+        return _rgba_to_rgb(rgba)
+
+    def read_region(self, x0: float, y0: float, size0: tuple[float, float], out_size: tuple[int, int]) -> np.ndarray:
+        """Read the level-0 rectangle (x0, y0, w0, h0) and return it resized to ``out_size`` (w, h), RGB uint8.
+
+        Reads from the coarsest level that is at least as fine as the output, then resizes (area interpolation
+        when shrinking).
+        """
+        out_w, out_h = int(out_size[0]), int(out_size[1])
+        target_mpp = self.mpp * min(size0[0] / out_w, size0[1] / out_h)
+        choice = self.level_for_mpp(target_mpp)
+        read_w = max(1, math.ceil(size0[0] / choice.downsample - 1e-6))
+        read_h = max(1, math.ceil(size0[1] / choice.downsample - 1e-6))
+        rgb = self.read_level_region(round(x0), round(y0), choice.level, (read_w, read_h))
+        return resize(rgb, (out_w, out_h))
+
+    def read_at_mpp(self, x0: float, y0: float, size: tuple[int, int], mpp: float) -> np.ndarray:
+        """Read ``size`` (w, h) pixels at ``mpp`` µm/px whose top-left corner is level-0 (x0, y0)."""
+        scale = mpp / self.mpp
+        return self.read_region(x0, y0, (size[0] * scale, size[1] * scale), size)
+
+    def size_at_mpp(self, mpp: float) -> tuple[int, int]:
+        """Whole-slide (width, height) in pixels at ``mpp``."""
+        w0, h0 = self.dimensions
+        scale = self.mpp / mpp
+        return max(1, round(w0 * scale)), max(1, round(h0 * scale))
+
+    def read_whole_at_mpp(self, mpp: float, max_pixels: int = 400_000_000) -> np.ndarray:
+        """The whole slide at ``mpp`` µm/px, read block by block so memory stays bounded.
+
+        Each OpenSlide request is at most :data:`READ_BLOCK` pixels on a side of the level it reads, so a
+        slide whose only level is huge is still downsampled piecewise rather than loaded at once.
+        """
+        out_w, out_h = self.size_at_mpp(mpp)
+        if out_w * out_h > max_pixels:
+            raise self.error(
+                f"whole-slide image at {mpp} µm/px would be {out_w}x{out_h} px; choose a coarser resolution"
+            )
+        choice = self.level_for_mpp(mpp)
+        level_per_out = mpp / choice.mpp  # level pixels per output pixel (>= ~1)
+        block = max(16, int(READ_BLOCK / max(level_per_out, 1.0)))
+        scale0 = mpp / self.mpp  # level-0 pixels per output pixel
+        out = np.empty((out_h, out_w, 3), dtype=np.uint8)
+        for oy in range(0, out_h, block):
+            bh = min(block, out_h - oy)
+            for ox in range(0, out_w, block):
+                bw = min(block, out_w - ox)
+                out[oy : oy + bh, ox : ox + bw] = self.read_region(
+                    ox * scale0, oy * scale0, (bw * scale0, bh * scale0), (bw, bh)
+                )
+        return out
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._osr.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Slide({self.slide_id!r}, {self.dimensions[0]}x{self.dimensions[1]}, {self.mpp:.4g} µm/px)"
+
+
+def open_slide(path: str | Path, mpp: float | None = None, slide_id: str | None = None) -> Slide:
+    """Open a slide, resolving its µm/px; raises :class:`SlideError` with a one-line cause."""
+    return Slide(path, mpp=mpp, slide_id=slide_id)
+
+
+def resize(rgb: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
+    """Resize an image to (w, h): area interpolation when shrinking, bilinear when enlarging."""
+    h, w = rgb.shape[:2]
+    if (w, h) == tuple(out_size):
+        return rgb
+    interp = cv2.INTER_AREA if out_size[0] <= w and out_size[1] <= h else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (int(out_size[0]), int(out_size[1])), interpolation=interp)
+
+
+def _open(path: Path, slide_id: str) -> openslide.OpenSlide:
+    if not path.exists():
+        raise SlideError(path, "file not found", slide_id)
+    if path.is_dir():
+        raise SlideError(path, "is a directory, not a slide file", slide_id)
+    if path.stat().st_size == 0:
+        raise SlideError(path, "file is empty (0 bytes)", slide_id)
+    try:
+        osr = openslide.OpenSlide(str(path))
+    except openslide.OpenSlideUnsupportedFormatError as exc:
+        raise SlideError(path, "not a slide format OpenSlide can read", slide_id) from exc
+    except openslide.OpenSlideError as exc:
+        raise SlideError(path, f"slide is corrupt or truncated ({exc})", slide_id) from exc
+    return osr
+
+
+def _mean_mpp(mx: str, my: str | None) -> float | None:
+    try:
+        values = [float(mx), float(my or mx)]
+    except ValueError:
+        return None
+    if not all(v > 0 for v in values):
+        return None
+    return float(np.mean(values))
+
+
+def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
+    rgb = rgba[..., :3]
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgb)
+    a = alpha[..., None].astype(np.float32) / 255.0
+    return (rgb.astype(np.float32) * a + 255.0 * (1.0 - a) + 0.5).astype(np.uint8)

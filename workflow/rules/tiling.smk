@@ -1,0 +1,39 @@
+# Stage 1 — tile: tissue segmentation and the patch grid, one job per slide (mambamil/tiling.py).
+TILING_OPTIONS = [
+    "target_mpp",
+    "patch_size",
+    "overlap",
+    "tissue_threshold",
+    "seg_mpp",
+    "saturation_threshold",
+    "min_saturation",
+    "median_blur",
+    "close_um",
+    "min_tissue_area_um2",
+    "min_hole_area_um2",
+    "preview_max_px",
+]
+
+
+rule tile:
+    input:
+        slide=lambda wc: SLIDE_PATHS[wc.slide_id],
+    output:
+        coords=RESULTS / "tiles" / "{slide_id}.h5",
+        tissue=RESULTS / "tiles" / "{slide_id}.tissue.geojson",
+        preview=RESULTS / "tiles" / "{slide_id}.preview.png",
+    params:
+        out_dir=lambda wc, output: Path(output.coords).parent,
+        mpp=lambda wc: f"--mpp {SLIDE_MPP[wc.slide_id]}" if wc.slide_id in SLIDE_MPP else "",
+        options=cli_options(config["tiling"], TILING_OPTIONS),
+    log:
+        LOGS / "tile" / "{slide_id}.log",
+    threads: resource("tile", "threads", 1)
+    resources:
+        mem_mb=mem_mb("tile", 2000),
+        runtime=resource("tile", "runtime", 30),
+    conda:
+        "../../envs/mambamil.yaml"
+    shell:
+        "python -m mambamil tile {input.slide:q} --out {params.out_dir:q} --slide-id {wildcards.slide_id} "
+        "{params.mpp} {params.options} > {log:q} 2>&1"
