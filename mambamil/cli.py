@@ -34,7 +34,11 @@ def _add_demo_cohort(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-slides", type=int, default=24, help="number of slides (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument(
-        "--size", type=int, nargs=2, default=(4608, 3584), metavar=("W", "H"),
+        "--size",
+        type=int,
+        nargs=2,
+        default=(4608, 3584),
+        metavar=("W", "H"),
         help="nominal level-0 slide size in pixels at 0.5 µm/px, jittered per slide (default: 4608 3584)",
     )
     p.set_defaults(func=_run_demo_cohort)
@@ -132,7 +136,11 @@ def _run_validate_config(args: argparse.Namespace) -> int:
 
 
 # -- entry point --------------------------------------------------------------------------------------------
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo_cohort, _add_tile, _add_validate_config]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_demo_cohort,
+    _add_tile,
+    _add_validate_config,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

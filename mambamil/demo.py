@@ -166,7 +166,7 @@ def render_slide(spec: DemoSlideSpec) -> tuple[np.ndarray, np.ndarray, np.ndarra
     kernel = np.zeros((length, length), np.float32)
     ang = rng.uniform(0, math.pi)
     for t in np.linspace(-1, 1, 4 * length):
-        kernel[int(round(length // 2 + t * 10 * math.sin(ang))), int(round(length // 2 + t * 10 * math.cos(ang)))] = 1
+        kernel[round(length // 2 + t * 10 * math.sin(ang)), round(length // 2 + t * 10 * math.cos(ang))] = 1
     kernel /= kernel.sum()
     fibres = cv2.filter2D(rng.standard_normal((qh, qw)).astype(np.float32), -1, kernel)
     fibres = cv2.resize(fibres / (fibres.std() + 1e-6), (w, h), interpolation=cv2.INTER_LINEAR)
@@ -194,8 +194,10 @@ def write_pyramidal_tiff(path: str | Path, rgb: np.ndarray, mpp: float, quality:
     pixels_per_cm = 1e4 / mpp
     with atomic_output(path) as tmp, tifffile.TiffWriter(tmp) as tif:
         for i, ds in enumerate(PYRAMID_DOWNSAMPLES):
-            level = rgb if ds == 1 else cv2.resize(
-                rgb, (rgb.shape[1] // ds, rgb.shape[0] // ds), interpolation=cv2.INTER_AREA
+            level = (
+                rgb
+                if ds == 1
+                else cv2.resize(rgb, (rgb.shape[1] // ds, rgb.shape[0] // ds), interpolation=cv2.INTER_AREA)
             )
             tif.write(
                 level,

@@ -80,7 +80,10 @@ def polygons_to_feature_collection(polygons: list[Polygon], scale: float, class_
                 "geometry": {"type": "Polygon", "coordinates": rings},
                 "properties": {
                     "objectType": "annotation",
-                    "classification": {"name": class_name, "color": CLASS_COLORS.get(class_name, [0, 0, 255])},
+                    "classification": {
+                        "name": class_name,
+                        "color": CLASS_COLORS.get(class_name, [0, 0, 255]),
+                    },
                 },
             }
         )

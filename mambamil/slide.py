@@ -89,25 +89,26 @@ class Slide:
                 raise self.error(f"mpp override must be > 0, got {override}")
             return float(override), "override"
         props = self._osr.properties
+        candidates: list[tuple[float, str]] = []
         mx, my = props.get(openslide.PROPERTY_NAME_MPP_X), props.get(openslide.PROPERTY_NAME_MPP_Y)
         if mx:
             value = _mean_mpp(mx, my)
             if value is not None:
-                return value, "openslide.mpp"
+                candidates.append((value, "openslide.mpp"))
         unit = (props.get("tiff.ResolutionUnit") or "").lower()
         xres, yres = props.get("tiff.XResolution"), props.get("tiff.YResolution")
         if xres and unit in _UNIT_TO_UM:
-            try:
-                values = [_UNIT_TO_UM[unit] / float(r) for r in (xres, yres or xres)]
-            except (ValueError, ZeroDivisionError):
-                values = []
-            if values and all(PLAUSIBLE_MPP[0] <= v <= PLAUSIBLE_MPP[1] for v in values):
-                return float(np.mean(values)), "tiff.resolution"
-            if values:
-                raise self.error(
-                    f"TIFF resolution tags give {values[0]:.4g} µm/px, not a microscope resolution; "
-                    "set the 'mpp' column in the slide sheet"
-                )
+            value = _tiff_mpp(_UNIT_TO_UM[unit], xres, yres or xres)
+            if value is not None:
+                candidates.append((value, "tiff.resolution"))
+        for value, source in candidates:
+            if PLAUSIBLE_MPP[0] <= value <= PLAUSIBLE_MPP[1]:
+                return value, source
+        if candidates:
+            raise self.error(
+                f"{candidates[0][1]} gives {candidates[0][0]:.4g} µm/px, not a microscope resolution "
+                "(a screen-dpi default?); set the 'mpp' column in the slide sheet"
+            )
         raise self.error(
             "no µm/px in the slide (no openslide.mpp-x, no TIFF resolution tags); "
             "set the 'mpp' column in the slide sheet"
@@ -132,7 +133,9 @@ class Slide:
         try:
             rgba = np.asarray(self._osr.read_region((int(x0), int(y0)), level, (int(size[0]), int(size[1]))))
         except openslide.OpenSlideError as exc:
-            raise self.error(f"read failed at level {level} ({x0}, {y0}): slide is corrupt or truncated ({exc})") from exc
+            raise self.error(
+                f"read failed at level {level} ({x0}, {y0}): slide is corrupt or truncated ({exc})"
+            ) from exc
         return _rgba_to_rgb(rgba)
 
     def read_region(self, x0: float, y0: float, size0: tuple[float, float], out_size: tuple[int, int]) -> np.ndarray:
@@ -237,6 +240,13 @@ def _mean_mpp(mx: str, my: str | None) -> float | None:
     if not all(v > 0 for v in values):
         return None
     return float(np.mean(values))
+
+
+def _tiff_mpp(um_per_unit: float, xres: str, yres: str) -> float | None:
+    try:
+        return float(np.mean([um_per_unit / float(xres), um_per_unit / float(yres)]))
+    except (ValueError, ZeroDivisionError):
+        return None
 
 
 def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:

@@ -188,8 +188,14 @@ def tile_slide(
     settings = settings or TilingSettings.from_config()
     start = time.perf_counter()
     with open_slide(slide_path, mpp=mpp, slide_id=slide_id) as slide:
-        log.info("%s: %dx%d px, %.4g µm/px (%s), %d level(s)", slide.slide_id, *slide.dimensions,
-                 slide.mpp, slide.mpp_source, slide.level_count)
+        log.info(
+            "%s: %dx%d px, %.4g µm/px (%s), %d level(s)",
+            slide.slide_id,
+            *slide.dimensions,
+            slide.mpp,
+            slide.mpp_source,
+            slide.level_count,
+        )
         if settings.target_mpp < slide.mpp * (1 - 0.02):
             raise slide.error(f"target {settings.target_mpp} µm/px is finer than the scan ({slide.mpp:.4g} µm/px)")
         tissue = segment_tissue(slide, settings)
@@ -225,6 +231,12 @@ def tile_slide(
         write_coords(paths["coords"], grid.coords, attrs, grid.tissue_fraction)
         tissue_mm2 = float(tissue.mask.sum()) * (tissue.scale * slide.mpp) ** 2 / 1e6
         seconds = time.perf_counter() - start
-        log.info("%s: %d patches of %d candidates, tissue %.2f mm², %.2f s", slide.slide_id,
-                 len(grid.coords), grid.n_candidates, tissue_mm2, seconds)
+        log.info(
+            "%s: %d patches of %d candidates, tissue %.2f mm², %.2f s",
+            slide.slide_id,
+            len(grid.coords),
+            grid.n_candidates,
+            tissue_mm2,
+            seconds,
+        )
         return TileResult(slide.slide_id, len(grid.coords), grid.n_candidates, tissue_mm2, seconds, paths)

@@ -155,21 +155,35 @@ def selective_scan_reference(
 # ----------------------------------------------------------------------------------------------
 # chunked
 # ----------------------------------------------------------------------------------------------
-def _gather(x: Tensor, k0: int, k1: int, T: int, L: int) -> Tensor:
-    """Positions [k0*T, k1*T) of x (b, c, L), zero-padded past L, as a contiguous (T, b, G, c)."""
-    b, c, _ = x.shape
-    G = k1 - k0
-    seg = x[:, :, k0 * T : min(k1 * T, L)]
-    if seg.shape[-1] < G * T:
-        seg = F.pad(seg, (0, G * T - seg.shape[-1]))
-    return seg.reshape(b, c, G, T).permute(3, 0, 2, 1).contiguous()
+def _time_major(x: Tensor, Lp: int) -> Tensor:
+    """(b, c, L) -> contiguous (b, Lp, c), zero-padded past L (blocked 2-D transposes)."""
+    b, c, L = x.shape
+    x = x.contiguous()
+    out = x.new_empty(b, Lp, c) if Lp == L else x.new_zeros(b, Lp, c)
+    for i in range(b):
+        out[i, :L].copy_(x[i].t())
+    return out
 
 
-def _scatter(out: Tensor, seg: Tensor, k0: int, k1: int, T: int, L: int) -> None:
-    """Inverse of :func:`_gather`: write seg (T, b, G, c) to out[:, :, k0*T : min(k1*T, L)]."""
-    T_, b, G, c = seg.shape
-    stop = min(k1 * T, L)
-    out[:, :, k0 * T : stop].copy_(seg.permute(1, 3, 2, 0).reshape(b, c, G * T)[:, :, : stop - k0 * T])
+def _channel_major(xT: Tensor, L: int) -> Tensor:
+    """(b, Lp, c) -> contiguous (b, c, L), dropping the padding."""
+    b, _, c = xT.shape
+    out = xT.new_empty(b, c, L)
+    for i in range(b):
+        out[i].copy_(xT[i, :L].t())
+    return out
+
+
+def _seg(xT: Tensor, k0: int, k1: int, T: int) -> Tensor:
+    """Chunks [k0, k1) of a time-major (b, K*T, c) tensor as a contiguous (T, b, G, c)."""
+    b, Lp, c = xT.shape
+    return xT.view(b, Lp // T, T, c)[:, k0:k1].permute(2, 0, 1, 3).contiguous()
+
+
+def _unseg(outT: Tensor, seg: Tensor, k0: int, k1: int, T: int) -> None:
+    """Inverse of :func:`_seg`: write seg (T, b, G, c) into chunks [k0, k1) of outT (b, K*T, c)."""
+    b, Lp, c = outT.shape
+    outT.view(b, Lp // T, T, c)[:, k0:k1].copy_(seg.permute(1, 2, 0, 3))
 
 
 def _take(buf: Tensor, G: int) -> Tensor:
@@ -187,40 +201,50 @@ def _plan(b: int, d: int, n: int, L: int, chunk: int | None, slab: int | None) -
 
 
 def _segment_states(
-    dl: Tensor, du: Tensor, Bs: Tensor, A: Tensor, carry: Tensor, abuf: Tensor, hbuf: Tensor
+    dl: Tensor,
+    du: Tensor,
+    Bs: Tensor,
+    A: Tensor,
+    carry: Tensor,
+    abuf: Tensor,
+    hbuf: Tensor | None = None,
+    Cs: Tensor | None = None,
+    ybuf: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """States of one segment.
+    """States of one segment of G chunks of T steps.
 
-    dl, du: (T, b, G, d) delta and delta*u; Bs: (T, b, G, n); carry: (b, d, n) state before the segment.
-    Fills abuf[t] = exp(delta_t A) and hbuf[t] = h_t (true states), both (T, b, G, d, n).
-    Returns (start, P, carry_out): chunk start states (b, G, d, n), chunk decays (b, G, d, n) and the
-    state after the segment (b, d, n).
+    dl, du: (T, b, G, d) delta and delta*u; Bs, Cs: (T, b, G, n); carry: (b, d, n) state before the
+    segment. Fills abuf[t] = exp(delta_t A) (T, b, G, d, n), and either hbuf[t] = h_t (true states,
+    same shape) or ybuf[t] = C_t . h_t (T, b, G, d). Returns (start, P, carry_out): the chunk start
+    states and chunk decays (b, G, d, n) and the state after the segment (b, d, n).
     """
     T, b, G, d = dl.shape
-    # (1) chunk-local states from zero, all chunks at once
-    for t in range(T):
-        a = abuf[t]
-        torch.mul(dl[t].unsqueeze(-1), A, out=a)
-        a.exp_()
-        if t == 0:
-            torch.mul(du[0].unsqueeze(-1), Bs[0].unsqueeze(2), out=hbuf[0])
-        else:
-            torch.mul(a, hbuf[t - 1], out=hbuf[t])
-            hbuf[t].addcmul_(du[t].unsqueeze(-1), Bs[t].unsqueeze(2))
-    # (2) recurrence over chunk boundaries; P = exp(A * sum delta) in (0, 1]
+    n = A.shape[1]
+    # (1) chunk-local states from zero, all G chunks at once; keep the decays
+    h = torch.mul(du[0].unsqueeze(-1), Bs[0].unsqueeze(2))
+    torch.mul(dl[0].unsqueeze(-1), A, out=abuf[0]).exp_()
+    for t in range(1, T):
+        a = torch.mul(dl[t].unsqueeze(-1), A, out=abuf[t]).exp_()
+        h.mul_(a).addcmul_(du[t].unsqueeze(-1), Bs[t].unsqueeze(2))
+    # (2) recurrence over the chunk boundaries; P = exp(A * sum(delta)) in (0, 1]
     P = torch.mul(dl.sum(0).unsqueeze(-1), A).exp_()
     start = torch.empty_like(P)
-    h = carry
-    for g in range(G):
-        start[:, g] = h
-        h = torch.addcmul(hbuf[T - 1, :, g], P[:, g], h)
-    # (3) add prod(a_1..a_t) * start to the local states
-    if G > 1 or bool(carry.abs().max() > 0):
-        acc = start.clone()
-        for t in range(T):
-            acc.mul_(abuf[t])
-            hbuf[t].add_(acc)
-    return start, P, h
+    start[:, 0] = carry
+    for g in range(G - 1):
+        torch.addcmul(h[:, g], P[:, g], start[:, g], out=start[:, g + 1])
+    carry_out = torch.addcmul(h[:, G - 1], P[:, G - 1], start[:, G - 1])
+    # (3) rerun the chunks from their true start states
+    if hbuf is None:
+        h.copy_(start)
+    for t in range(T):
+        if hbuf is None:
+            h.mul_(abuf[t])
+        else:
+            h = torch.mul(abuf[t], hbuf[t - 1] if t > 0 else start, out=hbuf[t])
+        h.addcmul_(du[t].unsqueeze(-1), Bs[t].unsqueeze(2))
+        if ybuf is not None:
+            torch.bmm(h.view(b * G, d, n), Cs[t].view(b * G, n, 1), out=ybuf[t].view(b * G, d, 1))
+    return start, P, carry_out
 
 
 class _ChunkedScanFn(torch.autograd.Function):
@@ -232,21 +256,27 @@ class _ChunkedScanFn(torch.autograd.Function):
         n = A.shape[1]
         T, K, G = _plan(b, d, n, L, chunk, slab)
         y = u.new_empty(b, d, L)
+        Lp = K * T
+        dT, uT = _time_major(delta, Lp), _time_major(u, Lp)
+        BT, CT = _time_major(B, Lp), _time_major(C, Lp)
+        yT = u.new_empty(b, Lp, d)
         abuf = u.new_empty(T, b, G, d, n)
-        hbuf = torch.empty_like(abuf)
+        ybuf = u.new_empty(T, b, G, d)
         carry = u.new_zeros(b, d, n)
         seg_starts = []
         for k0 in range(0, K, G):
             k1 = min(K, k0 + G)
             Gs = k1 - k0
-            dl = _gather(delta, k0, k1, T, L)
-            du = dl * _gather(u, k0, k1, T, L)
+            dl = _seg(dT, k0, k1, T)
+            du = dl * _seg(uT, k0, k1, T)
             seg_starts.append(carry)
-            ab, hb = _take(abuf, Gs), _take(hbuf, Gs)
-            _, _, carry = _segment_states(dl, du, _gather(B, k0, k1, T, L), A, carry, ab, hb)
-            Cs = _gather(C, k0, k1, T, L)
-            ys = torch.matmul(hb.reshape(T * b * Gs, d, n), Cs.reshape(T * b * Gs, n, 1))
-            _scatter(y, ys.view(T, b, Gs, d), k0, k1, T, L)
+            ab, ys = _take(abuf, Gs), ybuf.view(-1)[: T * b * Gs * d].view(T, b, Gs, d)
+            Bs, Cs = _seg(BT, k0, k1, T), _seg(CT, k0, k1, T)
+            _, _, carry = _segment_states(dl, du, Bs, A, carry, ab, Cs=Cs, ybuf=ys)
+            _unseg(yT, ys, k0, k1, T)
+        del dT, uT, BT, CT
+        y = _channel_major(yT, L)
+        del yT
         ctx.save_for_backward(u, delta, A, B, C, torch.stack(seg_starts))
         ctx.plan = (T, K, G)
         ctx.mark_non_differentiable(carry)
@@ -258,11 +288,12 @@ class _ChunkedScanFn(torch.autograd.Function):
         T, K, G = ctx.plan
         b, d, L = u.shape
         n = A.shape[1]
+        Lp = K * T
         gy_full = gy_full if gy_full is not None else torch.zeros_like(u)
-        du_out = torch.empty_like(u)
-        ddelta_out = torch.empty_like(u)
-        dB_out = torch.empty_like(B)
-        dC_out = torch.empty_like(C)
+        gyT, dT, uT = _time_major(gy_full, Lp), _time_major(delta, Lp), _time_major(u, Lp)
+        BT, CT = _time_major(B, Lp), _time_major(C, Lp)
+        duT, ddT = torch.empty_like(uT), torch.empty_like(uT)
+        dBT, dCT = torch.empty_like(BT), torch.empty_like(CT)
         dA = torch.zeros_like(A)
         abuf = u.new_empty(T, b, G, d, n)
         hbuf = torch.empty_like(abuf)
@@ -273,12 +304,9 @@ class _ChunkedScanFn(torch.autograd.Function):
             k1 = min(K, k0 + G)
             Gs = k1 - k0
             ab, hb = _take(abuf, Gs), _take(hbuf, Gs)
-            dl = _gather(delta, k0, k1, T, L)
-            us = _gather(u, k0, k1, T, L)
+            dl, us = _seg(dT, k0, k1, T), _seg(uT, k0, k1, T)
             du = dl * us
-            Bs = _gather(B, k0, k1, T, L)
-            Cs = _gather(C, k0, k1, T, L)
-            gy = _gather(gy_full, k0, k1, T, L)
+            Bs, Cs, gy = _seg(BT, k0, k1, T), _seg(CT, k0, k1, T), _seg(gyT, k0, k1, T)
             start, P, _ = _segment_states(dl, du, Bs, A, seg_starts[s], ab, hb)
             TbG = T * b * Gs
             # dC_t[n] = sum_d gy_t[d] h_t[d, n]
@@ -306,11 +334,16 @@ class _ChunkedScanFn(torch.autograd.Function):
             ddl = torch.mul(ab, A).sum(-1)
             ddl.addcmul_(us, lamB)
             dA += torch.mul(ab, dl.unsqueeze(-1)).sum((0, 1, 2))
-            _scatter(du_out, dl.mul_(lamB), k0, k1, T, L)
-            _scatter(ddelta_out, ddl, k0, k1, T, L)
-            _scatter(dB_out, dBs, k0, k1, T, L)
-            _scatter(dC_out, dCs, k0, k1, T, L)
-        return du_out, ddelta_out, dA, dB_out, dC_out, None, None
+            _unseg(duT, dl.mul_(lamB), k0, k1, T)
+            _unseg(ddT, ddl, k0, k1, T)
+            _unseg(dBT, dBs, k0, k1, T)
+            _unseg(dCT, dCs, k0, k1, T)
+        del gyT, dT, uT, BT, CT, abuf, hbuf
+        du_out = _channel_major(duT, L)
+        del duT
+        ddelta_out = _channel_major(ddT, L)
+        del ddT
+        return du_out, ddelta_out, dA, _channel_major(dBT, L), _channel_major(dCT, L), None, None
 
 
 def selective_scan_chunked(

@@ -1,0 +1,200 @@
+"""The tile stage on the real Aperio slide and on demo slides; H5 layout; GeoJSON; bad input via the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+import shapely.geometry
+import tifffile
+
+from mambamil import demo
+from mambamil.cli import main
+from mambamil.errors import InputFileError
+from mambamil.h5layout import read_coords
+from mambamil.slide import open_slide
+from mambamil.tiling import TilingSettings, tile_slide
+
+
+@pytest.fixture(scope="module")
+def real_tiles(real_slide: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("tiles")
+    return tile_slide(real_slide, out, TilingSettings.from_config())
+
+
+def _saturation(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1]
+
+
+def test_real_slide_patches_are_on_tissue(real_slide: Path, real_tiles) -> None:
+    cf = read_coords(real_tiles.outputs["coords"])
+    assert len(cf.coords) == real_tiles.n_patches > 10
+    with open_slide(real_slide) as s:
+        background = _saturation(s.read_at_mpp(0, 0, (256, 256), 0.5))  # top-left corner is glass
+        assert background.mean() < 15
+        for x, y in cf.coords:
+            patch = s.read_at_mpp(int(x), int(y), (256, 256), 0.5)
+            sat = _saturation(patch)
+            tissue_share = (sat > 40).mean()
+            assert tissue_share > 0.25, f"patch at {(x, y)} is mostly background ({tissue_share:.2f})"
+            assert patch.mean() < 225, f"patch at {(x, y)} is white"
+
+
+def test_real_slide_count_matches_tissue_area(real_tiles) -> None:
+    patch_area_mm2 = (256 * 0.5 / 1000) ** 2
+    expected = real_tiles.tissue_area_mm2 / patch_area_mm2
+    assert 0.5 * expected <= real_tiles.n_patches <= 1.3 * expected
+
+
+def test_h5_layout(real_tiles, real_slide: Path) -> None:
+    path = real_tiles.outputs["coords"]
+    with h5py.File(path, "r") as f:
+        ds = f["coords"]
+        assert ds.dtype == np.int64 and ds.shape[1] == 2
+        a = dict(ds.attrs)
+        assert len(f["tissue_fraction"]) == ds.shape[0]
+        assert (f["tissue_fraction"][()] >= 0.5).all()
+    assert a["target_mpp"] == 0.5 and a["patch_size"] == 256
+    assert a["slide_mpp"] == pytest.approx(0.499)
+    assert a["patch_size_level0"] == round(256 * 0.5 / 0.499)
+    assert a["patch_level"] == 0 and list(a["downsample"]) == [1.0, 1.0]
+    assert list(a["level_dim"]) == [2220, 2967] and list(a["level0_dim"]) == [2220, 2967]
+    assert a["name"] == "CMU-1-Small-Region"
+    cf = read_coords(path)
+    step = cf.attrs["step_level0"]
+    assert np.allclose(cf.coords / step, np.round(cf.coords / step), atol=0.51 / step)
+    assert (cf.coords >= 0).all()
+    assert (cf.coords[:, 0] + cf.patch_size_level0 <= 2220).all()
+    assert (cf.coords[:, 1] + cf.patch_size_level0 <= 2967).all()
+
+
+def test_geojson_is_valid_and_matches_tissue(real_tiles) -> None:
+    fc = json.loads(real_tiles.outputs["tissue"].read_text())
+    assert fc["type"] == "FeatureCollection" and fc["features"]
+    area_px = 0.0
+    for feature in fc["features"]:
+        assert feature["properties"]["classification"]["name"] == "Tissue"
+        rings = feature["geometry"]["coordinates"]
+        assert all(r[0] == r[-1] for r in rings)
+        poly = shapely.geometry.shape(feature["geometry"])
+        assert poly.is_valid or poly.buffer(0).area > 0
+        minx, miny, maxx, maxy = poly.bounds
+        assert minx >= 0 and miny >= 0 and maxx <= 2220 + 16 and maxy <= 2967 + 16
+        area_px += poly.area
+    area_mm2 = area_px * 0.499**2 / 1e6
+    assert area_mm2 == pytest.approx(real_tiles.tissue_area_mm2, rel=0.15)
+
+
+def test_preview_png(real_tiles) -> None:
+    img = cv2.imread(str(real_tiles.outputs["preview"]))
+    assert img is not None and max(img.shape[:2]) <= 2048
+    green = (img[..., 1] > 150) & (img[..., 0] < 60) & (img[..., 2] < 60)
+    assert green.sum() > 100  # tissue contours are drawn
+
+
+def test_demo_patches_inside_generated_tissue(demo_cohort: Path, tmp_path: Path) -> None:
+    specs = {s.slide_id: s for s in demo.cohort_specs(4, seed=0, size=(2048, 1536))}
+    for sid in demo.slide_ids(4):
+        result = tile_slide(demo.slide_path(demo_cohort, sid), tmp_path, TilingSettings.from_config())
+        coords = read_coords(result.outputs["coords"]).coords
+        _, tissue, _ = demo.render_slide(specs[sid])
+        centres = (coords + 128) // 16
+        inside = tissue[centres[:, 1], centres[:, 0]].mean()
+        assert inside > 0.9, f"{sid}: only {inside:.2f} of patch centres on tissue"
+        cells = tissue.sum() * (16 * 0.5) ** 2 / (128**2)
+        assert 0.4 * cells <= len(coords) <= 1.3 * cells
+
+
+def test_overlap_and_resolution_change_the_grid(real_slide: Path, tmp_path: Path) -> None:
+    base = tile_slide(real_slide, tmp_path / "a", TilingSettings.from_config())
+    half = tile_slide(real_slide, tmp_path / "b", TilingSettings.from_config(overlap=0.5))
+    coarse = tile_slide(real_slide, tmp_path / "c", TilingSettings.from_config(target_mpp=1.0))
+    assert 3 * base.n_patches <= half.n_patches <= 5 * base.n_patches
+    assert coarse.n_patches < base.n_patches / 2.5
+    assert read_coords(coarse.outputs["coords"]).attrs["patch_size_level0"] == round(256 / 0.499)
+
+
+# -- bad input through the CLI: one line, exit 1, nothing left behind ------------------------------------------
+def _blank_slide(path: Path) -> Path:
+    img = np.full((1024, 1024, 3), 242, np.uint8)
+    tifffile.imwrite(
+        path,
+        img,
+        tile=(256, 256),
+        photometric="rgb",
+        compression="jpeg",
+        resolution=(2e4, 2e4),
+        resolutionunit="CENTIMETER",
+    )
+    return path
+
+
+def _truncated(src: Path, path: Path) -> Path:
+    data = src.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing", "file not found"),
+        ("empty", "empty (0 bytes)"),
+        ("text", "not a slide format"),
+        ("truncated", "truncated"),
+        ("nores", "no µm/px"),
+        ("blank", "no tissue found"),
+    ],
+)
+def test_cli_bad_slides(case: str, message: str, demo_cohort: Path, tmp_path: Path, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    path = src / f"{case}.tiff"
+    if case == "empty":
+        path.touch()
+    elif case == "text":
+        path.write_text("hello\n")
+    elif case == "truncated":
+        _truncated(demo.slide_path(demo_cohort, demo.slide_ids(4)[0]), path)
+    elif case == "nores":
+        tifffile.imwrite(path, np.full((512, 512, 3), 200, np.uint8), tile=(256, 256), photometric="rgb")
+    elif case == "blank":
+        _blank_slide(path)
+    out = tmp_path / "out"
+    rc = main(["tile", str(path), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1
+    assert len(err.splitlines()) == 1, err
+    assert message in err and f"{case}.tiff" in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir()), "partial output left behind"
+
+
+def test_cli_tile_ok_and_config_options(real_slide: Path, tmp_path: Path, capsys) -> None:
+    rc = main(["tile", str(real_slide), "--out", str(tmp_path), "--slide-id", "cmu", "--patch-size", "128"])
+    assert rc == 0
+    cf = read_coords(tmp_path / "cmu.h5")
+    assert cf.patch_size == 128
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmu.h5", "cmu.preview.png", "cmu.tissue.geojson"]
+    rc = main(["tile", str(real_slide), "--out", str(tmp_path), "--overlap", "1.5"])
+    assert rc == 1 and "tiling.overlap" in capsys.readouterr().err
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="file not found"):
+        main(["--debug", "tile", str(tmp_path / "x.svs"), "--out", str(tmp_path)])
+
+
+def test_read_coords_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match="not found"):
+        read_coords(tmp_path / "none.h5")
+    (tmp_path / "empty.h5").touch()
+    with pytest.raises(InputFileError, match="empty"):
+        read_coords(tmp_path / "empty.h5")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = [1]
+    with pytest.raises(InputFileError, match="no 'coords'"):
+        read_coords(tmp_path / "other.h5")
