@@ -158,6 +158,10 @@ def draw_preview(slide: Slide, tissue: TissueMask, grid: PatchGrid, settings: Ti
     """RGB thumbnail with tissue contours, holes and the kept patch squares."""
     w0, h0 = slide.dimensions
     preview_mpp = max(slide.mpp, max(w0, h0) * slide.mpp / settings.preview_max_px)
+    # Snap to a pyramid level up to 2× coarser, so the preview never decodes a much finer level than it shows.
+    coarser = [slide.level_mpp(lv) for lv in range(slide.level_count) if slide.level_mpp(lv) >= preview_mpp]
+    if coarser and min(coarser) <= 2 * preview_mpp:
+        preview_mpp = min(coarser)
     rgb = slide.read_whole_at_mpp(preview_mpp).copy()
     f = slide.mpp / preview_mpp  # preview px per level-0 px
     overlay = rgb.copy()

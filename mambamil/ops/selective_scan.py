@@ -155,41 +155,25 @@ def selective_scan_reference(
 # ----------------------------------------------------------------------------------------------
 # chunked
 # ----------------------------------------------------------------------------------------------
-def _time_major(x: Tensor, Lp: int) -> Tensor:
-    """(b, c, L) -> contiguous (b, Lp, c), zero-padded past L (blocked 2-D transposes)."""
+def _seg(x: Tensor, k0: int, k1: int, T: int) -> Tensor:
+    """Chunks [k0, k1) of x (b, c, L), zero-padded past L, as a contiguous (T, b, c, G)."""
     b, c, L = x.shape
-    x = x.contiguous()
-    out = x.new_empty(b, Lp, c) if Lp == L else x.new_zeros(b, Lp, c)
-    for i in range(b):
-        out[i, :L].copy_(x[i].t())
-    return out
+    G = k1 - k0
+    seg = x[:, :, k0 * T : min(k1 * T, L)]
+    if seg.shape[-1] < G * T:
+        seg = F.pad(seg, (0, G * T - seg.shape[-1]))
+    return seg.reshape(b, c, G, T).permute(3, 0, 1, 2).contiguous()
 
 
-def _channel_major(xT: Tensor, L: int) -> Tensor:
-    """(b, Lp, c) -> contiguous (b, c, L), dropping the padding."""
-    b, _, c = xT.shape
-    out = xT.new_empty(b, c, L)
-    for i in range(b):
-        out[i].copy_(xT[i, :L].t())
-    return out
-
-
-def _seg(xT: Tensor, k0: int, k1: int, T: int) -> Tensor:
-    """Chunks [k0, k1) of a time-major (b, K*T, c) tensor as a contiguous (T, b, G, c)."""
-    b, Lp, c = xT.shape
-    return xT.view(b, Lp // T, T, c)[:, k0:k1].permute(2, 0, 1, 3).contiguous()
-
-
-def _unseg(outT: Tensor, seg: Tensor, k0: int, k1: int, T: int) -> None:
-    """Inverse of :func:`_seg`: write seg (T, b, G, c) into chunks [k0, k1) of outT (b, K*T, c)."""
-    b, Lp, c = outT.shape
-    outT.view(b, Lp // T, T, c)[:, k0:k1].copy_(seg.permute(1, 2, 0, 3))
-
-
-def _take(buf: Tensor, G: int) -> Tensor:
-    """A contiguous (T, b, G, d, n) view on the front of a (T, b, G_max, d, n) buffer."""
-    T, b, _, d, n = buf.shape
-    return buf.view(-1)[: T * b * G * d * n].view(T, b, G, d, n)
+def _unseg(out: Tensor, seg: Tensor, k0: int, k1: int, T: int) -> None:
+    """Inverse of :func:`_seg`: write seg (T, b, c, G) to out[:, :, k0*T : min(k1*T, L)]."""
+    b, c, L = out.shape
+    G = k1 - k0
+    src = seg.permute(1, 2, 3, 0)
+    if k1 * T <= L:
+        out[:, :, k0 * T : k1 * T].view(b, c, G, T).copy_(src)
+    else:
+        out[:, :, k0 * T :].copy_(src.reshape(b, c, G * T)[:, :, : L - k0 * T])
 
 
 def _plan(b: int, d: int, n: int, L: int, chunk: int | None, slab: int | None) -> tuple[int, int, int]:
@@ -200,50 +184,57 @@ def _plan(b: int, d: int, n: int, L: int, chunk: int | None, slab: int | None) -
     return T, K, G
 
 
+def _front(buf: Tensor, G: int) -> Tensor:
+    """Contiguous view with G chunks on the front of a buffer whose dim 3 is the chunk dim."""
+    shape = list(buf.shape)
+    shape[3] = G
+    return buf.view(-1)[: math.prod(shape)].view(shape)
+
+
 def _segment_states(
     dl: Tensor,
     du: Tensor,
     Bs: Tensor,
-    A: Tensor,
+    A3: Tensor,
     carry: Tensor,
     abuf: Tensor,
     hbuf: Tensor | None = None,
     Cs: Tensor | None = None,
     ybuf: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """States of one segment of G chunks of T steps.
+    """States of one segment of G chunks of T steps; state slabs are (b, d, G, n).
 
-    dl, du: (T, b, G, d) delta and delta*u; Bs, Cs: (T, b, G, n); carry: (b, d, n) state before the
-    segment. Fills abuf[t] = exp(delta_t A) (T, b, G, d, n), and either hbuf[t] = h_t (true states,
-    same shape) or ybuf[t] = C_t . h_t (T, b, G, d). Returns (start, P, carry_out): the chunk start
-    states and chunk decays (b, G, d, n) and the state after the segment (b, d, n).
+    dl, du: (T, b, d, G) delta and delta*u; Bs, Cs: (T, b, G, n); A3: A as (d, 1, n); carry: (b, d, n)
+    state before the segment. Fills abuf[t] = exp(delta_t A) (T, b, d, G, n) and either hbuf[t] = h_t
+    (the true states, same shape) or ybuf[t] = C_t . h_t (T, b, d, G). Returns (start, P, carry_out):
+    chunk start states and chunk decays (b, d, G, n) and the state after the segment (b, d, n).
     """
-    T, b, G, d = dl.shape
-    n = A.shape[1]
+    T, b, d, G = dl.shape
     # (1) chunk-local states from zero, all G chunks at once; keep the decays
-    h = torch.mul(du[0].unsqueeze(-1), Bs[0].unsqueeze(2))
-    torch.mul(dl[0].unsqueeze(-1), A, out=abuf[0]).exp_()
+    h = torch.mul(du[0].unsqueeze(-1), Bs[0].unsqueeze(1))
+    torch.mul(dl[0].unsqueeze(-1), A3, out=abuf[0]).exp_()
     for t in range(1, T):
-        a = torch.mul(dl[t].unsqueeze(-1), A, out=abuf[t]).exp_()
-        h.mul_(a).addcmul_(du[t].unsqueeze(-1), Bs[t].unsqueeze(2))
-    # (2) recurrence over the chunk boundaries; P = exp(A * sum(delta)) in (0, 1]
-    P = torch.mul(dl.sum(0).unsqueeze(-1), A).exp_()
+        a = torch.mul(dl[t].unsqueeze(-1), A3, out=abuf[t]).exp_()
+        h.mul_(a).addcmul_(du[t].unsqueeze(-1), Bs[t].unsqueeze(1))
+    # (2) recurrence over the chunk boundaries with P = exp(A * sum(delta)) in (0, 1]
+    P = torch.mul(dl.sum(0).unsqueeze(-1), A3).exp_()
     start = torch.empty_like(P)
-    start[:, 0] = carry
+    start[:, :, 0] = carry
     for g in range(G - 1):
-        torch.addcmul(h[:, g], P[:, g], start[:, g], out=start[:, g + 1])
-    carry_out = torch.addcmul(h[:, G - 1], P[:, G - 1], start[:, G - 1])
-    # (3) rerun the chunks from their true start states
+        torch.addcmul(h[:, :, g], P[:, :, g], start[:, :, g], out=start[:, :, g + 1])
+    carry_out = torch.addcmul(h[:, :, G - 1], P[:, :, G - 1], start[:, :, G - 1])
+    # (3) rerun every chunk from its true start state
     if hbuf is None:
         h.copy_(start)
+        tmp = torch.empty_like(h)
     for t in range(T):
         if hbuf is None:
             h.mul_(abuf[t])
         else:
             h = torch.mul(abuf[t], hbuf[t - 1] if t > 0 else start, out=hbuf[t])
-        h.addcmul_(du[t].unsqueeze(-1), Bs[t].unsqueeze(2))
+        h.addcmul_(du[t].unsqueeze(-1), Bs[t].unsqueeze(1))
         if ybuf is not None:
-            torch.bmm(h.view(b * G, d, n), Cs[t].view(b * G, n, 1), out=ybuf[t].view(b * G, d, 1))
+            torch.sum(torch.mul(h, Cs[t].unsqueeze(1), out=tmp), -1, out=ybuf[t])
     return start, P, carry_out
 
 
@@ -255,28 +246,22 @@ class _ChunkedScanFn(torch.autograd.Function):
         b, d, L = u.shape
         n = A.shape[1]
         T, K, G = _plan(b, d, n, L, chunk, slab)
+        A3 = A.unsqueeze(1)
         y = u.new_empty(b, d, L)
-        Lp = K * T
-        dT, uT = _time_major(delta, Lp), _time_major(u, Lp)
-        BT, CT = _time_major(B, Lp), _time_major(C, Lp)
-        yT = u.new_empty(b, Lp, d)
-        abuf = u.new_empty(T, b, G, d, n)
-        ybuf = u.new_empty(T, b, G, d)
+        abuf = u.new_empty(T, b, d, G, n)
+        ybuf = u.new_empty(T, b, d, G)
         carry = u.new_zeros(b, d, n)
         seg_starts = []
         for k0 in range(0, K, G):
             k1 = min(K, k0 + G)
             Gs = k1 - k0
-            dl = _seg(dT, k0, k1, T)
-            du = dl * _seg(uT, k0, k1, T)
+            dl = _seg(delta, k0, k1, T)
+            du = dl * _seg(u, k0, k1, T)
+            Bs, Cs = _seg(B, k0, k1, T).transpose(2, 3), _seg(C, k0, k1, T).transpose(2, 3)
             seg_starts.append(carry)
-            ab, ys = _take(abuf, Gs), ybuf.view(-1)[: T * b * Gs * d].view(T, b, Gs, d)
-            Bs, Cs = _seg(BT, k0, k1, T), _seg(CT, k0, k1, T)
-            _, _, carry = _segment_states(dl, du, Bs, A, carry, ab, Cs=Cs, ybuf=ys)
-            _unseg(yT, ys, k0, k1, T)
-        del dT, uT, BT, CT
-        y = _channel_major(yT, L)
-        del yT
+            ys = _front(ybuf, Gs)
+            _, _, carry = _segment_states(dl, du, Bs, A3, carry, _front(abuf, Gs), Cs=Cs, ybuf=ys)
+            _unseg(y, ys, k0, k1, T)
         ctx.save_for_backward(u, delta, A, B, C, torch.stack(seg_starts))
         ctx.plan = (T, K, G)
         ctx.mark_non_differentiable(carry)
@@ -288,62 +273,59 @@ class _ChunkedScanFn(torch.autograd.Function):
         T, K, G = ctx.plan
         b, d, L = u.shape
         n = A.shape[1]
-        Lp = K * T
+        A3 = A.unsqueeze(1)
         gy_full = gy_full if gy_full is not None else torch.zeros_like(u)
-        gyT, dT, uT = _time_major(gy_full, Lp), _time_major(delta, Lp), _time_major(u, Lp)
-        BT, CT = _time_major(B, Lp), _time_major(C, Lp)
-        duT, ddT = torch.empty_like(uT), torch.empty_like(uT)
-        dBT, dCT = torch.empty_like(BT), torch.empty_like(CT)
-        dA = torch.zeros_like(A)
-        abuf = u.new_empty(T, b, G, d, n)
+        du_out, ddelta_out = torch.empty_like(u), torch.empty_like(u)
+        dB_out, dC_out = torch.empty_like(B), torch.empty_like(C)
+        dA_acc = u.new_zeros(b, d, G, n)
+        abuf = u.new_empty(T, b, d, G, n)
         hbuf = torch.empty_like(abuf)
-        m = u.new_zeros(b, d, n)  # a_{t+1} * lam_{t+1} flowing into the segment's last step
+        tmp_full = u.new_empty(b, d, G, n)
+        m = u.new_zeros(b, d, n)  # a_{t+1} * lam_{t+1}: adjoint flowing into the segment's last step
         starts = list(range(0, K, G))
         for s in reversed(range(len(starts))):
             k0 = starts[s]
             k1 = min(K, k0 + G)
             Gs = k1 - k0
-            ab, hb = _take(abuf, Gs), _take(hbuf, Gs)
-            dl, us = _seg(dT, k0, k1, T), _seg(uT, k0, k1, T)
+            ab, hb = _front(abuf, Gs), _front(hbuf, Gs)
+            tmp, dA_g = _front(tmp_full.unsqueeze(0), Gs)[0], dA_acc[:, :, :Gs]
+            dl, us = _seg(delta, k0, k1, T), _seg(u, k0, k1, T)
             du = dl * us
-            Bs, Cs, gy = _seg(BT, k0, k1, T), _seg(CT, k0, k1, T), _seg(gyT, k0, k1, T)
-            start, P, _ = _segment_states(dl, du, Bs, A, seg_starts[s], ab, hb)
-            TbG = T * b * Gs
-            # dC_t[n] = sum_d gy_t[d] h_t[d, n]
-            dCs = torch.matmul(gy.reshape(TbG, 1, d), hb.reshape(TbG, d, n)).view(T, b, Gs, n)
-            gyC = gy.unsqueeze(-1)
-            # R1: chunk-local adjoints from zero, all chunks at once -> a_first * lam_first per chunk
+            Bs, Cs = _seg(B, k0, k1, T).transpose(2, 3), _seg(C, k0, k1, T).transpose(2, 3)
+            gy = _seg(gy_full, k0, k1, T)
+            start, P, _ = _segment_states(dl, du, Bs, A3, seg_starts[s], ab, hbuf=hb)
+            gyl = gy.unsqueeze(-1)
+            dCs = u.new_empty(T, b, Gs, n)
+            dBs = torch.empty_like(dCs)
+            lamB = torch.empty_like(dl)
+            ddl = torch.empty_like(dl)
+            # R1: chunk-local adjoints from zero -> a_first * lam_first per chunk
             lam = torch.zeros_like(start)
             for t in reversed(range(T)):
-                lam.addcmul_(gyC[t], Cs[t].unsqueeze(2))
-                lam.mul_(ab[t])
-            # reverse recurrence over chunk boundaries
+                lam.addcmul_(gyl[t], Cs[t].unsqueeze(1)).mul_(ab[t])
+            # reverse recurrence over the chunk boundaries
             M = torch.empty_like(start)
-            for g in reversed(range(Gs)):
-                M[:, g] = m
-                m = torch.addcmul(lam[:, g], P[:, g], m)
-            # R2: true adjoints; hb[t] <- lam_t, ab[t] <- W_t = a_t lam_t h_{t-1}
+            M[:, :, Gs - 1] = m
+            for g in range(Gs - 1, 0, -1):
+                torch.addcmul(lam[:, :, g], P[:, :, g], M[:, :, g], out=M[:, :, g - 1])
+            m = torch.addcmul(lam[:, :, 0], P[:, :, 0], M[:, :, 0])
+            # R2: true adjoints lam_t, reverse in time, with every gradient term of step t
             lam = M
             for t in reversed(range(T)):
-                lam.addcmul_(gyC[t], Cs[t].unsqueeze(2))
-                hb[t].copy_(lam)
-                lam.mul_(ab[t])
-                torch.mul(lam, hb[t - 1] if t > 0 else start, out=ab[t])
-            lamB = torch.matmul(hb.reshape(TbG, d, n), Bs.reshape(TbG, n, 1)).view(T, b, Gs, d)
-            dBs = torch.matmul(du.reshape(TbG, 1, d), hb.reshape(TbG, d, n)).view(T, b, Gs, n)
-            ddl = torch.mul(ab, A).sum(-1)
+                torch.sum(torch.mul(hb[t], gyl[t], out=tmp), 1, out=dCs[t])  # dC_t = sum_d gy h_t
+                lam.addcmul_(gyl[t], Cs[t].unsqueeze(1))  # lam_t
+                torch.sum(torch.mul(lam, Bs[t].unsqueeze(1), out=tmp), -1, out=lamB[t])
+                torch.sum(torch.mul(lam, du[t].unsqueeze(-1), out=tmp), 1, out=dBs[t])
+                lam.mul_(ab[t])  # a_t lam_t
+                W = torch.mul(lam, hb[t - 1] if t > 0 else start, out=tmp)  # a_t lam_t h_{t-1}
+                dA_g.addcmul_(W, dl[t].unsqueeze(-1))
+                torch.sum(W.mul_(A3), -1, out=ddl[t])
             ddl.addcmul_(us, lamB)
-            dA += torch.mul(ab, dl.unsqueeze(-1)).sum((0, 1, 2))
-            _unseg(duT, dl.mul_(lamB), k0, k1, T)
-            _unseg(ddT, ddl, k0, k1, T)
-            _unseg(dBT, dBs, k0, k1, T)
-            _unseg(dCT, dCs, k0, k1, T)
-        del gyT, dT, uT, BT, CT, abuf, hbuf
-        du_out = _channel_major(duT, L)
-        del duT
-        ddelta_out = _channel_major(ddT, L)
-        del ddT
-        return du_out, ddelta_out, dA, _channel_major(dBT, L), _channel_major(dCT, L), None, None
+            _unseg(du_out, dl.mul_(lamB), k0, k1, T)
+            _unseg(ddelta_out, ddl, k0, k1, T)
+            _unseg(dB_out, dBs.transpose(2, 3), k0, k1, T)
+            _unseg(dC_out, dCs.transpose(2, 3), k0, k1, T)
+        return du_out, ddelta_out, dA_acc.sum((0, 2)), dB_out, dC_out, None, None
 
 
 def selective_scan_chunked(
