@@ -107,6 +107,183 @@ def _run_tile(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- order --------------------------------------------------------------------------------------------------
+def _add_order(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "order",
+        help="write the instance sequence (permutation) of one slide's bag",
+        description="Compute the order in which the scan reads a slide's patches: raster (row-major, as "
+        "MambaMIL), snake (boustrophedon), hilbert (Hilbert curve over the patch grid) or random (a seeded "
+        "control). Writes a .npy int64 permutation of the bag's instances, applied when bags load.",
+    )
+    p.add_argument("features", type=Path, help="feature (or coordinates) H5 of one slide")
+    p.add_argument("--method", choices=["raster", "snake", "hilbert", "random"], default="hilbert")
+    p.add_argument("--out", type=Path, required=True, help="output .npy file")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random control (default: %(default)s)")
+    p.set_defaults(func=_run_order)
+
+
+def _run_order(args: argparse.Namespace) -> int:
+    from mambamil.h5layout import read_bag
+    from mambamil.order import order_permutation, slide_seed, write_order
+
+    bag = read_bag(args.features)
+    step = bag.attrs.get("step_level0") or bag.attrs.get("patch_size_level0")
+    perm = order_permutation(bag.coords, args.method, step, slide_seed(args.seed, args.features.stem))
+    write_order(args.out, perm)
+    log.info("%s: %s order of %d instances → %s", args.features.stem, args.method, len(perm), args.out)
+    return 0
+
+
+# -- splits / train / evaluate / predict --------------------------------------------------------------------
+def _spec(text: str) -> dict:
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MambamilError(f"--spec is not valid JSON ({exc})") from exc
+
+
+def _cohort(args: argparse.Namespace, spec: dict):  # noqa: ANN202
+    """Samples of the spec's task from the label sheet and the feature files present in --features-dir."""
+    from mambamil.sheets import read_label_sheet
+    from mambamil.train.data import TaskSpec, build_samples
+
+    task = TaskSpec.from_config(spec["task_name"], spec["task"])
+    training = spec["training"]
+    features = {p.stem: p for p in sorted(Path(args.features_dir).glob("*.h5"))}
+    if not features:
+        raise MambamilError(f"{args.features_dir}: no feature files (*.h5)")
+    labels = read_label_sheet(args.labels)
+    samples, meta = build_samples(labels, features, task, training["level"], training["on_missing"])
+    orders = {}
+    if args.order_dir:
+        orders = {sid: Path(args.order_dir) / f"{sid}.npy" for sid in features}
+    return task, samples, meta, features, orders
+
+
+def _add_cohort_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labels", type=Path, required=True, help="label sheet CSV")
+    p.add_argument("--features-dir", type=Path, required=True, help="folder of <slide_id>.h5 feature files")
+    p.add_argument(
+        "--spec", required=True, help="JSON with task_name, task, training (and model_name, model for train)"
+    )
+
+
+def _add_splits(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "splits",
+        help="write patient-level stratified k-fold splits for one task",
+        description="Patient-level k-fold splits, stratified by class (subtyping) or by event and time bin "
+        "(survival). Each fold tests patients no other fold tests and carves validation from its training "
+        "patients. Seeded; every model reuses the file.",
+    )
+    _add_cohort_args(p)
+    p.add_argument("--out", type=Path, required=True, help="output CSV (case_id, fold, split)")
+    p.set_defaults(func=_run_splits, order_dir=None)
+
+
+def _run_splits(args: argparse.Namespace) -> int:
+    from mambamil.train.splits import make_splits, write_splits
+
+    spec = _spec(args.spec)
+    task, samples, _, _, _ = _cohort(args, spec)
+    t = spec["training"]
+    splits = make_splits(samples, task, t["folds"], t["val_fraction"], t["seed"])
+    write_splits(args.out, splits)
+    log.info("%s: %d patients in %d folds → %s", task.name, splits["case_id"].nunique(), t["folds"], args.out)
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train one model on one fold and predict its held-out test patients",
+        description="Train an aggregator from the model registry (mambamil, abmil, transmil, mean, max) on one "
+        "fold: Adam, one bag per step with gradient accumulation, early stopping on the validation set (loss "
+        "for subtyping, c-index for survival). Writes checkpoint.pt (with config, label map and feature "
+        "metadata), log.csv, curves.png, test_predictions.csv and summary.json into --out.",
+    )
+    _add_cohort_args(p)
+    p.add_argument("--splits", type=Path, required=True, help="splits CSV from 'mambamil splits'")
+    p.add_argument("--fold", type=int, required=True, help="fold index")
+    p.add_argument("--order-dir", type=Path, help="folder of <slide_id>.npy sequence orders (default: file order)")
+    p.add_argument("--out", type=Path, required=True, help="output folder of this fold")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from mambamil.train.engine import TrainSettings, train_fold
+    from mambamil.train.splits import check_splits, read_splits
+
+    spec = _spec(args.spec)
+    task, samples, meta, features, orders = _cohort(args, spec)
+    settings = TrainSettings.from_config(spec["training"])
+    splits = read_splits(args.splits)
+    if args.fold not in set(splits["fold"]):
+        raise MambamilError(f"{args.splits}: no fold {args.fold}")
+    check_splits(splits, samples, task)
+    model = dict(spec["model"])
+    name = model.pop("model")
+    summary = train_fold(
+        task, name, model, settings, samples, splits, args.fold, features, orders, args.out, meta,
+        progress=not args.quiet,
+    )
+    print(f"{task.name}/{name}/fold {args.fold}: best epoch {summary['best_epoch']} → {args.out}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="metrics over the held-out test folds of one task and model",
+        description="Per-fold and pooled metrics on the test folds only (never the validation sets that picked "
+        "the checkpoints): AUC, balanced accuracy, weighted F1, confusion matrix and ROC plot for subtyping; "
+        "c-index and Kaplan–Meier curves of predicted high/low risk with a log-rank p-value for survival.",
+    )
+    p.add_argument("predictions", type=Path, nargs="+", help="test_predictions.csv of each fold")
+    p.add_argument("--spec", required=True, help="JSON with task_name and task")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from mambamil.train.data import TaskSpec
+    from mambamil.train.evaluate import evaluate_folds
+
+    spec = _spec(args.spec)
+    task = TaskSpec.from_config(spec["task_name"], spec["task"])
+    title = f"{task.name} — {spec.get('model_name', '')}"
+    result = evaluate_folds(args.predictions, task.kind, list(task.classes), args.out, title)
+    for key, stats in result["summary"].items():
+        print(f"{task.name} {key}: {stats['mean']:.3f} ± {stats['std']:.3f}")
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="apply one checkpoint, or the ensemble of fold checkpoints, to new slides",
+        description="Predict slides from their feature files with one or more checkpoints (probabilities or "
+        "risk averaged over the ensemble). Writes a CSV with one row per slide.",
+    )
+    p.add_argument("features", type=Path, nargs="+", help="feature H5 files, one per slide")
+    p.add_argument("--checkpoint", type=Path, nargs="+", required=True, help="checkpoint.pt file(s)")
+    p.add_argument("--order", choices=["raster", "snake", "hilbert", "random"], help="sequence order to apply")
+    p.add_argument("--out", type=Path, required=True, help="output CSV")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from mambamil.train.predict import predict_slides
+
+    df = predict_slides(args.features, args.checkpoint, args.out, args.order, args.device)
+    print(f"{len(df)} slides → {args.out}")
+    return 0
+
+
 # -- validate-config ----------------------------------------------------------------------------------------
 def _add_validate_config(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -139,6 +316,11 @@ def _run_validate_config(args: argparse.Namespace) -> int:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_demo_cohort,
     _add_tile,
+    _add_order,
+    _add_splits,
+    _add_train,
+    _add_evaluate,
+    _add_predict,
     _add_validate_config,
 ]
 

@@ -1,0 +1,273 @@
+"""The training loop for one (task, model, fold): one bag per step with gradient accumulation, early stopping on
+the validation set, the best checkpoint saved, then predictions on the fold's held-out test patients."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mambamil import __version__
+from mambamil.config import default_section
+from mambamil.fileio import atomic_output, write_json
+from mambamil.models import create_model, load_checkpoint, save_checkpoint
+from mambamil.train.data import BagDataset, Sample, TaskSpec
+from mambamil.train.metrics import c_index, classification_metrics, nll_survival_loss
+from mambamil.train.plots import loss_curves
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The ``training`` section of the config (defaults live in the schema)."""
+
+    epochs: int
+    min_epochs: int
+    patience: int
+    lr: float
+    weight_decay: float
+    grad_accum: int
+    seed: int
+    class_weights: str
+    sampler: str
+    alpha_surv: float
+    device: str
+    level: str
+    on_missing: str
+    folds: int
+    val_fraction: float
+    order: str
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any] | None = None, **overrides: Any) -> TrainSettings:
+        values = {**default_section("training"), **(section or {})}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds for Python, NumPy and torch; deterministic kernels where torch has them."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+class Objective:
+    """Task-specific loss and per-sample outputs."""
+
+    def __init__(self, task: TaskSpec, settings: TrainSettings, train_samples: list[Sample]) -> None:
+        self.task = task
+        self.alpha = settings.alpha_surv
+        self.weight = None
+        if task.kind == "classification" and settings.class_weights == "balanced":
+            counts = np.bincount([s.label for s in train_samples], minlength=task.n_outputs).astype(float)
+            self.weight = torch.tensor(len(train_samples) / (task.n_outputs * np.maximum(counts, 1)), dtype=torch.float32)
+
+    def loss(self, out: dict[str, torch.Tensor], sample: Sample) -> torch.Tensor:
+        device = out["logits"].device
+        y = torch.tensor([sample.label], device=device)
+        if self.task.kind == "classification":
+            weight = self.weight.to(device) if self.weight is not None else None
+            return F.cross_entropy(out["logits"].float(), y, weight=weight)
+        event = torch.tensor([sample.event], device=device)
+        return nll_survival_loss(out["hazards"].float(), out["S"].float(), y, event, self.alpha)
+
+
+def _autocast(device: torch.device):  # noqa: ANN202
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.inference_mode()
+def predict(models: list[torch.nn.Module], dataset: BagDataset, device: torch.device, task: TaskSpec) -> pd.DataFrame:
+    """Per-sample predictions, averaged over ``models`` (an ensemble of fold checkpoints, or one)."""
+    rows = []
+    for m in models:
+        m.eval()
+    for i in range(len(dataset)):
+        x, sample = dataset[i]
+        x = x.to(device)
+        outs = []
+        for m in models:
+            with _autocast(device):
+                outs.append({k: v.float().cpu() for k, v in m(x).items() if isinstance(v, torch.Tensor)})
+        row: dict[str, Any] = {
+            "sample_id": sample.sample_id,
+            "case_id": sample.case_id,
+            "slide_ids": ";".join(sample.slide_ids),
+            "n_instances": int(x.shape[0]),
+            "target": sample.label,
+        }
+        if task.kind == "classification":
+            probs = torch.stack([F.softmax(o["logits"], dim=1)[0] for o in outs]).mean(0).numpy()
+            for k, c in enumerate(task.classes):
+                row[f"prob_{c}"] = float(probs[k])
+            row["label"] = task.classes[sample.label] if sample.label >= 0 else ""
+            row["predicted"] = task.classes[int(probs.argmax())]
+        else:
+            row["risk"] = float(torch.stack([o["risk"].reshape(-1)[0] for o in outs]).mean())
+            row["time"], row["event"] = sample.time, sample.event
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _validation(model, dataset, objective, device, task) -> tuple[float, float]:  # noqa: ANN001
+    """Mean validation loss and the task metric (AUC or c-index) on ``dataset``."""
+    model.eval()
+    losses, risks, probs = [], [], []
+    with torch.inference_mode():
+        for i in range(len(dataset)):
+            x, sample = dataset[i]
+            with _autocast(device):
+                out = model(x.to(device))
+            losses.append(float(objective.loss(out, sample)))
+            if task.kind == "survival":
+                risks.append(float(out["risk"].reshape(-1)[0]))
+            else:
+                probs.append(F.softmax(out["logits"].float(), dim=1)[0].cpu().numpy())
+    samples = dataset.samples
+    if task.kind == "survival":
+        metric = c_index(np.array([s.time for s in samples]), np.array([s.event for s in samples]), np.array(risks))
+    else:
+        metric = classification_metrics(np.array([s.label for s in samples]), np.array(probs), list(task.classes))["auc"]
+    return float(np.mean(losses)), metric
+
+
+def train_fold(
+    task: TaskSpec,
+    model_name: str,
+    model_kwargs: dict[str, Any],
+    settings: TrainSettings,
+    samples: list[Sample],
+    splits: pd.DataFrame,
+    fold: int,
+    feature_files: dict[str, Path],
+    order_files: dict[str, Path],
+    out_dir: str | Path,
+    meta: dict[str, Any],
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train one fold; writes ``checkpoint.pt``, ``log.csv``, ``curves.png``, ``test_predictions.csv`` and
+    ``summary.json`` into ``out_dir``. Returns the summary."""
+    out_dir = Path(out_dir)
+    seed_everything(settings.seed * 1000 + fold)
+    device = resolve_device(settings.device)
+    rows = splits[splits["fold"] == fold]
+    member = {split: set(rows.loc[rows["split"] == split, "case_id"]) for split in ("train", "val", "test")}
+    subsets = {k: [s for s in samples if s.case_id in v] for k, v in member.items()}
+    data = {k: BagDataset(v, feature_files, order_files) for k, v in subsets.items()}
+    in_dim = data["train"].in_dim
+    model = create_model(model_name, in_dim=in_dim, n_classes=task.n_outputs, task=task.kind, **model_kwargs).to(device)
+    objective = Objective(task, settings, subsets["train"])
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    rng = np.random.default_rng(settings.seed * 1000 + fold)
+    monitor = "val_c_index" if task.kind == "survival" else "val_loss"
+    best_score, best_epoch, history = -math.inf, -1, []
+    extra = {
+        "task": task.name,
+        "task_kind": task.kind,
+        "classes": list(task.classes),
+        "meta": meta,
+        "fold": fold,
+        "in_dim": in_dim,
+        "settings": settings.__dict__,
+        "model_name": model_name,
+        "model_kwargs": model_kwargs,
+        "feature_attrs": feature_attrs(feature_files[subsets["train"][0].slide_ids[0]]),
+        "mambamil_version": __version__,
+    }
+    n_train = len(data["train"])
+    epochs = tqdm(range(settings.epochs), desc=f"{task.name}/{model_name}/fold {fold}", disable=not progress)
+    for epoch in epochs:
+        model.train()
+        if settings.sampler == "weighted" and task.kind == "classification":
+            labels = np.array([s.label for s in subsets["train"]])
+            w = 1.0 / np.bincount(labels)[labels]
+            order = rng.choice(n_train, size=n_train, replace=True, p=w / w.sum())
+        else:
+            order = rng.permutation(n_train)
+        optimiser.zero_grad(set_to_none=True)
+        losses = []
+        for step, idx in enumerate(order):
+            x, sample = data["train"][int(idx)]
+            with _autocast(device):
+                out = model(x.to(device))
+            loss = objective.loss(out, sample)
+            (loss / settings.grad_accum).backward()
+            losses.append(float(loss))
+            if (step + 1) % settings.grad_accum == 0 or step == n_train - 1:
+                optimiser.step()
+                optimiser.zero_grad(set_to_none=True)
+        val_loss, val_metric = _validation(model, data["val"], objective, device, task)
+        if task.kind == "survival" and not math.isnan(val_metric):
+            score = val_metric
+        else:
+            score = -val_loss  # loss for subtyping (and for survival when the c-index is undefined)
+        is_best = score > best_score
+        if is_best:
+            best_score, best_epoch = score, epoch
+            save_checkpoint(out_dir / "checkpoint.pt", model, {**extra, "epoch": epoch, "val_loss": val_loss})
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": float(np.mean(losses)),
+                "val_loss": val_loss,
+                "val_auc" if task.kind == "classification" else "val_c_index": val_metric,
+                "is_best": is_best,
+            }
+        )
+        epochs.set_postfix(train=f"{np.mean(losses):.3f}", val=f"{val_loss:.3f}", best=best_epoch)
+        if epoch + 1 >= settings.min_epochs and epoch - best_epoch >= settings.patience:
+            log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
+            break
+    history_df = pd.DataFrame(history)
+    with atomic_output(out_dir / "log.csv") as tmp:
+        history_df.to_csv(tmp, index=False)
+    monitor_col = "val_c_index" if task.kind == "survival" else "val_loss"
+    loss_curves(history_df, out_dir / "curves.png", monitor_col if monitor_col in history_df else "val_loss")
+    best_model, _ = load_checkpoint(out_dir / "checkpoint.pt")
+    preds = predict([best_model.to(device)], data["test"], device, task)
+    preds.insert(0, "fold", fold)
+    with atomic_output(out_dir / "test_predictions.csv") as tmp:
+        preds.to_csv(tmp, index=False)
+    summary = {
+        "task": task.name,
+        "model": model_name,
+        "fold": fold,
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "monitor": monitor,
+        "n_train": n_train,
+        "n_val": len(data["val"]),
+        "n_test": len(data["test"]),
+    }
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def feature_attrs(path: Path) -> dict[str, Any]:
+    """JSON-safe attributes of a feature file (encoder, weights, resolution) stored with checkpoints."""
+    from mambamil.h5layout import read_bag
+
+    attrs = read_bag(path).attrs
+    return {k: (v if isinstance(v, (str, int, float, bool, list)) else str(v)) for k, v in attrs.items()}

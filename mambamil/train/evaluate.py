@@ -1,0 +1,68 @@
+"""Evaluation on held-out test folds only: per-fold metrics, mean ± std, pooled predictions and plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mambamil.errors import InputFileError
+from mambamil.fileio import atomic_output, write_json
+from mambamil.train.metrics import classification_metrics, survival_metrics
+from mambamil.train.plots import km_plot, roc_plot
+
+
+def _metrics(df: pd.DataFrame, kind: str, classes: list[str]) -> dict[str, Any]:
+    if kind == "classification":
+        probs = df[[f"prob_{c}" for c in classes]].to_numpy()
+        return classification_metrics(df["target"].to_numpy(), probs, classes)
+    return survival_metrics(df["time"].to_numpy(), df["event"].to_numpy(), df["risk"].to_numpy())
+
+
+def evaluate_folds(
+    prediction_files: list[Path], kind: str, classes: list[str], out_dir: str | Path, title: str
+) -> dict[str, Any]:
+    """Read each fold's ``test_predictions.csv`` and write ``metrics.json`` (per fold + summary),
+    ``predictions.csv`` (all test predictions with their fold) and ``roc.png`` or ``km.png``."""
+    out_dir = Path(out_dir)
+    frames = []
+    for path in prediction_files:
+        if not Path(path).exists():
+            raise InputFileError(path, "test predictions not found (run the train rule for this fold)")
+        frames.append(pd.read_csv(path, dtype={"sample_id": str, "case_id": str}))
+    preds = pd.concat(frames, ignore_index=True)
+    if preds["case_id"].duplicated().any():
+        raise InputFileError(prediction_files[0], "a patient is tested in more than one fold")
+    per_fold = {int(f): _metrics(rows, kind, classes) for f, rows in preds.groupby("fold")}
+    keys = ["auc", "balanced_accuracy", "weighted_f1"] if kind == "classification" else ["c_index", "logrank_p"]
+    summary = {}
+    for key in keys:
+        values = np.array([m[key] for m in per_fold.values()], dtype=float)
+        summary[key] = {"mean": float(np.nanmean(values)), "std": float(np.nanstd(values)), "folds": values.tolist()}
+    pooled = _metrics(preds, kind, classes)
+    result = {"kind": kind, "n_folds": len(per_fold), "summary": summary, "pooled": pooled, "per_fold": per_fold}
+    write_json(out_dir / "metrics.json", result)
+    with atomic_output(out_dir / "predictions.csv") as tmp:
+        preds.to_csv(tmp, index=False)
+    if kind == "classification":
+        probs = preds[[f"prob_{c}" for c in classes]].to_numpy()
+        roc_plot(preds["target"].to_numpy(), probs, classes, out_dir / "roc.png", title)
+    else:
+        km_plot(preds["time"].to_numpy(), preds["event"].to_numpy(), preds["risk"].to_numpy(), out_dir / "km.png", title)
+    return result
+
+
+def summary_table(metric_files: dict[tuple[str, str], Path]) -> pd.DataFrame:
+    """One row per (task, model): mean ± std of each summary metric, for the cohort-level overview."""
+    rows = []
+    import json
+
+    for (task, model), path in sorted(metric_files.items()):
+        result = json.loads(Path(path).read_text())
+        row = {"task": task, "model": model}
+        for key, stats in result["summary"].items():
+            row[key] = f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
