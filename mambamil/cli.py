@@ -145,7 +145,7 @@ def _spec(text: str) -> dict:
         raise MambamilError(f"--spec is not valid JSON ({exc})") from exc
 
 
-def _cohort(args: argparse.Namespace, spec: dict):  # noqa: ANN202
+def _cohort(args: argparse.Namespace, spec: dict):
     """Samples of the spec's task from the label sheet and the feature files present in --features-dir."""
     from mambamil.sheets import read_label_sheet
     from mambamil.train.data import TaskSpec, build_samples
@@ -227,7 +227,17 @@ def _run_train(args: argparse.Namespace) -> int:
     model = dict(spec["model"])
     name = model.pop("model")
     summary = train_fold(
-        task, name, model, settings, samples, splits, args.fold, features, orders, args.out, meta,
+        task,
+        name,
+        model,
+        settings,
+        samples,
+        splits,
+        args.fold,
+        features,
+        orders,
+        args.out,
+        meta,
         progress=not args.quiet,
     )
     print(f"{task.name}/{name}/fold {args.fold}: best epoch {summary['best_epoch']} → {args.out}")

@@ -44,6 +44,15 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
         tmp.write_text(json.dumps(obj, indent=indent) + "\n")
 
 
+def write_png(path: str | Path, rgb: Any) -> None:
+    """Write an RGB uint8 array as PNG atomically."""
+    import cv2
+
+    with atomic_output(path) as tmp:
+        if not cv2.imwrite(str(tmp), rgb[..., ::-1]):
+            raise OSError(f"could not write {path}")
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write text atomically."""
     with atomic_output(path) as tmp:

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from mambamil.config import default_section
-from mambamil.fileio import atomic_output, write_json
+from mambamil.fileio import write_json, write_png
 from mambamil.geometry import Polygon, mask_polygons, polygons_to_feature_collection, polygons_to_mask
 from mambamil.h5layout import write_coords
 from mambamil.slide import Slide, open_slide
@@ -213,9 +213,7 @@ def tile_slide(
         paths = output_paths(out_dir, slide.slide_id)
         write_json(paths["tissue"], polygons_to_feature_collection(tissue.polygons, tissue.scale, "Tissue"))
         preview = draw_preview(slide, tissue, grid, settings)
-        with atomic_output(paths["preview"]) as tmp:
-            if not cv2.imwrite(str(tmp), cv2.cvtColor(preview, cv2.COLOR_RGB2BGR)):
-                raise slide.error(f"could not write preview {paths['preview']}")
+        write_png(paths["preview"], preview)
         ds = choice.downsample
         attrs = {
             **{k: v for k, v in asdict(settings).items() if k in ("target_mpp", "patch_size", "overlap")},

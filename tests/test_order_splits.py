@@ -71,8 +71,13 @@ def _labels(n_cases: int = 40, seed: int = 0) -> pd.DataFrame:
         label = "tumor" if c % 2 else "normal"
         for s in range(1 + (c % 5 == 0)):
             rows.append(
-                {"case_id": f"c{c}", "slide_id": f"c{c}_s{s}", "label": label,
-                 "time": float(rng.uniform(1, 100)), "event": int(rng.random() < 0.6)}
+                {
+                    "case_id": f"c{c}",
+                    "slide_id": f"c{c}_s{s}",
+                    "label": label,
+                    "time": float(rng.uniform(1, 100)),
+                    "event": int(rng.random() < 0.6),
+                }
             )
     df = pd.DataFrame(rows)
     df["time"] = df.groupby("case_id")["time"].transform("first")

@@ -165,7 +165,7 @@ class BagDataset(torch.utils.data.Dataset):
 
     def load(self, index: int) -> tuple[torch.Tensor, np.ndarray, list[str]]:
         """Features (N, D) float32, coords (N, 2) and the slide id of each instance."""
-        from mambamil.h5layout import read_bag  # noqa: PLC0415
+        from mambamil.h5layout import read_bag
 
         sample = self.samples[index]
         feats, coords, owners = [], [], []

@@ -80,7 +80,9 @@ class Objective:
         self.weight = None
         if task.kind == "classification" and settings.class_weights == "balanced":
             counts = np.bincount([s.label for s in train_samples], minlength=task.n_outputs).astype(float)
-            self.weight = torch.tensor(len(train_samples) / (task.n_outputs * np.maximum(counts, 1)), dtype=torch.float32)
+            self.weight = torch.tensor(
+                len(train_samples) / (task.n_outputs * np.maximum(counts, 1)), dtype=torch.float32
+            )
 
     def loss(self, out: dict[str, torch.Tensor], sample: Sample) -> torch.Tensor:
         device = out["logits"].device
@@ -92,7 +94,7 @@ class Objective:
         return nll_survival_loss(out["hazards"].float(), out["S"].float(), y, event, self.alpha)
 
 
-def _autocast(device: torch.device):  # noqa: ANN202
+def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
@@ -131,7 +133,7 @@ def predict(models: list[torch.nn.Module], dataset: BagDataset, device: torch.de
     return pd.DataFrame(rows)
 
 
-def _validation(model, dataset, objective, device, task) -> tuple[float, float]:  # noqa: ANN001
+def _validation(model, dataset, objective, device, task) -> tuple[float, float]:
     """Mean validation loss and the task metric (AUC or c-index) on ``dataset``."""
     model.eval()
     losses, risks, probs = [], [], []
@@ -149,7 +151,9 @@ def _validation(model, dataset, objective, device, task) -> tuple[float, float]:
     if task.kind == "survival":
         metric = c_index(np.array([s.time for s in samples]), np.array([s.event for s in samples]), np.array(risks))
     else:
-        metric = classification_metrics(np.array([s.label for s in samples]), np.array(probs), list(task.classes))["auc"]
+        metric = classification_metrics(np.array([s.label for s in samples]), np.array(probs), list(task.classes))[
+            "auc"
+        ]
     return float(np.mean(losses)), metric
 
 
@@ -219,10 +223,9 @@ def train_fold(
                 optimiser.step()
                 optimiser.zero_grad(set_to_none=True)
         val_loss, val_metric = _validation(model, data["val"], objective, device, task)
-        if task.kind == "survival" and not math.isnan(val_metric):
-            score = val_metric
-        else:
-            score = -val_loss  # loss for subtyping (and for survival when the c-index is undefined)
+        # Subtyping monitors the loss; survival the c-index (the loss when the c-index is undefined).
+        use_metric = task.kind == "survival" and not math.isnan(val_metric)
+        score = val_metric if use_metric else -val_loss
         is_best = score > best_score
         if is_best:
             best_score, best_epoch = score, epoch

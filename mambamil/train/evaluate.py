@@ -50,7 +50,9 @@ def evaluate_folds(
         probs = preds[[f"prob_{c}" for c in classes]].to_numpy()
         roc_plot(preds["target"].to_numpy(), probs, classes, out_dir / "roc.png", title)
     else:
-        km_plot(preds["time"].to_numpy(), preds["event"].to_numpy(), preds["risk"].to_numpy(), out_dir / "km.png", title)
+        km_plot(
+            preds["time"].to_numpy(), preds["event"].to_numpy(), preds["risk"].to_numpy(), out_dir / "km.png", title
+        )
     return result
 
 

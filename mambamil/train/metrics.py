@@ -14,7 +14,11 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score,
 
 
 def nll_survival_loss(
-    hazards: torch.Tensor, survival: torch.Tensor, y: torch.Tensor, event: torch.Tensor, alpha: float = 0.0,
+    hazards: torch.Tensor,
+    survival: torch.Tensor,
+    y: torch.Tensor,
+    event: torch.Tensor,
+    alpha: float = 0.0,
     eps: float = 1e-7,
 ) -> torch.Tensor:
     """The discrete-time negative log-likelihood of MCAT/MambaMIL (``NLLSurvLoss``).
@@ -39,7 +43,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
     probs = np.asarray(probs, dtype=float)
     pred = probs.argmax(axis=1)
     out: dict[str, Any] = {
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, pred)) if len(y_true) else float("nan"),
         "weighted_f1": float(f1_score(y_true, pred, average="weighted", zero_division=0)),
         "confusion_matrix": confusion_matrix(y_true, pred, labels=list(range(len(classes)))).tolist(),
@@ -74,7 +78,7 @@ def survival_metrics(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> d
     """c-index, and a log-rank test between predicted high- and low-risk groups (split at the median risk)."""
     time, event, risk = (np.asarray(a, dtype=float) for a in (time, event, risk))
     high = risk > np.median(risk)
-    out: dict[str, Any] = {"n": int(len(time)), "events": int(event.sum()), "c_index": c_index(time, event, risk)}
+    out: dict[str, Any] = {"n": len(time), "events": int(event.sum()), "c_index": c_index(time, event, risk)}
     if high.any() and (~high).any():
         res = logrank_test(time[high], time[~high], event_observed_A=event[high], event_observed_B=event[~high])
         out["logrank_p"] = float(res.p_value)

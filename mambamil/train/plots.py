@@ -7,13 +7,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from lifelines import KaplanMeierFitter  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from lifelines import KaplanMeierFitter
+from sklearn.metrics import roc_curve
 
-from mambamil.fileio import atomic_output  # noqa: E402
+from mambamil.fileio import atomic_output
 
 
 def _save(fig: plt.Figure, path: str | Path) -> None:
@@ -60,8 +60,8 @@ def km_plot(time: np.ndarray, event: np.ndarray, risk: np.ndarray, path: str | P
     high = np.asarray(risk) > np.median(risk)
     for mask, name in ((~high, "low risk"), (high, "high risk")):
         if mask.any():
-            KaplanMeierFitter(label=f"{name} (n={int(mask.sum())})").fit(time[mask], event[mask]).plot_survival_function(
-                ax=ax, ci_show=False
-            )
+            KaplanMeierFitter(label=f"{name} (n={int(mask.sum())})").fit(
+                time[mask], event[mask]
+            ).plot_survival_function(ax=ax, ci_show=False)
     ax.set(xlabel="time", ylabel="survival probability", title=title)
     _save(fig, path)

@@ -15,7 +15,7 @@ from mambamil.train.data import BagDataset, Sample, TaskSpec
 from mambamil.train.engine import predict, resolve_device
 
 
-def load_models(checkpoints: list[Path], device) -> tuple[list, dict]:  # noqa: ANN001
+def load_models(checkpoints: list[Path], device) -> tuple[list, dict]:
     """Load checkpoints saved by ``mambamil train``; they must agree on task, classes and input dim."""
     models, extras = [], []
     for path in checkpoints:
@@ -37,8 +37,10 @@ def predict_slides(
     dev = resolve_device(device)
     models, extra = load_models(checkpoints, dev)
     task = TaskSpec(
-        name=extra.get("task", "task"), kind=extra.get("task_kind", "classification"),
-        classes=tuple(extra.get("classes", ())), n_bins=models[0].n_classes,
+        name=extra.get("task", "task"),
+        kind=extra.get("task_kind", "classification"),
+        classes=tuple(extra.get("classes", ())),
+        n_bins=models[0].n_classes,
     )
     files = {Path(p).stem: Path(p) for p in features}
     orders = {}

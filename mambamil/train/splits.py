@@ -50,7 +50,9 @@ def make_splits(
         train_cases = patients["case_id"].to_numpy()[train_idx]
         train_keys = keys.to_numpy()[train_idx]
         n_val = max(1, round(val_fraction * len(train_cases)))
-        strat = train_keys if pd.Series(train_keys).value_counts().min() >= 2 and n_val >= len(set(train_keys)) else None
+        strat = (
+            train_keys if pd.Series(train_keys).value_counts().min() >= 2 and n_val >= len(set(train_keys)) else None
+        )
         tr, va = train_test_split(train_cases, test_size=n_val, random_state=seed + fold, stratify=strat)
         out += [(c, fold, "train") for c in tr] + [(c, fold, "val") for c in va]
         out += [(c, fold, "test") for c in patients["case_id"].to_numpy()[test_idx]]
