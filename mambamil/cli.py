@@ -294,6 +294,51 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- heatmap ------------------------------------------------------------------------------------------------
+def _add_heatmap(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "heatmap",
+        help="draw a trained model's per-patch scores onto one slide and export them for review",
+        description="Attention of one checkpoint, or the mean over several (e.g. every fold model), as rank "
+        "percentiles drawn over the slide at --mpp µm/px (block by block: memory stays bounded on any slide "
+        "size), plus gradient × input attribution (independent of the pooling weights). Writes "
+        "<slide_id>.attention.png, <slide_id>.gradxinput.png (with colour bars), <slide_id>.scores.csv, "
+        "<slide_id>.patches.geojson (patch squares with scores as QuPath measurements) and top-/bottom-k "
+        "patch montages into --out.",
+    )
+    p.add_argument("slide", type=Path, help="slide file")
+    p.add_argument("--features", type=Path, required=True, help="the slide's feature H5")
+    p.add_argument("--checkpoint", type=Path, nargs="+", required=True, help="checkpoint.pt file(s); averaged")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--slide-id", help="id for output names (default: the slide file name)")
+    p.add_argument("--slide-mpp", type=float, help="µm/px override of the slide")
+    p.add_argument("--mpp", type=float, default=8.0, help="heatmap resolution in µm/px (default: %(default)s)")
+    p.add_argument("--cmap", default="jet", help="matplotlib colormap (default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity over the slide (default: %(default)s)")
+    p.add_argument("--smooth-um", type=float, default=0.0, help="Gaussian smoothing sigma in µm (default: off)")
+    p.add_argument("--top-k", type=int, default=12, help="patches in the top/bottom montages (default: %(default)s)")
+    p.add_argument(
+        "--order",
+        choices=["raster", "snake", "hilbert", "random"],
+        default="raster",
+        help="sequence order the model was trained with (default: %(default)s)",
+    )
+    p.set_defaults(func=_run_heatmap)
+
+
+def _run_heatmap(args: argparse.Namespace) -> int:
+    from mambamil.heatmaps import HeatmapSettings, heatmap_slide
+
+    if args.mpp <= 0 or not 0 <= args.alpha <= 1 or args.top_k < 0:
+        raise MambamilError("--mpp must be > 0, --alpha in [0, 1] and --top-k >= 0")
+    settings = HeatmapSettings(args.mpp, args.cmap, args.alpha, args.smooth_um, args.top_k, args.order)
+    summary = heatmap_slide(
+        args.slide, args.features, args.checkpoint, args.out, settings, args.slide_id, args.slide_mpp
+    )
+    print(f"{summary['slide_id']}: {summary['n_patches']} patches, maps {summary['scores']} → {args.out}")
+    return 0
+
+
 # -- validate-config ----------------------------------------------------------------------------------------
 def _add_validate_config(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -331,6 +376,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_evaluate,
     _add_predict,
+    _add_heatmap,
     _add_validate_config,
 ]
 

@@ -30,7 +30,6 @@ import torch
 from matplotlib import colormaps
 
 from mambamil.fileio import atomic_output, write_json, write_png
-from mambamil.h5layout import read_bag
 from mambamil.order import order_permutation
 from mambamil.slide import Slide, open_slide
 
@@ -219,6 +218,7 @@ def heatmap_slide(
     mpp: float | None = None,
 ) -> dict[str, Any]:
     """All heatmap outputs of one slide (see the module docstring). Returns a summary."""
+    from mambamil.h5layout import read_bag
     from mambamil.train.predict import load_models
 
     settings = settings or HeatmapSettings()
