@@ -125,11 +125,12 @@ def _add_order(sub: argparse._SubParsersAction) -> None:
 
 def _run_order(args: argparse.Namespace) -> int:
     from mambamil.h5layout import read_bag
-    from mambamil.order import order_permutation, slide_seed, write_order
+    from mambamil.order import bag_permutation, slide_seed, write_order
 
     bag = read_bag(args.features)
-    step = bag.attrs.get("step_level0") or bag.attrs.get("patch_size_level0")
-    perm = order_permutation(bag.coords, args.method, step, slide_seed(args.seed, args.features.stem))
+    if bag.coords is None:
+        raise MambamilError(f"{args.features}: the bag has no coordinates, so it cannot be ordered")
+    perm = bag_permutation(bag.coords, bag.attrs, args.method, slide_seed(args.seed, args.features.stem))
     write_order(args.out, perm)
     log.info("%s: %s order of %d instances → %s", args.features.stem, args.method, len(perm), args.out)
     return 0

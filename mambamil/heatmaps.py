@@ -30,7 +30,7 @@ import torch
 from matplotlib import colormaps
 
 from mambamil.fileio import atomic_output, write_json, write_png
-from mambamil.order import order_permutation
+from mambamil.order import bag_permutation
 from mambamil.slide import Slide, open_slide
 
 log = logging.getLogger(__name__)
@@ -229,8 +229,7 @@ def heatmap_slide(
     if feats.shape[1] != extra.get("in_dim", feats.shape[1]):
         raise ValueError(f"{features_path}: feature dim {feats.shape[1]} ≠ checkpoint's {extra['in_dim']}")
     coords = np.asarray(bag.coords)
-    step = bag.attrs.get("step_level0") or bag.attrs.get("patch_size_level0")
-    perm = order_permutation(coords, settings.order, step)
+    perm = bag_permutation(coords, bag.attrs, settings.order)
     scores = instance_scores(models, feats, perm)
     with open_slide(slide_path, mpp=mpp, slide_id=slide_id) as slide:
         size0 = float(bag.attrs.get("patch_size_level0") or bag.attrs["patch_size"])

@@ -75,6 +75,13 @@ def order_permutation(coords: np.ndarray, method: str, step: float | None = None
     return np.lexsort(keys).astype(np.int64)  # last key is primary
 
 
+def bag_permutation(coords: np.ndarray, attrs: dict, method: str, seed: int = 0) -> np.ndarray:
+    """The order of a bag from its coordinates; the grid step comes from the tile stage's ``step_level0``
+    attribute when present, else from the coordinate spacing."""
+    step = attrs.get("step_level0")
+    return order_permutation(coords, method, float(step) if step else None, seed)
+
+
 def slide_seed(seed: int, slide_id: str) -> int:
     """A per-slide seed stable across runs and machines (for the ``random`` control)."""
     return (seed * 1_000_003 + zlib.crc32(slide_id.encode())) % (2**32)

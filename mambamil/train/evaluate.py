@@ -25,7 +25,8 @@ def evaluate_folds(
     prediction_files: list[Path], kind: str, classes: list[str], out_dir: str | Path, title: str
 ) -> dict[str, Any]:
     """Read each fold's ``test_predictions.csv`` and write ``metrics.json`` (per fold + summary),
-    ``predictions.csv`` (all test predictions with their fold) and ``roc.png`` or ``km.png``."""
+    ``predictions.csv`` (all test predictions with their fold) and ``test_curves.png`` (ROC curves for
+    subtyping, Kaplan–Meier curves of predicted risk groups for survival)."""
     out_dir = Path(out_dir)
     frames = []
     for path in prediction_files:
@@ -46,13 +47,12 @@ def evaluate_folds(
     write_json(out_dir / "metrics.json", result)
     with atomic_output(out_dir / "predictions.csv") as tmp:
         preds.to_csv(tmp, index=False)
+    curves = out_dir / "test_curves.png"
     if kind == "classification":
         probs = preds[[f"prob_{c}" for c in classes]].to_numpy()
-        roc_plot(preds["target"].to_numpy(), probs, classes, out_dir / "roc.png", title)
+        roc_plot(preds["target"].to_numpy(), probs, classes, curves, title)
     else:
-        km_plot(
-            preds["time"].to_numpy(), preds["event"].to_numpy(), preds["risk"].to_numpy(), out_dir / "km.png", title
-        )
+        km_plot(preds["time"].to_numpy(), preds["event"].to_numpy(), preds["risk"].to_numpy(), curves, title)
     return result
 
 

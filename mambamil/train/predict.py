@@ -10,7 +10,7 @@ from mambamil.errors import InputFileError
 from mambamil.fileio import atomic_output
 from mambamil.h5layout import read_bag
 from mambamil.models import load_checkpoint
-from mambamil.order import order_permutation
+from mambamil.order import bag_permutation
 from mambamil.train.data import BagDataset, Sample, TaskSpec
 from mambamil.train.engine import predict, resolve_device
 
@@ -51,8 +51,7 @@ def predict_slides(
                 path, f"feature dimension {bag.features.shape[1]} does not match the checkpoint's {extra['in_dim']}"
             )
         if order:
-            step = bag.attrs.get("step_level0") or bag.attrs.get("patch_size_level0")
-            orders[sid] = order_permutation(bag.coords, order, step)
+            orders[sid] = bag_permutation(bag.coords, bag.attrs, order)
     samples = [Sample(sample_id=sid, case_id=sid, slide_ids=[sid]) for sid in files]
     df = predict(models, BagDataset(samples, files, orders, cache=False), dev, task)
     df = df.drop(columns=["target", "label"], errors="ignore")

@@ -1,0 +1,46 @@
+# Stage 5 — heatmaps: each slide drawn with the model of the fold that tested it (mambamil/heatmaps.py).
+
+
+def test_fold_checkpoint(wildcards):
+    """The checkpoint of the fold whose test set holds this slide's patient (read from the task's splits)."""
+    import pandas as pd
+
+    splits = pd.read_csv(checkpoints.splits.get(task=HEATMAP_TASK).output.splits, dtype={"case_id": str})
+    case = SLIDE_CASES.get(wildcards.slide_id, wildcards.slide_id)
+    folds = splits.loc[(splits["case_id"] == case) & (splits["split"] == "test"), "fold"].tolist()
+    if not folds:
+        raise ValueError(f"slide {wildcards.slide_id}: patient {case} is in no test fold of {HEATMAP_TASK}")
+    return RESULTS / "models" / HEATMAP_TASK / HEATMAP_MODEL / f"fold_{folds[0]}" / "checkpoint.pt"
+
+
+rule heatmap:
+    input:
+        slide=lambda wc: SLIDE_PATHS[wc.slide_id],
+        features=FEATURES_DIR / "{slide_id}.h5",
+        checkpoint=test_fold_checkpoint,
+    output:
+        attention=report(
+            RESULTS / "heatmaps" / "{slide_id}" / "{slide_id}.attention.png",
+            category="Heatmaps",
+            labels={"slide": "{slide_id}", "map": "attention"},
+        ),
+        gradxinput=RESULTS / "heatmaps" / "{slide_id}" / "{slide_id}.gradxinput.png",
+        scores=RESULTS / "heatmaps" / "{slide_id}" / "{slide_id}.scores.csv",
+        geojson=RESULTS / "heatmaps" / "{slide_id}" / "{slide_id}.patches.geojson",
+    params:
+        out_dir=lambda wc, output: Path(output.scores).parent,
+        mpp=lambda wc: f"--slide-mpp {SLIDE_MPP[wc.slide_id]}" if wc.slide_id in SLIDE_MPP else "",
+        options=lambda wc: cli_options(config["heatmaps"], ["mpp", "cmap", "alpha", "smooth_um", "top_k"]),
+        order=config["training"]["order"],
+    log:
+        LOGS / "heatmap" / "{slide_id}.log",
+    threads: 1
+    resources:
+        mem_mb=mem_mb("heatmap", 3000),
+        runtime=resource("heatmap", "runtime", 30),
+    conda:
+        "../../envs/mambamil.yaml"
+    shell:
+        "python -m mambamil heatmap {input.slide:q} --features {input.features:q} "
+        "--checkpoint {input.checkpoint:q} --out {params.out_dir:q} --slide-id {wildcards.slide_id} "
+        "{params.mpp} {params.options} --order {params.order} > {log:q} 2>&1"

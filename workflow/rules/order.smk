@@ -1,0 +1,23 @@
+# Stage 3 — order: each slide's instance sequence for the scan, per method (mambamil/order.py).
+
+
+rule order:
+    input:
+        features=FEATURES_DIR / "{slide_id}.h5",
+    output:
+        order=FEATURES_DIR / "order" / "{method}" / "{slide_id}.npy",
+    params:
+        seed=config["order"]["seed"],
+    log:
+        LOGS / "order" / "{method}" / "{slide_id}.log",
+    wildcard_constraints:
+        method="raster|snake|hilbert|random",
+    threads: 1
+    resources:
+        mem_mb=mem_mb("order", 1000),
+        runtime=resource("order", "runtime", 10),
+    conda:
+        "../../envs/mambamil.yaml"
+    shell:
+        "python -m mambamil order {input.features:q} --method {wildcards.method} --seed {params.seed} "
+        "--out {output.order:q} > {log:q} 2>&1"

@@ -1,0 +1,16 @@
+"""Cohort summary: one row per task × model with mean ± std of each test-fold metric."""
+
+import sys
+from pathlib import Path
+
+from mambamil.fileio import atomic_output
+from mambamil.train.evaluate import summary_table
+
+snakemake = snakemake  # noqa: F821, PLW0127 (injected by Snakemake)
+with open(snakemake.log[0], "w") as log:
+    sys.stderr = log
+    files = {(Path(p).parent.parent.name, Path(p).parent.name): Path(p) for p in snakemake.input.metrics}
+    table = summary_table(files)
+    with atomic_output(snakemake.output.summary) as tmp:
+        table.to_csv(tmp, index=False)
+    print(table.to_string(index=False), file=log)
