@@ -19,3 +19,7 @@ rule all:
 
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/tiling.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/order.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/heatmaps.smk"

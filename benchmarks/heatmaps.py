@@ -13,7 +13,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 
 CHILD = r"""
 import json, resource, sys, time
@@ -69,7 +68,6 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for w, h, n, mpp in cases:
-        t0 = time.perf_counter()
         a = run(w, h, n, mpp, "banded")
         b = run(w, h, n, mpp, "canvas")
         shape = f"{a['shape'][1]}×{a['shape'][0]}"
@@ -78,7 +76,6 @@ def main() -> None:
             f"{b['delta_mb']:.0f} | {b['delta_mb'] / max(a['delta_mb'], 1):.1f}× |",
             flush=True,
         )
-        del t0
 
 
 if __name__ == "__main__":

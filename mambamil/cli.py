@@ -340,6 +340,73 @@ def _run_heatmap(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- features -----------------------------------------------------------------------------------------------
+def _add_features(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "features",
+        help="embed the patches of one slide with a patch encoder",
+        description="Read the patches listed in a tile-stage coordinates file (at its target µm/px and patch size), "
+        "embed them in batches and write OUT_H5: 'features' (N, D) and 'coords' (N, 2, identical to the coords "
+        "file), with the encoder, its weights (source and SHA-256), normalisation and resolution as attributes. "
+        "A rerun whose output already matches the settings is skipped. Settings come from the schema defaults, "
+        "then the config's 'features' section (--config), then the options given here.",
+    )
+    p.add_argument("slide", type=Path, help="slide file (the one the coordinates were made from)")
+    p.add_argument(
+        "--coords", type=Path, required=True, metavar="COORDS_H5", help="tile-stage coordinates file (<slide_id>.h5)"
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="OUT_H5", help="output feature file (.h5)")
+    p.add_argument("--slide-id", help="slide id stored in the output (default: from the coords file)")
+    p.add_argument("--config", type=Path, help="config.yaml whose 'features' section gives the settings")
+    p.add_argument("--force", action="store_true", help="recompute even if the output matches the settings")
+    g = p.add_argument_group("feature settings (override the config)")
+    g.add_argument("--encoder", help="resnet50_trunc or timm:<model name>")
+    g.add_argument(
+        "--weights", help="local checkpoint path (loaded strictly), 'hub' (download; online only) or 'random'"
+    )
+    g.add_argument("--encoder-kwargs", help="JSON object of extra timm.create_model arguments")
+    g.add_argument("--tag", help="encoder tag recorded in the output (default: from encoder and weights)")
+    g.add_argument("--batch-size", type=int, help="patches per forward pass")
+    g.add_argument("--num-workers", type=int, help="reader processes (0: read in the main process)")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="autocast dtype on CUDA")
+    g.add_argument(
+        "--fp16-storage", action=argparse.BooleanOptionalAction, default=None, help="store features as float16"
+    )
+    g.add_argument("--torch-threads", type=int, help="intra-op threads of the model on CPU")
+    p.set_defaults(func=_run_features)
+
+
+def _run_features(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import fields
+
+    from mambamil.config import load_config, validate_config
+    from mambamil.features.extract import FeatureSettings, extract_slide
+
+    section = load_config(args.config)["features"] if args.config else {}
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(FeatureSettings)}
+    if args.encoder_kwargs is not None:
+        try:
+            overrides["encoder_kwargs"] = json.loads(args.encoder_kwargs)
+        except json.JSONDecodeError as exc:
+            raise MambamilError(f"--encoder-kwargs is not valid JSON ({exc})") from exc
+    merged = {**section, **{k: v for k, v in overrides.items() if v is not None}}
+    checked = validate_config({"slides": "", "labels": "", "features": merged}, source="features options")
+    settings = FeatureSettings.from_config(checked["features"])
+    result = extract_slide(
+        args.slide, args.coords, args.out, settings, args.slide_id, progress=not args.quiet, force=args.force
+    )
+    if result.skipped:
+        print(f"{result.slide_id}: {args.out} is up to date ({result.n_patches} patches); skipped")
+    else:
+        print(
+            f"{result.slide_id}: {result.n_patches} patches × {result.dim} ({settings.encoder}, "
+            f"{result.patches_per_s:.1f} patches/s) → {args.out}"
+        )
+    return 0
+
+
 # -- validate-config ----------------------------------------------------------------------------------------
 def _add_validate_config(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -372,6 +439,7 @@ def _run_validate_config(args: argparse.Namespace) -> int:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_demo_cohort,
     _add_tile,
+    _add_features,
     _add_order,
     _add_splits,
     _add_train,
@@ -392,10 +460,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks (also MAMBAMIL_DEBUG=1)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: torch's own choice); the workflow passes each rule's threads, so "
+        "jobs running side by side do not oversubscribe the cores",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
         add(sub)
     return parser
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, n))
 
 
 def _one_line(text: str) -> str:
@@ -412,6 +492,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     handler: Handler = args.func
+    if args.threads:
+        _set_threads(args.threads)
     try:
         return int(handler(args) or 0)
     except KeyboardInterrupt:

@@ -14,24 +14,28 @@ Backends
 ``reference``  a plain sequential loop (autograd through it), for tests.
 ``chunked``    the project's own scan in plain PyTorch, exact to float32 rounding and memory-lean:
 
-    The (zero-padded) sequence is cut into chunks of ``T`` steps; ``G`` consecutive chunks form a
-    *segment*. Segments are processed one after another, carrying the state across. Inside a segment
-    (1) the chunk-local states (started from zero) are computed for all G chunks at once, one time step
-    at a time, storing the decays ``a_t = exp(delta_t A)`` and the local states in two segment buffers;
-    (2) a short recurrence over the G chunk boundaries gives each chunk's true start state, using the
-    chunk decay ``exp(A * sum(delta))``; (3) a second in-chunk pass adds ``prod(a) * start_state`` to the
-    local states. Only decays in (0, 1] are ever multiplied (no division, no log-space), so the result is
-    exact up to float32 rounding, and ``exp`` is evaluated once per element (plus 1/T for the chunk
-    decays). ``y`` is then one batched contraction with ``C`` per segment.
+    The (zero-padded) sequence is cut into chunks of ``T`` steps (default 16); ``G`` consecutive chunks
+    form a *segment*. Segments are processed one after another, carrying the state across. Inside a
+    segment: the decays ``a_t = exp(delta_t A)`` of the whole segment are computed by one vectorised
+    ``exp`` into a segment buffer; (1) the chunk-local states (started from zero) are run for all G
+    chunks at once, one time step at a time; (2) a short recurrence over the G chunk boundaries gives
+    each chunk's true start state, using the chunk decay ``exp(A * sum(delta))``; (3) a second in-chunk
+    pass reruns every chunk from its true start state and forms ``y_t = C_t . h_t``. Only decays in
+    (0, 1] are ever multiplied (no division, no log-space, no cumsum tricks), so the result is exact up
+    to float32 rounding; ``exp`` runs once per element (plus 1/T for the chunk decays). Exponent
+    arguments below -80 (decays < 2e-35, under float32's normal range) are clamped to -80 to avoid
+    denormal slow paths; the effect is far below float32 resolution.
 
-    Memory: O(batch*d*L) for inputs/outputs plus two segment buffers of ``T*G*batch*d*n`` floats
-    (G is chosen so that ``G*batch*d*n`` is about ``2**19`` elements; ~64 MB at T=16) plus the
-    segment-start states (``batch*d*n`` per segment, O(batch*d*n*L/(G*T)) ) saved for backward.
-    Never O(batch*d*n*L).
+    Memory: O(batch*d*L) for inputs/outputs plus a segment buffer of ``T*G*batch*d*n`` floats (G is
+    chosen so that ``G*batch*d*n`` is about ``2**18`` elements: 16 MB at T=16; the backward holds two)
+    plus the segment-start states saved for backward (``batch*d*n`` floats per segment, i.e.
+    O(batch*d*n*L/(G*T))). Never O(batch*d*n*L).
 
     The backward is a custom ``autograd.Function``: segments are visited in reverse time; each one
-    recomputes its states from the saved segment-start state, then runs the adjoint recurrence
-    ``lam_t = a_{t+1} lam_{t+1} + gy_t C_t`` with the same two-level chunk scheme in reverse time.
+    recomputes its decays and states from its saved start state, then runs the adjoint recurrence
+    ``lam_t = a_{t+1} lam_{t+1} + C_t gy_t`` with the same two-level chunk scheme reversed in time
+    (chunk-local adjoints, a recurrence over chunk boundaries, then the true adjoints), accumulating
+    the gradients of u, delta, A, B and C step by step.
 ``cuda``       mamba-ssm's fused kernel (``selective_scan_fn``); needs ``mamba_ssm`` and CUDA tensors.
 
 ``auto`` picks ``cuda`` when mamba-ssm imports and the tensors are on CUDA, else ``chunked``.
@@ -55,10 +59,14 @@ __all__ = [
 
 BACKENDS = ("auto", "cuda", "chunked", "reference")
 
+#: channel block for the grad-free elementwise pre/post-processing (bounds temporaries)
+_BLOCK = 128
+#: exp arguments are clamped here: smaller decays are below float32's normal range (denormal slow paths)
+_EXP_FLOOR = {torch.float32: -80.0, torch.float64: -700.0}
 #: default chunk length (time steps per chunk) of the chunked scan
 DEFAULT_CHUNK = 16
 #: target number of elements of one per-step state slab (batch * G * d * n)
-DEFAULT_SLAB = 1 << 19
+DEFAULT_SLAB = 1 << 18
 
 
 @functools.lru_cache(maxsize=1)
@@ -105,19 +113,35 @@ def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D, 
 
 
 def _prep_delta(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool, dtype: torch.dtype) -> Tensor:
-    delta = delta.to(dtype)
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(dtype)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    return delta
+    if torch.is_grad_enabled() and (delta.requires_grad or (delta_bias is not None and delta_bias.requires_grad)):
+        delta = delta.to(dtype)
+        if delta_bias is not None:
+            delta = delta + delta_bias.to(dtype)[:, None]
+        return F.softplus(delta) if delta_softplus else delta
+    if delta_bias is None and not delta_softplus:
+        return delta.to(dtype)
+    out = torch.empty(delta.shape, dtype=dtype, device=delta.device)  # one new buffer, filled by blocks
+    for i in range(0, delta.shape[1], _BLOCK):
+        blk = delta[:, i : i + _BLOCK].to(dtype)
+        if delta_bias is not None:
+            blk = blk + delta_bias[i : i + _BLOCK].to(dtype)[:, None]
+        out[:, i : i + _BLOCK] = F.softplus(blk) if delta_softplus else blk
+    return out
 
 
 def _finish(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None, dtype: torch.dtype) -> Tensor:
-    if D is not None:
-        y = y + u.to(dtype) * D.to(dtype)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(dtype))
+    """y + D*u, gated by silu(z); in place when no gradient is needed (y is then a fresh buffer)."""
+    inplace = not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (y, u, D, z))
+    if not inplace:
+        if D is not None:
+            y = y + u.to(dtype) * D.to(dtype)[:, None]
+        return y * F.silu(z.to(dtype)) if z is not None else y
+    for i in range(0, y.shape[1], _BLOCK):  # channel blocks keep the temporaries small
+        sl = slice(i, i + _BLOCK)
+        if D is not None:
+            y[:, sl].addcmul_(u[:, sl].to(dtype), D[sl].to(dtype)[:, None])
+        if z is not None:
+            y[:, sl].mul_(F.silu(z[:, sl].to(dtype)))
     return y
 
 
@@ -155,25 +179,24 @@ def selective_scan_reference(
 # ----------------------------------------------------------------------------------------------
 # chunked
 # ----------------------------------------------------------------------------------------------
-def _seg(x: Tensor, k0: int, k1: int, T: int) -> Tensor:
-    """Chunks [k0, k1) of x (b, c, L), zero-padded past L, as a contiguous (T, b, c, G)."""
-    b, c, L = x.shape
-    G = k1 - k0
-    seg = x[:, :, k0 * T : min(k1 * T, L)]
-    if seg.shape[-1] < G * T:
-        seg = F.pad(seg, (0, G * T - seg.shape[-1]))
-    return seg.reshape(b, c, G, T).permute(3, 0, 1, 2).contiguous()
+def _bt(x: Tensor, k0: int, k1: int, T: int) -> Tensor:
+    """Chunks [k0, k1) of x (b, c, K*T) as a contiguous (T, b, G, c) (used for the small B, C)."""
+    b, c, _ = x.shape
+    return x[:, :, k0 * T : k1 * T].reshape(b, c, k1 - k0, T).permute(3, 0, 2, 1).contiguous()
 
 
-def _unseg(out: Tensor, seg: Tensor, k0: int, k1: int, T: int) -> None:
-    """Inverse of :func:`_seg`: write seg (T, b, c, G) to out[:, :, k0*T : min(k1*T, L)]."""
-    b, c, L = out.shape
-    G = k1 - k0
-    src = seg.permute(1, 2, 3, 0)
-    if k1 * T <= L:
-        out[:, :, k0 * T : k1 * T].view(b, c, G, T).copy_(src)
-    else:
-        out[:, :, k0 * T :].copy_(src.reshape(b, c, G * T)[:, :, : L - k0 * T])
+def _chunks(x: Tensor, k0: int, k1: int, T: int) -> Tensor:
+    """View of chunks [k0, k1) of x (b, c, K*T) as (b, c, G, T)."""
+    b, c, _ = x.shape
+    return x[:, :, k0 * T : k1 * T].view(b, c, k1 - k0, T)
+
+
+def _unit_stride(x: Tensor) -> Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _pad_to(x: Tensor, Lp: int) -> Tensor:
+    return x if x.shape[-1] == Lp else F.pad(x, (0, Lp - x.shape[-1]))
 
 
 def _plan(b: int, d: int, n: int, L: int, chunk: int | None, slab: int | None) -> tuple[int, int, int]:
@@ -185,39 +208,39 @@ def _plan(b: int, d: int, n: int, L: int, chunk: int | None, slab: int | None) -
 
 
 def _front(buf: Tensor, G: int) -> Tensor:
-    """Contiguous view with G chunks on the front of a buffer whose dim 3 is the chunk dim."""
+    """Contiguous view with G chunks on the front of a (b, d, G_max, ...) buffer."""
     shape = list(buf.shape)
-    shape[3] = G
+    shape[2] = G
     return buf.view(-1)[: math.prod(shape)].view(shape)
 
 
 def _segment_states(
-    dl: Tensor,
+    dv: Tensor,
     du: Tensor,
     Bs: Tensor,
-    A3: Tensor,
+    A: Tensor,
     carry: Tensor,
     abuf: Tensor,
     hbuf: Tensor | None = None,
     Cs: Tensor | None = None,
-    ybuf: Tensor | None = None,
+    yv: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """States of one segment of G chunks of T steps; state slabs are (b, d, G, n).
 
-    dl, du: (T, b, d, G) delta and delta*u; Bs, Cs: (T, b, G, n); A3: A as (d, 1, n); carry: (b, d, n)
-    state before the segment. Fills abuf[t] = exp(delta_t A) (T, b, d, G, n) and either hbuf[t] = h_t
-    (the true states, same shape) or ybuf[t] = C_t . h_t (T, b, d, G). Returns (start, P, carry_out):
-    chunk start states and chunk decays (b, d, G, n) and the state after the segment (b, d, n).
+    dv, du: (b, d, G, T) delta and delta*u; Bs, Cs: (T, b, G, n); carry: (b, d, n) state before the
+    segment. Fills abuf = exp(delta A) (b, d, G, T, n) and either hbuf[:, :, :, t] = h_t (the true
+    states, same shape) or yv[..., t] = C_t . h_t (b, d, G, T). Returns (start, P, carry_out): chunk
+    start states and chunk decays (b, d, G, n) and the state after the segment (b, d, n).
     """
-    T, b, d, G = dl.shape
-    # (1) chunk-local states from zero, all G chunks at once; keep the decays
-    h = torch.mul(du[0].unsqueeze(-1), Bs[0].unsqueeze(1))
-    torch.mul(dl[0].unsqueeze(-1), A3, out=abuf[0]).exp_()
+    G, T = dv.shape[2:]
+    lo = _EXP_FLOOR[dv.dtype]
+    torch.mul(dv.unsqueeze(-1), A[:, None, None, :], out=abuf).clamp_(min=lo).exp_()
+    # (1) chunk-local states from zero, all G chunks at once
+    h = torch.mul(du[..., 0, None], Bs[0].unsqueeze(1))
     for t in range(1, T):
-        a = torch.mul(dl[t].unsqueeze(-1), A3, out=abuf[t]).exp_()
-        h.mul_(a).addcmul_(du[t].unsqueeze(-1), Bs[t].unsqueeze(1))
+        h.mul_(abuf[:, :, :, t]).addcmul_(du[..., t, None], Bs[t].unsqueeze(1))
     # (2) recurrence over the chunk boundaries with P = exp(A * sum(delta)) in (0, 1]
-    P = torch.mul(dl.sum(0).unsqueeze(-1), A3).exp_()
+    P = torch.mul(dv.sum(-1, keepdim=True), A.unsqueeze(1)).clamp_(min=lo).exp_()
     start = torch.empty_like(P)
     start[:, :, 0] = carry
     for g in range(G - 1):
@@ -226,15 +249,17 @@ def _segment_states(
     # (3) rerun every chunk from its true start state
     if hbuf is None:
         h.copy_(start)
-        tmp = torch.empty_like(h)
     for t in range(T):
+        a = abuf[:, :, :, t]
         if hbuf is None:
-            h.mul_(abuf[t])
+            h.mul_(a)
         else:
-            h = torch.mul(abuf[t], hbuf[t - 1] if t > 0 else start, out=hbuf[t])
-        h.addcmul_(du[t].unsqueeze(-1), Bs[t].unsqueeze(1))
-        if ybuf is not None:
-            torch.sum(torch.mul(h, Cs[t].unsqueeze(1), out=tmp), -1, out=ybuf[t])
+            h = torch.mul(a, hbuf[:, :, :, t - 1] if t > 0 else start, out=hbuf[:, :, :, t])
+        h.addcmul_(du[..., t, None], Bs[t].unsqueeze(1))
+        if yv is not None:
+            torch.mul(h, Cs[t].unsqueeze(1), out=a)  # a_t is used up: reuse its slot for h_t * C_t
+    if yv is not None:
+        torch.sum(abuf, -1, out=yv)
     return start, P, carry_out
 
 
@@ -246,26 +271,25 @@ class _ChunkedScanFn(torch.autograd.Function):
         b, d, L = u.shape
         n = A.shape[1]
         T, K, G = _plan(b, d, n, L, chunk, slab)
-        A3 = A.unsqueeze(1)
-        y = u.new_empty(b, d, L)
-        abuf = u.new_empty(T, b, d, G, n)
-        ybuf = u.new_empty(T, b, d, G)
+        Lp = K * T
+        up, dp, Bp, Cp = (_pad_to(x, Lp) for x in (u, delta, B, C))
+        y = u.new_empty(b, d, Lp)
+        abuf = u.new_empty(b, d, G, T, n)
         carry = u.new_zeros(b, d, n)
         seg_starts = []
         for k0 in range(0, K, G):
             k1 = min(K, k0 + G)
-            Gs = k1 - k0
-            dl = _seg(delta, k0, k1, T)
-            du = dl * _seg(u, k0, k1, T)
-            Bs, Cs = _seg(B, k0, k1, T).transpose(2, 3), _seg(C, k0, k1, T).transpose(2, 3)
+            dv = _chunks(dp, k0, k1, T)
+            du = dv * _chunks(up, k0, k1, T)
             seg_starts.append(carry)
-            ys = _front(ybuf, Gs)
-            _, _, carry = _segment_states(dl, du, Bs, A3, carry, _front(abuf, Gs), Cs=Cs, ybuf=ys)
-            _unseg(y, ys, k0, k1, T)
+            _, _, carry = _segment_states(
+                dv, du, _bt(Bp, k0, k1, T), A, carry, _front(abuf, k1 - k0),
+                Cs=_bt(Cp, k0, k1, T), yv=_chunks(y, k0, k1, T),
+            )  # fmt: skip
         ctx.save_for_backward(u, delta, A, B, C, torch.stack(seg_starts))
         ctx.plan = (T, K, G)
         ctx.mark_non_differentiable(carry)
-        return y, carry
+        return (y if Lp == L else y[:, :, :L].contiguous()), carry
 
     @staticmethod
     def backward(ctx, gy_full, _glast):  # type: ignore[override]
@@ -273,12 +297,15 @@ class _ChunkedScanFn(torch.autograd.Function):
         T, K, G = ctx.plan
         b, d, L = u.shape
         n = A.shape[1]
+        Lp = K * T
         A3 = A.unsqueeze(1)
-        gy_full = gy_full if gy_full is not None else torch.zeros_like(u)
-        du_out, ddelta_out = torch.empty_like(u), torch.empty_like(u)
-        dB_out, dC_out = torch.empty_like(B), torch.empty_like(C)
+        if gy_full is None:
+            gy_full = torch.zeros_like(u)
+        up, dp, Bp, Cp, gyp = (_pad_to(x, Lp) for x in (u, delta, B, C, gy_full))
+        du_out, ddelta_out = u.new_empty(b, d, Lp), u.new_empty(b, d, Lp)
+        dB_out, dC_out = B.new_empty(b, n, Lp), C.new_empty(b, n, Lp)
         dA_acc = u.new_zeros(b, d, G, n)
-        abuf = u.new_empty(T, b, d, G, n)
+        abuf = u.new_empty(b, d, G, T, n)
         hbuf = torch.empty_like(abuf)
         tmp_full = u.new_empty(b, d, G, n)
         m = u.new_zeros(b, d, n)  # a_{t+1} * lam_{t+1}: adjoint flowing into the segment's last step
@@ -287,22 +314,19 @@ class _ChunkedScanFn(torch.autograd.Function):
             k0 = starts[s]
             k1 = min(K, k0 + G)
             Gs = k1 - k0
-            ab, hb = _front(abuf, Gs), _front(hbuf, Gs)
-            tmp, dA_g = _front(tmp_full.unsqueeze(0), Gs)[0], dA_acc[:, :, :Gs]
-            dl, us = _seg(delta, k0, k1, T), _seg(u, k0, k1, T)
-            du = dl * us
-            Bs, Cs = _seg(B, k0, k1, T).transpose(2, 3), _seg(C, k0, k1, T).transpose(2, 3)
-            gy = _seg(gy_full, k0, k1, T)
-            start, P, _ = _segment_states(dl, du, Bs, A3, seg_starts[s], ab, hbuf=hb)
+            ab, hb, tmp = _front(abuf, Gs), _front(hbuf, Gs), _front(tmp_full, Gs)
+            dA_g = dA_acc[:, :, :Gs]
+            dv, uv, gy = _chunks(dp, k0, k1, T), _chunks(up, k0, k1, T), _chunks(gyp, k0, k1, T)
+            du = dv * uv
+            Bs, Cs = _bt(Bp, k0, k1, T), _bt(Cp, k0, k1, T)
+            start, P, _ = _segment_states(dv, du, Bs, A, seg_starts[s], ab, hbuf=hb)
             gyl = gy.unsqueeze(-1)
-            dCs = u.new_empty(T, b, Gs, n)
-            dBs = torch.empty_like(dCs)
-            lamB = torch.empty_like(dl)
-            ddl = torch.empty_like(dl)
+            dCs, dBs = u.new_empty(T, b, Gs, n), u.new_empty(T, b, Gs, n)
+            lamB, ddl = torch.empty_like(du), torch.empty_like(du)
             # R1: chunk-local adjoints from zero -> a_first * lam_first per chunk
             lam = torch.zeros_like(start)
             for t in reversed(range(T)):
-                lam.addcmul_(gyl[t], Cs[t].unsqueeze(1)).mul_(ab[t])
+                lam.addcmul_(gyl[..., t, :], Cs[t].unsqueeze(1)).mul_(ab[:, :, :, t])
             # reverse recurrence over the chunk boundaries
             M = torch.empty_like(start)
             M[:, :, Gs - 1] = m
@@ -312,20 +336,22 @@ class _ChunkedScanFn(torch.autograd.Function):
             # R2: true adjoints lam_t, reverse in time, with every gradient term of step t
             lam = M
             for t in reversed(range(T)):
-                torch.sum(torch.mul(hb[t], gyl[t], out=tmp), 1, out=dCs[t])  # dC_t = sum_d gy h_t
-                lam.addcmul_(gyl[t], Cs[t].unsqueeze(1))  # lam_t
-                torch.sum(torch.mul(lam, Bs[t].unsqueeze(1), out=tmp), -1, out=lamB[t])
-                torch.sum(torch.mul(lam, du[t].unsqueeze(-1), out=tmp), 1, out=dBs[t])
-                lam.mul_(ab[t])  # a_t lam_t
-                W = torch.mul(lam, hb[t - 1] if t > 0 else start, out=tmp)  # a_t lam_t h_{t-1}
-                dA_g.addcmul_(W, dl[t].unsqueeze(-1))
-                torch.sum(W.mul_(A3), -1, out=ddl[t])
-            ddl.addcmul_(us, lamB)
-            _unseg(du_out, dl.mul_(lamB), k0, k1, T)
-            _unseg(ddelta_out, ddl, k0, k1, T)
-            _unseg(dB_out, dBs.transpose(2, 3), k0, k1, T)
-            _unseg(dC_out, dCs.transpose(2, 3), k0, k1, T)
-        return du_out, ddelta_out, dA_acc.sum((0, 2)), dB_out, dC_out, None, None
+                h_t = hb[:, :, :, t]
+                torch.sum(torch.mul(h_t, gyl[..., t, :], out=tmp), 1, out=dCs[t])  # sum_d gy_t h_t
+                lam.addcmul_(gyl[..., t, :], Cs[t].unsqueeze(1))  # lam_t
+                torch.sum(torch.mul(lam, Bs[t].unsqueeze(1), out=tmp), -1, out=lamB[..., t])
+                torch.sum(torch.mul(lam, du[..., t, None], out=tmp), 1, out=dBs[t])
+                lam.mul_(ab[:, :, :, t])  # a_t lam_t
+                W = torch.mul(lam, hb[:, :, :, t - 1] if t > 0 else start, out=tmp)  # a_t lam_t h_{t-1}
+                dA_g.addcmul_(W, dv[..., t, None])
+                torch.sum(W.mul_(A3), -1, out=ddl[..., t])
+            ddl.addcmul_(uv, lamB)
+            torch.mul(dv, lamB, out=_chunks(du_out, k0, k1, T))
+            _chunks(ddelta_out, k0, k1, T).copy_(ddl)
+            _chunks(dB_out, k0, k1, T).copy_(dBs.permute(1, 3, 2, 0))
+            _chunks(dC_out, k0, k1, T).copy_(dCs.permute(1, 3, 2, 0))
+        grads = [x if Lp == L else x[:, :, :L].contiguous() for x in (du_out, ddelta_out, dB_out, dC_out)]
+        return grads[0], grads[1], dA_acc.sum((0, 2)), grads[2], grads[3], None, None
 
 
 def selective_scan_chunked(
@@ -346,9 +372,7 @@ def selective_scan_chunked(
     dtype_in = u.dtype
     dt = _compute_dtype(u)
     delta_f = _prep_delta(delta, delta_bias, delta_softplus, dt)
-    y, last = _ChunkedScanFn.apply(
-        u.to(dt), delta_f, A.to(dt), B.to(dt), C.to(dt), chunk_size, slab
-    )
+    y, last = _ChunkedScanFn.apply(*(_unit_stride(x.to(dt)) for x in (u, delta_f, A, B, C)), chunk_size, slab)
     y = _finish(y, u, D, z, dt).to(dtype_in)
     return (y, last) if return_last_state else y
 

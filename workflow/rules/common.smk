@@ -1,10 +1,13 @@
 # Shared set-up: config validation, the slide list, per-rule resources.
+import json
+import shlex
 from pathlib import Path
 
 from snakemake.utils import validate
 
 from mambamil import demo
-from mambamil.sheets import read_slide_sheet
+from mambamil.features import encoder_tag
+from mambamil.sheets import read_label_sheet, read_slide_sheet
 
 
 validate(config, "../schemas/config.schema.yaml")
@@ -16,6 +19,9 @@ shell.prefix(f'set -euo pipefail; export PYTHONPATH="{workflow.basedir}${{{{PYTH
 RESULTS = Path(config["results"])
 LOGS = RESULTS / "logs"
 SLIDE_SHEET = Path(config["slides"])
+FEATURES_DIR = RESULTS / "features" / encoder_tag(
+    config["features"]["encoder"], config["features"]["weights"], config["features"]["tag"]
+)
 DEMO = config.get("demo_cohort") or None
 DEMO_DIR = Path(DEMO["dir"]) if DEMO else None
 
@@ -52,10 +58,70 @@ def mem_mb(rule_name, default):
     return lambda wildcards, attempt: base * attempt
 
 
+def conda_env(rule_name):
+    """Conda env file for `conda:` (a path relative to workflow/rules/), the GPU env when resources ask for a GPU."""
+    if resource(rule_name, "gpu", 0) > 0:
+        return "../../envs/mambamil-gpu.yaml"
+    return "../../envs/mambamil.yaml"
+
+
 def cli_options(section, names):
     """Config values as CLI options: {'target_mpp': 0.5} → '--target-mpp 0.5'."""
     return " ".join(f"--{n.replace('_', '-')} {section[n]}" for n in names)
 
 
+def feature_options(section):
+    """The features config as CLI options (weights/kwargs/tag quoted; booleans as flags)."""
+    opts = [cli_options(section, ["encoder", "batch_size", "num_workers", "device", "precision"])]
+    if section["weights"] is not None:
+        opts.append(f"--weights {shlex.quote(str(section['weights']))}")
+    if section["encoder_kwargs"]:
+        opts.append(f"--encoder-kwargs {shlex.quote(json.dumps(section['encoder_kwargs']))}")
+    if section["tag"]:
+        opts.append(f"--tag {shlex.quote(section['tag'])}")
+    opts.append("--fp16-storage" if section["fp16_storage"] else "--no-fp16-storage")
+    return " ".join(opts)
+
+
+# Training: every task × model × fold; heatmaps of one task and model.
+TASKS = list(config["tasks"])
+MODELS = list(config["models"])
+FOLDS = list(range(config["training"]["folds"]))
+TRAIN_ORDER = config["training"]["order"]
+ORDER_METHODS = sorted(set(config["order"]["methods"]) | {TRAIN_ORDER})
+HEATMAP_TASK = config["heatmaps"].get("task") or (TASKS[0] if TASKS else None)
+HEATMAP_MODEL = config["heatmaps"].get("model") or (MODELS[0] if MODELS else None)
+
+
+def task_spec(task, model=None):
+    """The JSON the splits/train/evaluate commands take: the task, the training section and the model."""
+    spec = {"task_name": task, "task": config["tasks"][task], "training": config["training"]}
+    if model is not None:
+        spec.update(model_name=model, model=config["models"][model])
+    return json.dumps(spec, sort_keys=True)
+
+
+def test_fold_checkpoint(wildcards):
+    """The checkpoint of the fold whose test set holds this slide's patient (read from the task's splits)."""
+    import pandas as pd
+
+    splits = pd.read_csv(checkpoints.splits.get(task=HEATMAP_TASK).output.splits, dtype={"case_id": str})
+    labels = read_label_sheet(config["labels"])
+    if wildcards.slide_id not in labels.index:
+        raise ValueError(f"slide {wildcards.slide_id} has no row in the label sheet {config['labels']}")
+    case = labels.loc[wildcards.slide_id, "case_id"]
+    folds = splits.loc[(splits["case_id"] == case) & (splits["split"] == "test"), "fold"].tolist()
+    if not folds:
+        raise ValueError(f"slide {wildcards.slide_id}: patient {case} is in no test fold of {HEATMAP_TASK}")
+    return RESULTS / "models" / HEATMAP_TASK / HEATMAP_MODEL / f"fold_{folds[0]}" / "checkpoint.pt"
+
+
 def all_targets():
-    return expand(RESULTS / "tiles" / "{slide_id}.h5", slide_id=SLIDE_IDS)
+    targets = expand(RESULTS / "tiles" / "{slide_id}.h5", slide_id=SLIDE_IDS)
+    targets += expand(FEATURES_DIR / "{slide_id}.h5", slide_id=SLIDE_IDS)
+    targets += expand(FEATURES_DIR / "order" / "{method}" / "{slide_id}.npy", method=ORDER_METHODS, slide_id=SLIDE_IDS)
+    if TASKS and MODELS:
+        targets.append(RESULTS / "evaluation" / "summary.csv")
+    if HEATMAP_TASK and HEATMAP_MODEL:
+        targets += expand(RESULTS / "heatmaps" / "{slide_id}" / "{slide_id}.attention.png", slide_id=SLIDE_IDS)
+    return targets

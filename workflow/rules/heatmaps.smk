@@ -1,18 +1,6 @@
 # Stage 5 — heatmaps: each slide drawn with the model of the fold that tested it (mambamil/heatmaps.py).
 
 
-def test_fold_checkpoint(wildcards):
-    """The checkpoint of the fold whose test set holds this slide's patient (read from the task's splits)."""
-    import pandas as pd
-
-    splits = pd.read_csv(checkpoints.splits.get(task=HEATMAP_TASK).output.splits, dtype={"case_id": str})
-    case = SLIDE_CASES.get(wildcards.slide_id, wildcards.slide_id)
-    folds = splits.loc[(splits["case_id"] == case) & (splits["split"] == "test"), "fold"].tolist()
-    if not folds:
-        raise ValueError(f"slide {wildcards.slide_id}: patient {case} is in no test fold of {HEATMAP_TASK}")
-    return RESULTS / "models" / HEATMAP_TASK / HEATMAP_MODEL / f"fold_{folds[0]}" / "checkpoint.pt"
-
-
 rule heatmap:
     input:
         slide=lambda wc: SLIDE_PATHS[wc.slide_id],
@@ -41,6 +29,6 @@ rule heatmap:
     conda:
         "../../envs/mambamil.yaml"
     shell:
-        "python -m mambamil heatmap {input.slide:q} --features {input.features:q} "
+        "python -m mambamil --threads {threads} heatmap {input.slide:q} --features {input.features:q} "
         "--checkpoint {input.checkpoint:q} --out {params.out_dir:q} --slide-id {wildcards.slide_id} "
         "{params.mpp} {params.options} --order {params.order} > {log:q} 2>&1"

@@ -19,7 +19,7 @@ checkpoint splits:
     conda:
         "../../envs/mambamil.yaml"
     shell:
-        "python -m mambamil splits --labels {input.labels:q} --features-dir {params.features_dir:q} "
+        "python -m mambamil --threads {threads} splits --labels {input.labels:q} --features-dir {params.features_dir:q} "
         "--spec {params.spec:q} --out {output.splits:q} > {log:q} 2>&1"
 
 
@@ -48,7 +48,7 @@ rule train:
         LOGS / "train" / "{task}" / "{model}" / "fold_{fold}.log",
     wildcard_constraints:
         fold=r"\d+",
-    threads: resource("train", "threads", 2)
+    threads: resource("train", "threads", 1)
     resources:
         mem_mb=mem_mb("train", 4000),
         runtime=resource("train", "runtime", 120),
@@ -56,7 +56,7 @@ rule train:
     conda:
         conda_env("train")
     shell:
-        "python -m mambamil train --labels {input.labels:q} --features-dir {params.features_dir:q} "
+        "python -m mambamil --threads {threads} train --labels {input.labels:q} --features-dir {params.features_dir:q} "
         "--order-dir {params.order_dir:q} --splits {input.splits:q} --fold {wildcards.fold} "
         "--spec {params.spec:q} --out {params.out_dir:q} > {log:q} 2>&1"
 
@@ -90,7 +90,7 @@ rule evaluate:
     conda:
         "../../envs/mambamil.yaml"
     shell:
-        "python -m mambamil evaluate {input.predictions:q} --spec {params.spec:q} --out {params.out_dir:q} "
+        "python -m mambamil --threads {threads} evaluate {input.predictions:q} --spec {params.spec:q} --out {params.out_dir:q} "
         "> {log:q} 2>&1"
 
 

@@ -1,0 +1,28 @@
+"""The features stage: patch coordinates → one embedding per patch, per slide.
+
+- :mod:`mambamil.features.encoders`: the encoder registry (``resnet50_trunc``, ``timm:<name>``) and weights
+  (``random`` | ``hub`` | a local checkpoint loaded strictly, SHA-256 recorded).
+- :mod:`mambamil.features.extract`: batched, multi-worker extraction of one slide into a feature H5
+  (layout in :mod:`mambamil.h5layout`).
+
+This module stays light (no torch import) so the Snakefile can name output folders with :func:`encoder_tag`.
+"""
+
+from __future__ import annotations
+
+import re
+
+RANDOM = "random"
+HUB = "hub"
+
+
+def encoder_tag(encoder: str, weights: str | None = None, tag: str | None = None) -> str:
+    """The folder name for an encoder's features: ``results/features/<tag>/<slide_id>.h5``.
+
+    ``tag`` wins when given; otherwise the encoder name made file-safe (``timm:resnet18`` → ``timm-resnet18``),
+    with ``-random`` appended for random weights so such features never sit beside real ones.
+    """
+    if tag:
+        return tag
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", encoder).strip("-") or "encoder"
+    return f"{base}-random" if weights == RANDOM else base

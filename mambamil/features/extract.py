@@ -1,0 +1,412 @@
+"""Feature extraction for one slide: the tile stage's coordinates → ``features`` (N, D) in an H5 file.
+
+Reading: a :class:`PatchDataset` whose DataLoader workers each open their own :class:`~mambamil.slide.Slide`
+lazily (an OpenSlide handle is never shared across forked processes). Each patch is the level-0 square
+``patch_size × target_mpp`` µm wide at the stored coordinate, read from the pyramid level at or finer than the
+encoder's input and resized once to the encoder's input size (area interpolation when shrinking, bilinear when
+enlarging; no crop). Workers hand over uint8 batches (4× less to copy, pinned on CUDA); the main process
+normalises on the device, runs the model in ``torch.inference_mode`` with channels-last memory and bf16/fp16
+autocast on CUDA, and writes the file atomically.
+
+A rerun skips a slide whose output exists with the same ``settings_json`` (encoder, weights and their hash,
+resolution, coordinates' hash, precision, storage dtype).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from mambamil.config import default_section
+from mambamil.errors import InputFileError, MambamilError
+from mambamil.features import RANDOM, encoder_tag
+from mambamil.features.encoders import RANDOM_SEED, Encoder, create_encoder, file_sha256, weights_kind
+from mambamil.h5layout import FEATURES_FORMAT_VERSION, CoordsFile, read_coords, read_feature_attrs, write_features
+from mambamil.slide import Slide, open_slide
+
+log = logging.getLogger(__name__)
+
+#: How the patch is resized to the encoder input (recorded in the output).
+RESIZE = "single resize from the pyramid level at or finer than the input: cv2 area (shrink) / bilinear (enlarge)"
+
+#: A patch may overhang the slide's level-0 edge by this many pixels (grid rounding) before it is "outside".
+EDGE_TOLERANCE_PX = 1.0
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """The ``features`` section of the config; defaults live in the schema only (use :meth:`from_config`)."""
+
+    encoder: str
+    weights: str | None
+    encoder_kwargs: dict[str, Any]
+    tag: str | None
+    batch_size: int
+    num_workers: int
+    device: str
+    precision: str
+    fp16_storage: bool
+    torch_threads: int | None
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any] | None = None, **overrides: Any) -> FeatureSettings:
+        """Settings from a (validated) ``features`` config section, then non-None keyword overrides."""
+        values = {**default_section("features"), **(section or {})}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    @property
+    def encoder_tag(self) -> str:
+        return encoder_tag(self.encoder, self.weights, self.tag)
+
+
+@dataclass
+class FeatureResult:
+    slide_id: str
+    n_patches: int
+    dim: int
+    seconds: float
+    skipped: bool
+    output: Path
+
+    @property
+    def patches_per_s(self) -> float:
+        return self.n_patches / self.seconds if self.seconds > 0 else float("nan")
+
+
+def output_path(results_dir: str | Path, slide_id: str, settings: FeatureSettings) -> Path:
+    """``<results>/features/<encoder_tag>/<slide_id>.h5``."""
+    return Path(results_dir) / "features" / settings.encoder_tag / f"{slide_id}.h5"
+
+
+# -- device and precision ---------------------------------------------------------------------------------
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; asking for CUDA without one is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise MambamilError(f"device {device!r}: not a torch device (use auto, cpu, cuda or cuda:N)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MambamilError(f"device {device!r}: CUDA is not available on this machine (use --device cpu or auto)")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Autocast dtype actually used: ``fp32`` on CPU; on CUDA ``auto`` → bf16 where supported, else fp16."""
+    if device.type != "cuda":
+        if precision not in ("auto", "fp32"):
+            log.info("precision %s applies on CUDA only; computing in fp32 on %s", precision, device)
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    if device.type == "cuda" and precision in ("bf16", "fp16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return contextlib.nullcontext()
+
+
+# -- reading ----------------------------------------------------------------------------------------------
+class PatchDataset(Dataset):
+    """Patches of one slide at the coordinates, resized to ``out_size`` (w, h); items are
+    ``(index, uint8 HWC image or None, error text or None)`` so a failed read reaches the main process
+    as a cause, not as a worker traceback."""
+
+    def __init__(
+        self,
+        slide_path: str | Path,
+        coords: np.ndarray,
+        size0: float,
+        out_size: tuple[int, int],
+        mpp: float | None = None,
+        slide_id: str | None = None,
+    ) -> None:
+        self.slide_path = Path(slide_path)
+        self.coords = np.asarray(coords, dtype=np.int64)
+        self.size0 = float(size0)
+        self.out_size = (int(out_size[0]), int(out_size[1]))
+        self.mpp = mpp
+        self.slide_id = slide_id
+        self._slide: Slide | None = None
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def _open(self) -> Slide:
+        if self._slide is None:  # first use in this process (each worker opens its own handle)
+            self._slide = open_slide(self.slide_path, mpp=self.mpp, slide_id=self.slide_id)
+        return self._slide
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
+        x, y = self.coords[index]
+        try:
+            img = self._open().read_region(float(x), float(y), (self.size0, self.size0), self.out_size)
+        except MambamilError as exc:
+            return index, None, getattr(exc, "cause", str(exc))
+        except Exception as exc:
+            return index, None, f"{type(exc).__name__}: {exc}"
+        return index, img, None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_slide"] = None  # never ship an open handle to another process
+        return state
+
+    def close(self) -> None:
+        if self._slide is not None:
+            self._slide.close()
+            self._slide = None
+
+
+def collate_patches(items: list[tuple[int, np.ndarray | None, str | None]]) -> dict[str, Any]:
+    """Stack a batch as uint8 (B, H, W, 3); keep the first read error instead, if any."""
+    index = torch.tensor([i for i, _, _ in items], dtype=torch.int64)
+    for i, _, err in items:
+        if err is not None:
+            return {"index": index, "images": None, "error": (int(i), err)}
+    return {"index": index, "images": torch.from_numpy(np.stack([img for _, img, _ in items])), "error": None}
+
+
+def _worker_context() -> Any:
+    """Fork where the platform has it (fast; the dataset holds no open handle), else spawn."""
+    import multiprocessing as mp
+
+    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+
+
+@contextlib.contextmanager
+def _single_threaded_cv2() -> Iterator[None]:
+    """OpenCV with one thread while workers fork: each worker then resizes serially (no oversubscription).
+
+    A forked worker must never call ``cv2.setNumThreads`` itself: tearing down the thread pool it inherited
+    deadlocks. The parent's setting is restored once the workers exist.
+    """
+    prev = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(prev)
+
+
+def make_loader(dataset: PatchDataset, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
+    """Ordered batches of uint8 patches; ``num_workers`` processes read in parallel."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_patches,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if num_workers > 0 else None,
+        multiprocessing_context=_worker_context() if num_workers > 0 else None,
+    )
+
+
+def embed_batches(
+    encoder: Encoder,
+    batches: Iterator[dict[str, Any]],
+    n: int,
+    device: torch.device,
+    precision: str,
+    slide: Slide,
+    coords: np.ndarray,
+    out_dtype: np.dtype,
+    progress: bool = True,
+) -> np.ndarray:
+    """Run ``encoder`` over uint8 batches into an (n, D) array; read errors and non-finite output raise."""
+    feats = np.empty((n, encoder.dim), dtype=out_dtype)
+    done = np.zeros(n, dtype=bool)
+    with torch.inference_mode(), tqdm(total=n, unit="patch", desc=slide.slide_id, disable=not progress) as bar:
+        for batch in _guarded(batches, slide):
+            if batch["error"] is not None:
+                i, cause = batch["error"]
+                x, y = coords[i]
+                raise slide.error(f"reading patch {i} at level-0 ({x}, {y}) failed: {cause}")
+            x = encoder.preprocess(batch["images"].to(device, non_blocking=True))
+            with _autocast(device, precision):
+                out = encoder.model(x)
+            out = out.float()
+            if not bool(torch.isfinite(out).all()):
+                idx = batch["index"]
+                raise slide.error(
+                    f"encoder '{encoder.name}' gave non-finite features for patches {int(idx[0])}–{int(idx[-1])} "
+                    f"(precision {precision})"
+                )
+            idx = batch["index"].numpy()
+            feats[idx] = out.cpu().numpy().astype(out_dtype, copy=False)
+            done[idx] = True
+            bar.update(len(idx))
+    if not done.all():
+        raise slide.error(f"{int((~done).sum())} patches were never embedded (reader stopped early)")
+    return feats
+
+
+def _guarded(batches: Iterator[dict[str, Any]], slide: Slide) -> Iterator[dict[str, Any]]:
+    """Batches; a reader process that dies (killed, out of memory) becomes a one-line slide error."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            if "DataLoader worker" not in str(exc):
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise slide.error(f"patch reader failed: {first}") from exc
+        yield batch
+
+
+# -- checks -----------------------------------------------------------------------------------------------
+def _check_coords(slide: Slide, cf: CoordsFile, coords_path: Path, size0: float) -> None:
+    dims = cf.attrs.get("level0_dim")
+    if dims is not None and tuple(int(v) for v in dims) != tuple(slide.dimensions):
+        raise slide.error(
+            f"coords file {coords_path} was made for a {dims[0]}x{dims[1]} px slide, this one is "
+            f"{slide.dimensions[0]}x{slide.dimensions[1]} px (wrong slide?)"
+        )
+    w0, h0 = slide.dimensions
+    x, y = cf.coords[:, 0], cf.coords[:, 1]
+    tol = EDGE_TOLERANCE_PX
+    bad = (x < -tol) | (y < -tol) | (x + size0 > w0 + tol) | (y + size0 > h0 + tol)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise slide.error(
+            f"{int(bad.sum())} of {len(bad)} patches in {coords_path} lie outside the {w0}x{h0} px slide "
+            f"(first: #{i} at ({x[i]}, {y[i]}), {size0:.1f} px wide)"
+        )
+
+
+def _coords_sha256(coords: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(coords, dtype=np.int64).tobytes()).hexdigest()
+
+
+def settings_fingerprint(settings: FeatureSettings, cf: CoordsFile, weights_sha: str, precision: str) -> dict[str, Any]:
+    """What determines the numbers in a feature file; a rerun with the same fingerprint is skipped."""
+    kind = weights_kind(settings.weights)
+    return {
+        "format_version": FEATURES_FORMAT_VERSION,
+        "encoder": settings.encoder,
+        "encoder_kwargs": settings.encoder_kwargs,
+        "weights": kind,
+        "weights_sha256": weights_sha,
+        "random_seed": RANDOM_SEED if kind == RANDOM else None,
+        "target_mpp": cf.target_mpp,
+        "patch_size": cf.patch_size,
+        "slide_mpp": cf.attrs.get("slide_mpp"),
+        "coords_sha256": _coords_sha256(cf.coords),
+        "precision": precision,
+        "fp16_storage": settings.fp16_storage,
+    }
+
+
+# -- one slide --------------------------------------------------------------------------------------------
+def extract_slide(
+    slide_path: str | Path,
+    coords_path: str | Path,
+    out_path: str | Path,
+    settings: FeatureSettings | None = None,
+    slide_id: str | None = None,
+    progress: bool = True,
+    force: bool = False,
+    encoder: Encoder | None = None,
+) -> FeatureResult:
+    """Embed every patch of one slide and write ``out_path`` atomically (layout in :mod:`mambamil.h5layout`).
+
+    Skips the work when ``out_path`` exists with the same settings fingerprint (unless ``force``). A prebuilt
+    ``encoder`` (same name/weights as ``settings``) saves rebuilding it across slides in one process.
+    """
+    settings = settings or FeatureSettings.from_config()
+    start = time.perf_counter()
+    coords_path, out_path = Path(coords_path), Path(out_path)
+    cf = read_coords(coords_path)
+    slide_id = slide_id or str(cf.attrs.get("name") or Path(slide_path).stem)
+    n = len(cf.coords)
+    if n == 0:
+        raise InputFileError(coords_path, f"no patches for slide '{slide_id}' (0 coordinates): nothing to embed")
+    kind = weights_kind(settings.weights)
+    weights_sha = ""
+    if kind == "checkpoint":
+        ckpt = Path(str(settings.weights))
+        if not ckpt.is_file():
+            raise InputFileError(ckpt, "checkpoint not found" if not ckpt.exists() else "checkpoint is not a file")
+        weights_sha = encoder.weights_sha256 if encoder is not None else file_sha256(ckpt)
+    device = resolve_device(settings.device)
+    precision = resolve_precision(settings.precision, device)
+    fingerprint = json.dumps(settings_fingerprint(settings, cf, weights_sha, precision), sort_keys=True)
+
+    if out_path.exists() and not force:
+        old = read_feature_attrs(out_path)
+        if old is not None and old.get("settings_json") == fingerprint and old.get("n_rows") == n:
+            log.info("%s: %s is up to date (same settings); skipped", slide_id, out_path)
+            return FeatureResult(slide_id, n, int(old.get("feature_dim", 0)), 0.0, True, out_path)
+        log.info("%s: %s exists with other settings; recomputing", slide_id, out_path)
+
+    if settings.torch_threads:
+        torch.set_num_threads(int(settings.torch_threads))
+    with open_slide(slide_path, mpp=cf.attrs.get("slide_mpp"), slide_id=slide_id) as slide:
+        size0 = cf.patch_size * cf.target_mpp / slide.mpp
+        _check_coords(slide, cf, coords_path, size0)
+        if encoder is None:
+            encoder = create_encoder(
+                settings.encoder, settings.weights, checkpoint_sha256=weights_sha or None, **settings.encoder_kwargs
+            )
+        encoder.model.to(device=device, memory_format=torch.channels_last)
+        h, w = encoder.spec.input_size
+        dataset = PatchDataset(slide_path, cf.coords, size0, (w, h), mpp=slide.mpp, slide_id=slide_id)
+        loader = make_loader(dataset, settings.batch_size, settings.num_workers, pin_memory=device.type == "cuda")
+        out_dtype = np.dtype(np.float16 if settings.fp16_storage else np.float32)
+        try:
+            with _single_threaded_cv2():
+                batches = iter(loader)  # workers start here
+            feats = embed_batches(encoder, batches, n, device, precision, slide, cf.coords, out_dtype, progress)
+        finally:
+            dataset.close()
+        attrs = {
+            **encoder.attrs(),
+            "encoder_tag": settings.encoder_tag,
+            "resize": RESIZE,
+            "precision": precision,
+            "device": device.type,
+            "storage_dtype": str(out_dtype),
+            "slide_id": slide_id,
+            "target_mpp": cf.target_mpp,
+            "patch_size": cf.patch_size,
+            "patch_size_level0": cf.patch_size_level0,
+            "read_size_level0": size0,
+            "slide_mpp": slide.mpp,
+            "coords_file": str(coords_path.resolve()),
+            "settings_json": fingerprint,
+            "torch_version": str(torch.__version__),
+            "timm_version": _timm_version(),
+        }
+        write_features(out_path, feats, cf.coords, attrs, cf.attrs)
+    seconds = time.perf_counter() - start
+    log.info(
+        "%s: %d patches → %d-d features in %.1f s (%.1f patches/s)", slide_id, n, encoder.dim, seconds, n / seconds
+    )
+    return FeatureResult(slide_id, n, encoder.dim, seconds, False, out_path)
+
+
+def _timm_version() -> str:
+    import timm
+
+    return str(timm.__version__)

@@ -1,0 +1,173 @@
+"""MIL aggregators: a timm-style registry, ``create_model`` and checkpoint save/load.
+
+>>> model = create_model("mambamil", in_dim=1024, n_classes=2, layer="srmamba", rate=10)
+>>> out = model(torch.randn(500, 1024))   # {"logits", "attention", "attention_raw"}
+
+Checkpoints are ``{"model": name, "config": model.config, "state_dict": ..., **extra}``;
+:func:`load_checkpoint` also accepts a raw state dict saved by isyangshu/MambaMIL.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mambamil.models.baselines import ABMIL, MaxMIL, MeanMIL, TransMIL
+from mambamil.models.common import MILModel, survival_head
+from mambamil.models.mambamil import MambaMIL, original_config
+
+__all__ = [
+    "MILModel",
+    "create_model",
+    "list_models",
+    "load_checkpoint",
+    "register_model",
+    "save_checkpoint",
+    "survival_head",
+]
+
+_REGISTRY: dict[str, Callable[..., MILModel]] = {}
+
+
+def register_model(fn: Callable[..., MILModel]) -> Callable[..., MILModel]:
+    """Decorator: register a model factory under its function name."""
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """Registered model names."""
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, in_dim: int, n_classes: int, task: str = "classification", **kwargs: Any) -> MILModel:
+    """Build a registered model; unknown names or keyword arguments raise ValueError."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    try:
+        return _REGISTRY[name](in_dim=in_dim, n_classes=n_classes, task=task, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"bad arguments for model {name!r}: {e}") from None
+
+
+@register_model
+def mambamil(**kw: Any) -> MILModel:
+    """MambaMIL (kwargs: layer srmamba|bimamba|mamba, rate, n_layers, dropout, d_model, init, act)."""
+    return MambaMIL(**kw)
+
+
+@register_model
+def abmil(**kw: Any) -> MILModel:
+    """Gated-attention ABMIL (kwargs: dropout, hidden, attn_dim)."""
+    return ABMIL(**kw)
+
+
+@register_model
+def transmil(**kw: Any) -> MILModel:
+    """TransMIL with exact attention (kwargs: dropout, dim, heads)."""
+    return TransMIL(**kw)
+
+
+@register_model
+def mean(**kw: Any) -> MILModel:
+    """Mean pooling (kwargs: dropout, hidden)."""
+    return MeanMIL(**kw)
+
+
+@register_model
+def max(**kw: Any) -> MILModel:
+    """Max pooling (kwargs: dropout, hidden)."""
+    return MaxMIL(**kw)
+
+
+def save_checkpoint(path: str | os.PathLike, model: MILModel, extra: dict | None = None) -> Path:
+    """Atomically save {"model", "config", "state_dict", **extra} (temp file in the same dir, then rename)."""
+    path = Path(path)
+    extra = dict(extra or {})
+    clash = {"model", "config", "state_dict"} & set(extra)
+    if clash:
+        raise ValueError(f"save_checkpoint: extra may not contain reserved keys {sorted(clash)}")
+    payload = {
+        "model": model.config["name"],
+        "config": dict(model.config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: checkpoint does not match {type(model).__name__}: "
+            f"missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+            f"unexpected keys {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
+        )
+    bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
+    if bad:
+        raise ValueError(
+            f"{path}: checkpoint shapes differ for {bad[:5]}: "
+            + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:3])
+        )
+    model.load_state_dict(state)
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides: Any
+) -> tuple[MILModel, dict]:
+    """Load a checkpoint written by :func:`save_checkpoint`, or an original MambaMIL state dict.
+
+    For an original (isyangshu/MambaMIL) state dict the architecture is inferred from the weights;
+    what cannot be inferred comes from ``overrides`` (``layer`` srmamba|bimamba, ``rate`` (default
+    10, the original code's default), ``task``). ``extra`` then says ``{"source": "isyangshu/MambaMIL",
+    "assumed": {...}}``. Returns ``(model in eval mode, extra)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    if "state_dict" in obj and "config" in obj:
+        config = {**obj["config"], **overrides}
+        name = config.pop("name", obj.get("model"))
+        model = create_model(name, **config)
+        _load_state(model, obj["state_dict"], path)
+        extra = {k: v for k, v in obj.items() if k not in ("model", "config", "state_dict")}
+    else:
+        state = obj.get("model_state_dict", obj.get("state_dict", obj)) if isinstance(obj, dict) else obj
+        state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+        if "_fc1.0.weight" not in state or "classifier.weight" not in state:
+            raise ValueError(
+                f"{path}: neither a mambamil checkpoint nor an original MambaMIL state dict "
+                f"(no '_fc1.0.weight'/'classifier.weight'; first keys {sorted(state)[:5]})"
+            )
+        inferred = original_config(state)
+        assumed = {"rate": 10, "task": "classification", "dropout": 0.25}
+        config = {**inferred, **assumed, **overrides}
+        model = create_model("mambamil", **config)
+        _load_state(model, state, path)
+        extra = {"source": "isyangshu/MambaMIL", "assumed": {k: config[k] for k in ("layer", "rate", "task")}}
+    model.eval()
+    return model, extra
