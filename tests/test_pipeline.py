@@ -20,7 +20,7 @@ from mambamil.geometry import feature_collection_to_mask
 
 N_SLIDES = 30
 SIZE = (3072, 2304)
-FOLDS = 5
+FOLDS = 4
 MODEL = {"model": "mambamil", "layer": "srmamba", "rate": 5, "n_layers": 2, "dropout": 0.25}
 TASKS = {
     "subtype": {"type": "classification", "classes": ["normal", "tumor"], "label_column": "label"},
@@ -34,9 +34,10 @@ def spec(task: str, **training) -> str:
     train = {
         **default_section("training"),
         "folds": FOLDS,
-        "epochs": 15,
+        "epochs": 12,
         "min_epochs": 4,
         "patience": 4,
+        "standardize_features": True,
         "device": "cpu",
         **training,
     }
@@ -46,7 +47,7 @@ def spec(task: str, **training) -> str:
 
 
 def run(*args: str) -> None:
-    assert main(["--quiet", *[str(a) for a in args]]) == 0, args
+    assert main(["--quiet", "--threads", "1", *[str(a) for a in args]]) == 0, args
 
 
 def train_and_evaluate(root: Path, task: str, out: Path, folds=range(FOLDS)) -> None:

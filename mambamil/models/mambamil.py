@@ -16,8 +16,9 @@ Initialisation (``init``):
 * ``"mamba"`` – Xavier for the MIL layers (``_fc1``, attention, classifier) only; the Mamba blocks keep
   mamba-ssm's own initialisation (log-uniform Δ in [1e-3, 0.1], default Linear init).
 
-``grad_checkpointing=True`` recomputes each layer in the backward pass (training memory drops from
-~170 MB to a few tens of MB per 1k instances, for roughly one extra forward pass).
+``grad_checkpointing=True`` recomputes each layer in the backward pass: only one layer's activations
+are alive at a time (measured: 1.7 GB -> 1.0 GB for a 10k-instance training step with 2 layers), for
+about one extra forward pass.
 """
 
 from __future__ import annotations

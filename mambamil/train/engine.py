@@ -47,6 +47,7 @@ class TrainSettings:
     folds: int
     val_fraction: float
     order: str
+    standardize_features: bool
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None = None, **overrides: Any) -> TrainSettings:
@@ -69,6 +70,45 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("training.device is 'cuda' but no CUDA device is available")
     return torch.device(name)
+
+
+class Standardized(torch.nn.Module):
+    """A MIL model behind per-dimension standardisation of its instance features, with the mean and std of the
+    training instances (stored in the checkpoint as ``feature_scaler``, so prediction applies the same)."""
+
+    def __init__(self, model: torch.nn.Module, mean: Any, std: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).clamp(min=1e-6))
+        self.in_dim, self.n_classes, self.task = model.in_dim, model.n_classes, model.task
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model((x - self.mean) / self.std)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.model if isinstance(model, Standardized) else model
+
+
+def load_trained(path: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A checkpoint from ``mambamil train`` (or the original MambaMIL code) ready to predict, in eval mode."""
+    model, extra = load_checkpoint(path, map_location=map_location)
+    scaler = extra.get("feature_scaler")
+    if scaler:
+        model = Standardized(model, scaler["mean"], scaler["std"])
+    return model.eval(), extra
+
+
+def feature_scaler(dataset: BagDataset) -> dict[str, list[float]]:
+    """Per-dimension mean and std over every instance of ``dataset`` (float64 accumulation)."""
+    total, total_sq, n = 0.0, 0.0, 0
+    for i in range(len(dataset)):
+        x = dataset[i][0].double()
+        total, total_sq, n = total + x.sum(0), total_sq + (x * x).sum(0), n + x.shape[0]
+    mean = total / n
+    std = (total_sq / n - mean * mean).clamp(min=0).sqrt()
+    return {"mean": mean.float().tolist(), "std": std.float().tolist()}
 
 
 class Objective:
@@ -181,7 +221,11 @@ def train_fold(
     subsets = {k: [s for s in samples if s.case_id in v] for k, v in member.items()}
     data = {k: BagDataset(v, feature_files, order_files) for k, v in subsets.items()}
     in_dim = data["train"].in_dim
-    model = create_model(model_name, in_dim=in_dim, n_classes=task.n_outputs, task=task.kind, **model_kwargs).to(device)
+    model = create_model(model_name, in_dim=in_dim, n_classes=task.n_outputs, task=task.kind, **model_kwargs)
+    scaler = feature_scaler(data["train"]) if settings.standardize_features else None
+    if scaler:
+        model = Standardized(model, scaler["mean"], scaler["std"])
+    model = model.to(device)
     objective = Objective(task, settings, subsets["train"])
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     rng = np.random.default_rng(settings.seed * 1000 + fold)
@@ -199,6 +243,7 @@ def train_fold(
         "model_kwargs": model_kwargs,
         "feature_attrs": feature_attrs(feature_files[subsets["train"][0].slide_ids[0]]),
         "mambamil_version": __version__,
+        "feature_scaler": scaler,
     }
     n_train = len(data["train"])
     epochs = tqdm(range(settings.epochs), desc=f"{task.name}/{model_name}/fold {fold}", disable=not progress)
@@ -218,7 +263,7 @@ def train_fold(
                 out = model(x.to(device))
             loss = objective.loss(out, sample)
             (loss / settings.grad_accum).backward()
-            losses.append(float(loss))
+            losses.append(loss.item())
             if (step + 1) % settings.grad_accum == 0 or step == n_train - 1:
                 optimiser.step()
                 optimiser.zero_grad(set_to_none=True)
@@ -229,7 +274,7 @@ def train_fold(
         is_best = score > best_score
         if is_best:
             best_score, best_epoch = score, epoch
-            save_checkpoint(out_dir / "checkpoint.pt", model, {**extra, "epoch": epoch, "val_loss": val_loss})
+            save_checkpoint(out_dir / "checkpoint.pt", unwrap(model), {**extra, "epoch": epoch, "val_loss": val_loss})
         history.append(
             {
                 "epoch": epoch,
@@ -248,7 +293,7 @@ def train_fold(
         history_df.to_csv(tmp, index=False)
     monitor_col = "val_c_index" if task.kind == "survival" else "val_loss"
     loss_curves(history_df, out_dir / "curves.png", monitor_col if monitor_col in history_df else "val_loss")
-    best_model, _ = load_checkpoint(out_dir / "checkpoint.pt")
+    best_model, _ = load_trained(out_dir / "checkpoint.pt")
     preds = predict([best_model.to(device)], data["test"], device, task)
     preds.insert(0, "fold", fold)
     with atomic_output(out_dir / "test_predictions.csv") as tmp:

@@ -9,17 +9,16 @@ import pandas as pd
 from mambamil.errors import InputFileError
 from mambamil.fileio import atomic_output
 from mambamil.h5layout import read_bag
-from mambamil.models import load_checkpoint
 from mambamil.order import bag_permutation
 from mambamil.train.data import BagDataset, Sample, TaskSpec
-from mambamil.train.engine import predict, resolve_device
+from mambamil.train.engine import load_trained, predict, resolve_device
 
 
 def load_models(checkpoints: list[Path], device) -> tuple[list, dict]:
     """Load checkpoints saved by ``mambamil train``; they must agree on task, classes and input dim."""
     models, extras = [], []
     for path in checkpoints:
-        model, extra = load_checkpoint(path)
+        model, extra = load_trained(path)
         models.append(model.to(device).eval())
         extras.append(extra)
     first = extras[0]

@@ -6,7 +6,7 @@ from pathlib import Path
 from mambamil.fileio import atomic_output
 from mambamil.train.evaluate import summary_table
 
-snakemake = snakemake  # noqa: F821, PLW0127 (injected by Snakemake)
+snakemake = snakemake  # noqa: F821 (injected by Snakemake)
 with open(snakemake.log[0], "w") as log:
     sys.stderr = log
     files = {(Path(p).parent.parent.name, Path(p).parent.name): Path(p) for p in snakemake.input.metrics}
