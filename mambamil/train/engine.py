@@ -230,7 +230,7 @@ def train_fold(
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     rng = np.random.default_rng(settings.seed * 1000 + fold)
     monitor = "val_c_index" if task.kind == "survival" else "val_loss"
-    best_score, best_epoch, history = -math.inf, -1, []
+    best_score, best_epoch, history = (-math.inf, -math.inf), -1, []
     extra = {
         "task": task.name,
         "task_kind": task.kind,
@@ -268,10 +268,12 @@ def train_fold(
                 optimiser.step()
                 optimiser.zero_grad(set_to_none=True)
         val_loss, val_metric = _validation(model, data["val"], objective, device, task)
-        # Subtyping monitors the loss; survival the c-index (the loss when the c-index is undefined).
+        # Subtyping monitors the loss; survival the c-index, ties (frequent on small validation sets, where it
+        # saturates at 1.0) broken by the loss, and the loss alone when the c-index is undefined.
         use_metric = task.kind == "survival" and not math.isnan(val_metric)
-        score = val_metric if use_metric else -val_loss
-        is_best = score > best_score
+        score = (val_metric if use_metric else -math.inf, -val_loss)
+        # Epochs before min_epochs are warm-up: neither selected nor counted for stopping (as CLAM's stop_epoch).
+        is_best = epoch + 1 >= min(settings.min_epochs, settings.epochs) and score > best_score
         if is_best:
             best_score, best_epoch = score, epoch
             save_checkpoint(out_dir / "checkpoint.pt", unwrap(model), {**extra, "epoch": epoch, "val_loss": val_loss})
@@ -285,7 +287,7 @@ def train_fold(
             }
         )
         epochs.set_postfix(train=f"{np.mean(losses):.3f}", val=f"{val_loss:.3f}", best=best_epoch)
-        if epoch + 1 >= settings.min_epochs and epoch - best_epoch >= settings.patience:
+        if best_epoch >= 0 and epoch - best_epoch >= settings.patience:
             log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
             break
     history_df = pd.DataFrame(history)
