@@ -219,3 +219,36 @@ def test_heatmap_outputs(cohort: Path, tmp_path: Path) -> None:
         poly = shapely.geometry.shape(feature["geometry"])
         assert poly.bounds[:2] == (x, y) and poly.area > 0
         assert "attention" in feature["properties"]["measurements"]
+
+
+def test_feature_dim_mismatch_is_a_clear_error(cohort: Path, tmp_path: Path, capsys) -> None:
+    import h5py
+
+    bad = tmp_path / "other_encoder.h5"
+    with h5py.File(bad, "w") as f:  # a CLAM-style bag from a 1024-d encoder
+        f["features"] = np.zeros((5, 1024), np.float32)
+        f["coords"] = np.zeros((5, 2), np.int64)
+    ckpt = cohort / "models" / "subtype" / "fold_0" / "checkpoint.pt"
+    rc = main(["predict", str(bad), "--checkpoint", str(ckpt), "--out", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "feature dimension 1024" in err and "other_encoder.h5" in err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_class_weights_and_weighted_sampler_train(cohort: Path, tmp_path: Path) -> None:
+    common = ["--labels", cohort / "demo" / "labels.csv", "--features-dir", cohort / "features"]
+    s = spec("subtype", class_weights="balanced", sampler="weighted", epochs=2, min_epochs=1)
+    run(
+        "train",
+        *common,
+        "--spec",
+        s,
+        "--splits",
+        cohort / "splits" / "subtype.csv",
+        "--fold",
+        1,
+        "--out",
+        tmp_path / "fold_1",
+    )
+    log = pd.read_csv(tmp_path / "fold_1" / "log.csv")
+    assert len(log) == 2 and np.isfinite(log["train_loss"]).all()
