@@ -56,6 +56,7 @@ def _demo_config(tmp_path: Path, **extra) -> Path:
         "demo_cohort": {"dir": str(tmp_path / "demo"), "n_slides": 3, "seed": 1},
         **extra,
     }
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
