@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from matplotlib import colormaps
 
+from mambamil.errors import InputFileError
 from mambamil.fileio import atomic_output, write_json, write_png
 from mambamil.order import bag_permutation
 from mambamil.slide import Slide, open_slide
@@ -227,7 +228,9 @@ def heatmap_slide(
     bag = read_bag(features_path)
     feats = torch.as_tensor(np.asarray(bag.features, dtype=np.float32))
     if feats.shape[1] != extra.get("in_dim", feats.shape[1]):
-        raise ValueError(f"{features_path}: feature dim {feats.shape[1]} ≠ checkpoint's {extra['in_dim']}")
+        raise InputFileError(features_path, f"feature dimension {feats.shape[1]} ≠ the checkpoint's {extra['in_dim']}")
+    if bag.coords is None:
+        raise InputFileError(features_path, "the bag has no patch coordinates, so it cannot be drawn on the slide")
     coords = np.asarray(bag.coords)
     perm = bag_permutation(coords, bag.attrs, settings.order)
     scores = instance_scores(models, feats, perm)

@@ -171,7 +171,9 @@ class BagDataset(torch.utils.data.Dataset):
         feats, coords, owners = [], [], []
         for sid in sample.slide_ids:
             bag = read_bag(self.feature_files[sid])
-            f, c = np.asarray(bag.features, dtype=np.float32), np.asarray(bag.coords)
+            f = np.asarray(bag.features, dtype=np.float32)
+            # Bags without coordinates (CLAM .pt files alone) keep their stored order.
+            c = np.asarray(bag.coords) if bag.coords is not None else np.full((len(f), 2), -1, np.int64)
             if sid in self.order_files:
                 order = self.order_files[sid]
                 perm = order if isinstance(order, np.ndarray) else read_order(order, len(f))

@@ -49,7 +49,7 @@ def predict_slides(
             raise InputFileError(
                 path, f"feature dimension {bag.features.shape[1]} does not match the checkpoint's {extra['in_dim']}"
             )
-        if order:
+        if order and bag.coords is not None:
             orders[sid] = bag_permutation(bag.coords, bag.attrs, order)
     samples = [Sample(sample_id=sid, case_id=sid, slide_ids=[sid]) for sid in files]
     df = predict(models, BagDataset(samples, files, orders, cache=False), dev, task)
