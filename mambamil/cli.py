@@ -89,10 +89,9 @@ def _add_tile(sub: argparse._SubParsersAction) -> None:
 def _run_tile(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from mambamil.config import load_config, validate_config
+    from mambamil.config import config_section
     from mambamil.tiling import TilingSettings, tile_slide
 
-    section = load_config(args.config)["tiling"] if args.config else {}
     overrides = {f.name: getattr(args, f.name) for f in fields(TilingSettings)}
     sat = overrides["saturation_threshold"]
     if sat is not None and sat != "otsu":
@@ -100,9 +99,8 @@ def _run_tile(args: argparse.Namespace) -> int:
             overrides["saturation_threshold"] = int(sat)
         except ValueError as exc:
             raise MambamilError(f"--saturation-threshold must be an integer or 'otsu', got {sat!r}") from exc
-    merged = {**section, **{k: v for k, v in overrides.items() if v is not None}}
-    checked = validate_config({"slides": "", "labels": "", "tiling": merged}, source="tile options")["tiling"]
-    result = tile_slide(args.slide, args.out, TilingSettings.from_config(checked), args.slide_id, args.mpp)
+    settings = TilingSettings.from_config(config_section("tiling", args.config, **overrides))
+    result = tile_slide(args.slide, args.out, settings, args.slide_id, args.mpp)
     print(f"{result.slide_id}: {result.n_patches} patches ({result.tissue_area_mm2:.2f} mm² tissue) → {args.out}")
     return 0
 
@@ -381,19 +379,16 @@ def _run_features(args: argparse.Namespace) -> int:
     import json
     from dataclasses import fields
 
-    from mambamil.config import load_config, validate_config
+    from mambamil.config import config_section
     from mambamil.features.extract import FeatureSettings, extract_slide
 
-    section = load_config(args.config)["features"] if args.config else {}
     overrides = {f.name: getattr(args, f.name, None) for f in fields(FeatureSettings)}
     if args.encoder_kwargs is not None:
         try:
             overrides["encoder_kwargs"] = json.loads(args.encoder_kwargs)
         except json.JSONDecodeError as exc:
             raise MambamilError(f"--encoder-kwargs is not valid JSON ({exc})") from exc
-    merged = {**section, **{k: v for k, v in overrides.items() if v is not None}}
-    checked = validate_config({"slides": "", "labels": "", "features": merged}, source="features options")
-    settings = FeatureSettings.from_config(checked["features"])
+    settings = FeatureSettings.from_config(config_section("features", args.config, **overrides))
     result = extract_slide(
         args.slide, args.coords, args.out, settings, args.slide_id, progress=not args.quiet, force=args.force
     )

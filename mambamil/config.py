@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema
 import yaml
@@ -73,3 +74,23 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> di
 def default_section(name: str) -> dict[str, Any]:
     """The schema defaults of one config section (e.g. ``tiling``)."""
     return validate_config({"slides": "", "labels": ""}, source="defaults")[name]
+
+
+def config_section(name: str, config_path: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
+    """One validated config section: schema defaults, then the config file's section, then non-None overrides
+    (e.g. CLI options). Errors name the key path, as for the whole file."""
+    section = load_config(config_path)[name] if config_path else {}
+    merged = {**section, **{k: v for k, v in overrides.items() if v is not None}}
+    return validate_config({"slides": "", "labels": "", name: merged}, source=f"{name} options")[name]
+
+
+Settings = TypeVar("Settings")
+
+
+def settings_from_config(
+    cls: type[Settings], name: str, section: dict[str, Any] | None = None, **overrides: Any
+) -> Settings:
+    """A settings dataclass from a (validated) config section over the schema defaults, then non-None overrides."""
+    values = {**default_section(name), **(section or {})}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})  # type: ignore[call-arg]

@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from mambamil.config import default_section
+from mambamil.config import settings_from_config
 from mambamil.fileio import write_json, write_png
 from mambamil.geometry import Polygon, mask_polygons, polygons_to_feature_collection, polygons_to_mask
 from mambamil.h5layout import write_coords
@@ -48,10 +48,7 @@ class TilingSettings:
     @classmethod
     def from_config(cls, section: dict[str, Any] | None = None, **overrides: Any) -> TilingSettings:
         """Settings from a (validated) ``tiling`` config section, then non-None keyword overrides."""
-        values = {**default_section("tiling"), **(section or {})}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        return settings_from_config(cls, "tiling", section, **overrides)
 
 
 @dataclass

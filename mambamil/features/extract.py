@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from mambamil.config import default_section
+from mambamil.config import settings_from_config
 from mambamil.errors import InputFileError, MambamilError
 from mambamil.features import RANDOM, encoder_tag
 from mambamil.features.encoders import RANDOM_SEED, Encoder, create_encoder, file_sha256, weights_kind
@@ -64,10 +64,7 @@ class FeatureSettings:
     @classmethod
     def from_config(cls, section: dict[str, Any] | None = None, **overrides: Any) -> FeatureSettings:
         """Settings from a (validated) ``features`` config section, then non-None keyword overrides."""
-        values = {**default_section("features"), **(section or {})}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        return settings_from_config(cls, "features", section, **overrides)
 
     @property
     def encoder_tag(self) -> str:

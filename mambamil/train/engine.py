@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mambamil import __version__
-from mambamil.config import default_section
+from mambamil.config import settings_from_config
 from mambamil.fileio import atomic_output, write_json
 from mambamil.models import create_model, load_checkpoint, save_checkpoint
 from mambamil.train.data import BagDataset, Sample, TaskSpec
@@ -51,9 +51,8 @@ class TrainSettings:
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None = None, **overrides: Any) -> TrainSettings:
-        values = {**default_section("training"), **(section or {})}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**{f.name: values[f.name] for f in fields(cls)})
+        """Settings from a (validated) ``training`` config section, then non-None keyword overrides."""
+        return settings_from_config(cls, "training", section, **overrides)
 
 
 def seed_everything(seed: int) -> None:
