@@ -37,14 +37,19 @@ Backends
     (chunk-local adjoints, a recurrence over chunk boundaries, then the true adjoints), accumulating
     the gradients of u, delta, A, B and C step by step.
 ``cuda``       mamba-ssm's fused kernel (``selective_scan_fn``); needs ``mamba_ssm`` and CUDA tensors.
+``triton``     the project's Triton kernels (``mambamil/ops/triton_scan.py``): CUDA tensors and Triton (it ships
+               with torch's Linux CUDA wheels); on CPU tensors only under ``TRITON_INTERPRET=1`` (for tests).
 
-``auto`` picks ``cuda`` when mamba-ssm imports and the tensors are on CUDA, else ``chunked``.
+``auto`` picks ``cuda`` (mamba-ssm imports, CUDA tensors), else ``triton`` (CUDA tensors, Triton imports),
+else ``chunked``; it never picks ``triton`` for CPU tensors.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +62,7 @@ __all__ = [
     "selective_scan_reference",
 ]
 
-BACKENDS = ("auto", "cuda", "chunked", "reference")
+BACKENDS = ("auto", "cuda", "triton", "chunked", "reference")
 
 #: channel block for the grad-free elementwise pre/post-processing (bounds temporaries)
 _BLOCK = 128
@@ -79,10 +84,36 @@ def _mamba_ssm_scan():
     return selective_scan_fn
 
 
+@functools.lru_cache(maxsize=1)
+def _triton_scan():
+    """Return the ``mambamil.ops.triton_scan`` module, or None when Triton is missing or does not import."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    try:
+        from mambamil.ops import triton_scan
+    except Exception:  # ImportError, or a Triton build broken in some other way
+        return None
+    return triton_scan
+
+
+def _triton_usable(u: Tensor | None = None) -> bool:
+    """Triton kernels can run here (on ``u``'s device when given); never initialises CUDA."""
+    mod = _triton_scan()
+    if mod is None:
+        return False
+    if mod.INTERPRETED:
+        return u is None or not u.is_cuda
+    return torch.cuda.is_available() if u is None else u.is_cuda
+
+
 def available_backends() -> list[str]:
-    """Backends usable in this process (``cuda`` only when mamba-ssm and a CUDA device exist)."""
+    """Backends usable in this process (``cuda`` needs mamba-ssm and a CUDA device; ``triton`` Triton and a CUDA
+    device, or Triton's interpreter for CPU tensors); checks without initialising CUDA."""
     out = ["chunked", "reference"]
-    if _mamba_ssm_scan() is not None and torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if (cuda or os.environ.get("TRITON_INTERPRET") == "1") and _triton_usable():  # no Triton import otherwise
+        out.insert(0, "triton")
+    if _mamba_ssm_scan() is not None and cuda:
         out.insert(0, "cuda")
     return out
 
@@ -397,6 +428,22 @@ def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, re
     )
 
 
+def _auto_backend(u: Tensor) -> str:
+    """``cuda`` (mamba-ssm, CUDA tensors), else ``triton`` (CUDA tensors, Triton usable), else ``chunked``."""
+    if not u.is_cuda:
+        return "chunked"
+    if _mamba_ssm_scan() is not None:
+        return "cuda"
+    return "triton" if _triton_usable(u) else "chunked"
+
+
+def _selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+    mod = _triton_scan()
+    if mod is None:
+        raise RuntimeError("selective_scan: backend 'triton' needs Triton, which does not import here")
+    return mod.selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
 def selective_scan(
     u: Tensor,
     delta: Tensor,
@@ -420,10 +467,12 @@ def selective_scan(
         raise ValueError(f"selective_scan: unknown backend {backend!r}; choose one of {BACKENDS}")
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     if backend == "auto":
-        backend = "cuda" if (u.is_cuda and _mamba_ssm_scan() is not None) else "chunked"
+        backend = _auto_backend(u)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if backend == "cuda":
         return _selective_scan_cuda(*args)
+    if backend == "triton":
+        return _selective_scan_triton(*args)
     if backend == "reference":
         return selective_scan_reference(*args)
     return selective_scan_chunked(*args, chunk_size=chunk_size)
