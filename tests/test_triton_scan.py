@@ -1,0 +1,194 @@
+"""Triton selective scan: interpreter runs on CPU (in a subprocess) and CUDA checks against float64 and mamba-ssm.
+
+The interpreter cases live in tests/_triton_interp_cases.py: ``TRITON_INTERPRET=1`` only works when set before
+Triton is imported, so they run in one child process; this process (and the compiled kernels that the
+``cuda`` tests use on a GPU machine) never sees the setting.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_scan import OPTS, call, make_inputs, rel_err
+
+from mambamil.ops import available_backends, selective_scan, selective_scan_chunked
+
+HERE = Path(__file__).resolve().parent
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+HAS_CUDA = torch.cuda.is_available()
+HAS_MAMBA_SSM = importlib.util.find_spec("mamba_ssm") is not None
+CASES = ["L1-plain", "L37-all-n16", "L100-D-softplus", "L70-z-bias-chunkblocks", "L300-all", "L130-strong"]
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), env.get("PYTHONPATH")]))
+    return env
+
+
+@pytest.fixture(scope="module")
+def interp() -> dict:
+    """Results of every interpreter case (one child process, ~25 s on 2 cores)."""
+    if not HAS_TRITON:
+        pytest.skip("needs triton")
+    res = subprocess.run(
+        [sys.executable, str(HERE / "_triton_interp_cases.py")], capture_output=True, text=True, env=_env(), check=False
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_interpreter_matches_float64_reference(interp, case):
+    r = interp[case]
+    assert r["dtype"] == r["last_dtype"] == "torch.float32"
+    assert r["fwd"] <= 1e-5 and r["last"] <= 1e-5
+    for name, err in r["grads"].items():
+        assert err <= 1e-4, (name, err)
+    assert set(r["grads"]) >= {"u", "delta", "A", "B", "C"}
+
+
+def test_interpreter_bf16_inputs(interp):
+    """bf16 in, bf16 out and bf16 gradients (A, D, delta_bias float32), float32 math inside."""
+    r = interp["L50-bf16"]
+    assert r["dtype"] == "torch.bfloat16" and r["last_dtype"] == "torch.float32"
+    assert r["grad_dtypes"]["u"] == r["grad_dtypes"]["z"] == "torch.bfloat16"
+    assert r["grad_dtypes"]["A"] == r["grad_dtypes"]["D"] == "torch.float32"
+    assert r["last"] <= 1e-5  # the state is float32 and not rounded
+    assert r["fwd"] <= 1e-2 and max(r["grads"].values()) <= 1e-2  # bf16 output rounding (2^-8)
+
+
+def test_interpreter_dispatch(interp):
+    r = interp["dispatch"]
+    assert r["backends"][0] == "triton" and "chunked" in r["backends"]
+    assert r["auto_is_chunked"]  # auto never picks triton for CPU tensors
+    assert r["triton_vs_chunked"] <= 1e-5
+
+
+def test_interpreter_saves_no_per_state_tensors(interp):
+    """Saved for backward: the inputs (O(b*d*L + b*n*L)) and the chunk start states (b*d*n*(L/BLOCK_L + 1))."""
+    r = interp["memory"]
+    assert r["starts"] in r["saved"]
+    assert max(r["saved"]) <= max(r["bdl"], r["bnl"])
+    assert sum(r["saved"]) <= 4 * r["bdl"] + 2 * r["bnl"] + r["starts"] + 1000
+
+
+def test_available_backends_does_not_initialise_cuda():
+    code = (
+        "import torch; from mambamil.ops import available_backends as a; b = a(); "
+        "import json; print(json.dumps([b, torch.cuda.is_initialized()]))"
+    )
+    env = {k: v for k, v in _env().items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    backends, initialised = json.loads(res.stdout.strip().splitlines()[-1])
+    assert not initialised
+    assert ("triton" in backends) == (HAS_CUDA and HAS_TRITON)
+    assert backends == available_backends() or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@needs_triton
+@pytest.mark.skipif(HAS_CUDA, reason="checks the CPU-only error")
+def test_triton_on_cpu_tensors_needs_cuda():
+    inp = {k: v.float() for k, v in make_inputs(1, 4, 2, 10).items()}
+    with pytest.raises(RuntimeError, match="'triton' needs CUDA tensors"):
+        selective_scan(*(inp[k] for k in ("u", "delta", "A", "B", "C")), backend="triton")
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA (compiled kernels); the float64 reference is the chunked scan in float64 on the GPU
+# ----------------------------------------------------------------------------------------------
+cuda_only = pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs CUDA and triton")
+
+
+def _grads_vs_float64(b, d, n, L, opts, dtype=torch.float32, seed=0, strong=False):
+    inp = make_inputs(b, d, n, L, seed=seed, device="cuda", strong=strong)
+    names = ["u", "delta", "A", "B", "C"] + [k for k in ("D", "z", "delta_bias") if opts.get(k)]
+    small = {k: v.to(dtype if k not in ("A", "D", "delta_bias") else torch.float32) for k, v in inp.items()}
+    low = {k: v.clone().requires_grad_() for k, v in small.items()}
+    f64 = {k: v.double().requires_grad_() for k, v in small.items()}
+    out, last = call(selective_scan, low, opts, backend="triton", return_last_state=True)
+    ref, ref_last = call(selective_scan_chunked, f64, opts, return_last_state=True)
+    g = torch.randn(out.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(1)).to(dtype)
+    grads = torch.autograd.grad(out, [low[k] for k in names], g)
+    grads_ref = torch.autograd.grad(ref, [f64[k] for k in names], g.double())
+    return (
+        out,
+        rel_err(out, ref),
+        rel_err(last, ref_last),
+        {k: rel_err(x, r) for k, x, r in zip(names, grads, grads_ref, strict=True)},
+    )
+
+
+@pytest.mark.parametrize("opts", [OPTS[0], OPTS[1]], ids=["plain", "all"])
+@pytest.mark.parametrize("L", [1, 63, 4099])
+@pytest.mark.cuda
+@cuda_only
+def test_cuda_triton_matches_float64(L, opts):
+    _, fwd, last, grads = _grads_vs_float64(2, 64, 16, L, opts, seed=L)
+    assert fwd <= 1e-5 and last <= 1e-5
+    assert max(grads.values()) <= 1e-4, grads
+
+
+@pytest.mark.cuda
+@cuda_only
+def test_cuda_triton_400k_strong_decays():
+    """L = 400k (6250 chunks: many blocks of the chunk-axis scans) with decays down to exp(-48)."""
+    _, fwd, last, grads = _grads_vs_float64(1, 32, 16, 400_000, OPTS[1], seed=3, strong=True)
+    assert fwd <= 1e-5 and last <= 1e-5
+    assert max(grads.values()) <= 1e-4, grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.cuda
+@cuda_only
+def test_cuda_triton_half_inputs(dtype):
+    out, fwd, last, grads = _grads_vs_float64(2, 64, 16, 1000, OPTS[1], dtype=dtype, seed=4)
+    assert out.dtype == dtype
+    assert fwd <= 1e-2 and last <= 1e-5 and max(grads.values()) <= 2e-2, grads
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON and HAS_MAMBA_SSM), reason="needs CUDA, triton and mamba_ssm")
+def test_cuda_triton_matches_mamba_ssm():
+    inp = {k: v.float() for k, v in make_inputs(2, 256, 16, 5000, seed=9, device="cuda").items()}
+    a = {k: v.clone().requires_grad_() for k, v in inp.items()}
+    b = {k: v.clone().requires_grad_() for k, v in inp.items()}
+    y_t = call(selective_scan, a, OPTS[1], backend="triton")
+    y_k = call(selective_scan, b, OPTS[1], backend="cuda")
+    assert rel_err(y_t, y_k) <= 1e-5
+    g = torch.randn_like(y_t)
+    for k, gt, gk in zip(
+        a, torch.autograd.grad(y_t, list(a.values()), g), torch.autograd.grad(y_k, list(b.values()), g), strict=True
+    ):
+        assert rel_err(gt, gk) <= 1e-4, k
+
+
+@pytest.mark.cuda
+@cuda_only
+def test_cuda_auto_and_model_with_triton():
+    from mambamil.models import create_model
+    from mambamil.ops.selective_scan import _auto_backend
+
+    x = torch.randn(1, 4, 8, device="cuda")
+    assert _auto_backend(x) == ("cuda" if HAS_MAMBA_SSM else "triton")
+    assert _auto_backend(x.cpu()) == "chunked"
+    torch.manual_seed(0)
+    feats = torch.randn(3000, 64, device="cuda")
+    outs = {}
+    for backend in ("triton", "chunked"):
+        torch.manual_seed(1)
+        model = create_model("mambamil", 64, 2, layer="srmamba", rate=5, scan_backend=backend).cuda().train()
+        model.eval()  # no dropout: both runs see the same function
+        logits = model(feats)["logits"]
+        logits.sum().backward()
+        outs[backend] = (logits.detach(), model._fc1[0].weight.grad.detach())
+    assert rel_err(outs["triton"][0], outs["chunked"][0]) <= 1e-4
+    assert rel_err(outs["triton"][1], outs["chunked"][1]) <= 1e-3
