@@ -102,6 +102,19 @@ def test_triton_on_cpu_tensors_needs_cuda():
         selective_scan(*(inp[k] for k in ("u", "delta", "A", "B", "C")), backend="triton")
 
 
+@needs_triton
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="kernels are interpreted in this process")
+def test_kernels_compile_for_sm90_without_gpu():
+    """The CUDA code path (every kernel variant, all options on) compiles to a cubin for H100/H200."""
+    from mambamil.ops.triton_scan import compile_kernels
+
+    kernels = compile_kernels(arch=90, dtype="bf16")
+    assert set(kernels) == {"fwd_chunk_states", "fwd_output", "bwd_chunk_adjoints", "bwd_gradients", "chunk_scan",
+                            "chunk_scan_reverse"}  # fmt: skip
+    for name, k in kernels.items():
+        assert ".entry" in k.asm["ptx"] and len(k.asm["cubin"]) > 1000, name
+
+
 # ----------------------------------------------------------------------------------------------
 # CUDA (compiled kernels); the float64 reference is the chunked scan in float64 on the GPU
 # ----------------------------------------------------------------------------------------------

@@ -36,11 +36,14 @@ from torch import Tensor
 #: kernels were decorated under Triton's interpreter (they then run on CPU tensors only)
 INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
 
-#: default tile: channels per program and time steps per chunk (the chunk length of the saved start states)
-BLOCK_D = 16
-BLOCK_L = 64
+#: default tiles: channels per program (forward, backward) and time steps per chunk (the chunk length of the
+#: saved start states), and warps per program. Chosen so that ptxas reports no register spills for sm_90
+#: (``python benchmarks/triton_compile.py``); not yet tuned by timing on a GPU.
+FWD_BLOCK_D, BWD_BLOCK_D = 8, 8
+BLOCK_L = 32
+FWD_WARPS, BWD_WARPS = 4, 8
 #: lanes (d*n) and chunks per step of the chunk-axis scans F2/B2
-BLOCK_DN = 128
+BLOCK_DN = 64
 BLOCK_C = 32
 
 
@@ -287,16 +290,17 @@ class TritonScanFn(torch.autograd.Function):
         delta_bias = None if delta_bias is None else delta_bias.float().contiguous()
         b, d, L = u.shape
         n = A.shape[1]
-        block_d, block_l = block_d or BLOCK_D, block_l or BLOCK_L
+        block_l = block_l or BLOCK_L
         nc = triton.cdiv(L, block_l)
         np2 = triton.next_power_of_2(n)
         f32 = torch.float32
         out = torch.empty_like(u)
         P = u.new_empty(b, d, n, nc, dtype=f32)
         E = torch.empty_like(P)
-        grid = (b, triton.cdiv(d, block_d), nc)
+        fwd_d = block_d or FWD_BLOCK_D
+        grid = (b, triton.cdiv(d, fwd_d), nc)
         flags = _flags(D, z, delta_bias, delta_softplus)
-        common = dict(d=d, n=n, L=L, nc=nc, BLOCK_D=block_d, NP=np2, BLOCK_L=block_l, **flags)
+        common = dict(d=d, n=n, L=L, nc=nc, BLOCK_D=fwd_d, NP=np2, BLOCK_L=block_l, num_warps=FWD_WARPS, **flags)
         dummy = P  # stands for absent optional tensors (never read: their flag is off)
         args = (u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
                 dummy if delta_bias is None else delta_bias, out, P, E)  # fmt: skip
@@ -314,6 +318,7 @@ class TritonScanFn(torch.autograd.Function):
     def backward(ctx, gout, _glast):  # type: ignore[override]
         u, delta, A, B, C, D, z, delta_bias, starts = ctx.saved_tensors
         flags, block_d, block_l = ctx.cfg
+        block_d = block_d or BWD_BLOCK_D
         b, d, L = u.shape
         n = A.shape[1]
         nc = starts.shape[-1] - 1
@@ -328,7 +333,8 @@ class TritonScanFn(torch.autograd.Function):
         dDp = u.new_zeros(b, nc, d, dtype=f32) if D is not None else P
         dbp = u.new_zeros(b, nc, d, dtype=f32) if delta_bias is not None else P
         grid = (b, triton.cdiv(d, block_d), nc)
-        common = dict(d=d, n=n, L=L, nc=nc, BLOCK_D=block_d, NP=triton.next_power_of_2(n), BLOCK_L=block_l, **flags)
+        np2 = triton.next_power_of_2(n)
+        common = dict(d=d, n=n, L=L, nc=nc, BLOCK_D=block_d, NP=np2, BLOCK_L=block_l, num_warps=BWD_WARPS, **flags)
         ins = (u, delta, A, B, C, P if D is None else D, P if z is None else z, P if delta_bias is None else delta_bias,
                gout, starts)  # fmt: skip
         outs = (du, ddelta, P if dz is None else dz, dB32, dC32, dDp, dbp)
@@ -362,3 +368,35 @@ def selective_scan_triton(
         raise RuntimeError(f"selective_scan: backend 'triton' needs {need}")
     out, last = TritonScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_d, block_l)
     return (out, last) if return_last_state else out
+
+
+def compile_kernels(arch: int = 90, dtype: str = "bf16", n: int = 16) -> dict[str, object]:
+    """Compile every kernel variant the autograd Function launches (all options on) for ``sm_<arch>``.
+
+    Needs no GPU (Triton's bundled ptxas); returns ``{name: CompiledKernel}`` (``.asm["ptx"]``, ``.asm["cubin"]``).
+    Used to check on CPU-only machines that the CUDA code path compiles.
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    io = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "gout_ptr", "du_ptr", "ddelta_ptr", "dz_ptr"}
+    flags = {"HAS_D": True, "HAS_Z": True, "HAS_BIAS": True, "SOFTPLUS": True, "NP": triton.next_power_of_2(n),
+             "BLOCK_L": BLOCK_L}  # fmt: skip
+    variants = {
+        "fwd_chunk_states": (_scan_fwd_kernel, {**flags, "FINAL": False, "BLOCK_D": FWD_BLOCK_D}, FWD_WARPS),
+        "fwd_output": (_scan_fwd_kernel, {**flags, "FINAL": True, "BLOCK_D": FWD_BLOCK_D}, FWD_WARPS),
+        "bwd_chunk_adjoints": (_scan_bwd_kernel, {**flags, "FINAL": False, "BLOCK_D": BWD_BLOCK_D}, BWD_WARPS),
+        "bwd_gradients": (_scan_bwd_kernel, {**flags, "FINAL": True, "BLOCK_D": BWD_BLOCK_D}, BWD_WARPS),
+        "chunk_scan": (_chunk_scan_kernel, {"REVERSE": False, "BLOCK_DN": BLOCK_DN, "BLOCK_C": BLOCK_C}, 4),
+        "chunk_scan_reverse": (_chunk_scan_kernel, {"REVERSE": True, "BLOCK_DN": BLOCK_DN, "BLOCK_C": BLOCK_C}, 4),
+    }
+    out = {}
+    for name, (fn, consts, warps) in variants.items():
+        sig = {
+            a: "constexpr" if a in consts else "i32" if a in ("d", "n", "L", "nc", "total")
+            else f"*{dtype}" if a in io else "*fp32"
+            for a in fn.arg_names
+        }  # fmt: skip
+        src = ASTSource(fn, sig, consts)
+        out[name] = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+    return out
