@@ -205,3 +205,29 @@ def test_cuda_auto_and_model_with_triton():
         outs[backend] = (logits.detach(), model._fc1[0].weight.grad.detach())
     assert rel_err(outs["triton"][0], outs["chunked"][0]) <= 1e-4
     assert rel_err(outs["triton"][1], outs["chunked"][1]) <= 1e-3
+
+
+def test_config_and_model_accept_scan_backend_triton(tmp_path):
+    """``models.<name>.scan_backend: triton`` validates and reaches the Mamba layers; a typo fails early."""
+    import yaml
+
+    from mambamil.config import ConfigError, load_config
+    from mambamil.models import create_model
+
+    repo = HERE.parent
+    cfg = yaml.safe_load((repo / "config.yaml").read_text())
+    cfg["models"]["mambamil"]["scan_backend"] = "triton"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    loaded = load_config(path)
+    assert loaded["models"]["mambamil"]["scan_backend"] == "triton"
+    assert "scan_backend" not in loaded["models"]["abmil"]
+    kwargs = {k: v for k, v in loaded["models"]["mambamil"].items() if k != "model"}
+    model = create_model("mambamil", 32, 2, **kwargs)
+    assert {m.scan_backend for m in model.modules() if hasattr(m, "d_inner")} == {"triton"}
+    cfg["models"]["mambamil"]["scan_backend"] = "tritn"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="scan_backend"):
+        load_config(path)
+    with pytest.raises(ValueError, match="unknown scan_backend"):
+        create_model("mambamil", 32, 2, scan_backend="tritn")

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mambamil.ops import selective_scan
+from mambamil.ops.selective_scan import BACKENDS
 
 try:  # optional CUDA extension
     from causal_conv1d import causal_conv1d_fn
@@ -87,6 +88,8 @@ class Mamba(nn.Module):
         scan_backend: str = "auto",
     ) -> None:
         super().__init__()
+        if scan_backend not in BACKENDS:
+            raise ValueError(f"unknown scan_backend {scan_backend!r}; choose one of {', '.join(BACKENDS)}")
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
