@@ -12,7 +12,15 @@ Methods
                O(b*d*n*L)), forward, up to 16k
   exp_floor    torch.exp over b*d*n*L float32 elements, into a preallocated output, in 64M-element blocks
 
-usage: python benchmarks/scan.py [--quick] [--lengths 1024 4096 ...]
+GPU (``--device cuda``, one process, all options on: delta_softplus, delta_bias, D, z)
+  triton       mambamil's Triton kernels;  cuda  mamba-ssm's kernel (when it imports);  chunked (L <= 100k)
+  fwd and fwd+bwd ms (median of CUDA-event timings after a warm-up), peak MB above the inputs
+  (``torch.cuda.max_memory_allocated``), the ratios to ``cuda``, and at --err-length (16k) the max relative
+  error of the output and of every gradient against the chunked scan run in float64 on the GPU.
+  The triton backend is GPU-only: on CPU it runs only under Triton's interpreter (tests), so the CPU table
+  has no triton row.
+
+usage: python benchmarks/scan.py [--quick] [--lengths 1024 4096 ...] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ import sys
 import time
 
 D, N = 1024, 16
+#: device of the GPU mode; ``--smoke`` runs that code path on CPU (tiny sizes, Triton interpreted) as a dry run
+DEV = "cuda"
 
 
 def _rss_bytes() -> int:
@@ -130,17 +140,175 @@ def machine() -> str:
     )
 
 
+def cuda_inputs(L: int, dtype=None, grad: bool = False, seed: int = 0) -> dict:
+    """Scan inputs on the GPU (B=1, d=1024, n=16), distributions as in :func:`run_case`, all options."""
+    import torch
+
+    g = torch.Generator(device=DEV).manual_seed(seed)
+
+    def r(*s, scale=1.0):
+        return torch.randn(*s, device=DEV, generator=g) * scale
+
+    inp = {
+        "u": r(1, D, L), "delta": r(1, D, L, scale=0.5), "A": -torch.exp(r(D, N, scale=0.5)) * 4,
+        "B": r(1, N, L), "C": r(1, N, L), "D": r(D), "z": r(1, D, L),
+        "delta_bias": torch.rand(D, device=DEV, generator=g) * 0.5,
+    }  # fmt: skip
+    if dtype is not None:
+        inp = {k: v.to(dtype) for k, v in inp.items()}
+    return {k: v.requires_grad_(grad) for k, v in inp.items()}
+
+
+def _scan(inp: dict, backend: str):
+    from mambamil.ops import selective_scan
+
+    return selective_scan(**inp, delta_softplus=True, backend=backend)
+
+
+def cuda_time(backend: str, L: int, backward: bool, reps: int) -> dict:
+    """Median ms of ``reps`` runs after one warm-up (compiles), and peak MB above the inputs."""
+    import statistics
+
+    import torch
+
+    cuda = DEV == "cuda"
+    inp = cuda_inputs(L, grad=backward)
+    gy = torch.randn(1, D, L, device=DEV) if backward else None
+
+    def once():
+        y = _scan(inp, backend)
+        if backward:
+            torch.autograd.grad(y, list(inp.values()), gy)
+
+    with torch.set_grad_enabled(backward):
+        once()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            once()
+            if cuda:
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - t0) * 1e3)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else float("nan")
+    return {"ms": statistics.median(times), "peak_mb": peak}
+
+
+def cuda_errors(backends: list[str], L: int) -> dict:
+    """Max relative error of the output and of the gradients of every input against float64 (chunked)."""
+    import torch
+
+    from mambamil.ops import selective_scan_chunked
+
+    def rel(x, ref):
+        return ((x.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+    base = cuda_inputs(L, seed=1)
+    f64 = {k: v.double().requires_grad_() for k, v in base.items()}
+    gy = torch.randn(1, D, L, device=DEV, dtype=torch.float64)
+    y64 = selective_scan_chunked(**f64, delta_softplus=True)
+    g64 = torch.autograd.grad(y64, list(f64.values()), gy)
+    ref = (y64.detach(), *g64)
+    del f64, y64, g64
+    out = {}
+    for backend in backends:
+        inp = {k: v.clone().requires_grad_() for k, v in base.items()}
+        y = _scan(inp, backend)
+        grads = torch.autograd.grad(y, list(inp.values()), gy.float())
+        out[backend] = {
+            "fwd": rel(y.detach(), ref[0]),
+            "grad": max(rel(g, r) for g, r in zip(grads, ref[1:], strict=True)),
+        }
+        del inp, y, grads
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def main_cuda(lengths: list[int], err_length: int, chunked_max: int) -> None:
+    """GPU table: triton vs mamba-ssm's kernel vs chunked (see the module docstring)."""
+    import torch
+
+    from mambamil.ops import available_backends
+
+    have = available_backends()
+    backends = [b for b in ("triton", "cuda", "chunked") if b in have]
+    where = torch.cuda.get_device_name() if DEV == "cuda" else "CPU (smoke run: Triton interpreted, times meaningless)"
+    print(f"# selective scan on {where}, B=1 d={D} n={N}, all options, fp32; {machine()}")
+    print(f"# backends here: {', '.join(have)} (cuda = mamba-ssm's kernel)")
+    res: dict = {}
+    for L in lengths:
+        for backend in backends:
+            if backend == "chunked" and chunked_max < L:
+                continue
+            reps = (3 if backend == "chunked" else 10) if DEV == "cuda" else 1
+            for bwd in (False, True):
+                try:
+                    r = cuda_time(backend, L, bwd, reps)
+                except Exception as e:  # report and go on: one failing backend must not hide the others
+                    r = {"error": f"{type(e).__name__}: {e}"[:200]}
+                    if DEV == "cuda":
+                        torch.cuda.empty_cache()
+                res[(L, backend, bwd)] = r
+                tail = r.get("error") or f"{r['ms']:.2f} ms  peak +{r['peak_mb']:.0f} MB"
+                print(f"L={L:>7} {backend:<8} {'fwd+bwd' if bwd else 'fwd':<8} {tail}", flush=True)
+    errs = cuda_errors(backends, err_length)
+
+    def cell(L, backend, bwd, key="ms"):
+        r = res.get((L, backend, bwd))
+        return "–" if r is None else ("error" if "error" in r else f"{r[key]:.2f}" if key == "ms" else f"{r[key]:.0f}")
+
+    def ratio(L, backend, bwd, key="ms"):
+        r, k = res.get((L, backend, bwd)), res.get((L, "cuda", bwd))
+        if not r or not k or "error" in r or "error" in k:
+            return "–"
+        return f"{r[key] / k[key]:.2f}x"
+
+    print()
+    print("| L | backend | fwd ms | fwd+bwd ms | fwd peak MB | fwd+bwd peak MB | fwd / cuda | fwd+bwd / cuda "
+          "| fwd+bwd peak / cuda |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for L in lengths:
+        for b in backends:
+            if (L, b, False) in res:
+                print(f"| {L} | {b} | {cell(L, b, False)} | {cell(L, b, True)} | {cell(L, b, False, 'peak_mb')} | "
+                      f"{cell(L, b, True, 'peak_mb')} | {ratio(L, b, False)} | {ratio(L, b, True)} | "
+                      f"{ratio(L, b, True, 'peak_mb')} |")  # fmt: skip
+    print()
+    print(f"| backend | max rel. error fwd (L={err_length}) | max rel. error gradients | vs float64 chunked |")
+    print("|---|---|---|---|")
+    for b, e in errs.items():
+        print(f"| {b} | {e['fwd']:.1e} | {e['grad']:.1e} | targets 1e-5 / 1e-4 |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="L in {1k, 4k} only")
     ap.add_argument("--lengths", type=int, nargs="+")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--err-length", type=int, default=16384, help="cuda: L of the float64 accuracy check")
+    ap.add_argument("--chunked-max", type=int, default=102400, help="cuda: longest L timed with chunked")
+    ap.add_argument("--smoke", action="store_true", help="dry run of --device cuda on CPU (needs TRITON_INTERPRET=1)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(run_case(args.child[0], int(args.child[1]))))
         return
+    if args.smoke:
+        global D, DEV
+        D, DEV = 16, "cpu"
+        main_cuda(args.lengths or [40, 100], 70, 64)
+        return
+    if args.device == "cuda":
+        main_cuda(args.lengths or [16384, 102400, 409600], args.err_length, args.chunked_max)
+        return
     lengths = args.lengths or ([1024, 4096] if args.quick else [1024, 4096, 16384, 65536])
     print(f"# selective scan, B=1 d={D} n={N}; {machine()}")
+    print("# triton: GPU-only (on CPU it runs only under Triton's interpreter, for tests); see --device cuda")
     rows = []
     for L in lengths:
         methods = ["exp_floor", "chunked", "chunked+bwd", "reference"]
