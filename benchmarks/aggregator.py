@@ -7,7 +7,12 @@ Every case runs in a fresh subprocess that reports wall time and peak RSS above
 the RSS it had once the model and the bag existed. Training step = forward + cross-entropy backward +
 AdamW step. ABMIL is timed alongside as the cheap baseline.
 
-usage: python benchmarks/aggregator.py [--quick] [--sizes 1000 10000 ...] [--train-max 50000]
+GPU (``--device cuda``, one process): MambaMIL inference and training step (plain autograd, bf16 autocast as
+in training) at 10k and 100k instances (inference also 400k) with each scan backend usable there (triton,
+cuda = mamba-ssm's kernel, chunked), ABMIL in the same run as the baseline; median ms after a warm-up on the
+same bag and peak MB above model + bag (``torch.cuda.max_memory_allocated``), ratios to the ``cuda`` backend.
+
+usage: python benchmarks/aggregator.py [--quick] [--sizes 1000 10000 ...] [--train-max 50000] [--device cuda]
 """
 
 from __future__ import annotations
@@ -58,6 +63,100 @@ def run_case(model_name: str, mode: str, n: int) -> dict:
     return {"model": model_name, "mode": mode, "n": n, "time_s": dt, "peak_mb": max(0, peak - base) / 2**20}
 
 
+#: device of the GPU mode; ``--smoke`` runs that code path on CPU (tiny sizes, Triton interpreted) as a dry run
+DEV = "cuda"
+
+
+def gpu_case(model_name: str, backend: str | None, mode: str, n: int, reps: int, in_dim: int = IN_DIM, **kw) -> dict:
+    """One GPU case in this process: warm-up on the same bag, then the median of ``reps`` timed steps."""
+    import statistics
+
+    import torch
+    import torch.nn.functional as F
+
+    from mambamil.models import create_model
+
+    cuda = DEV == "cuda"
+    torch.manual_seed(0)
+    kwargs = {"layer": "srmamba", "rate": 10, "n_layers": 2, "scan_backend": backend} if backend else {}
+    model = create_model(model_name, in_dim, 2, **kwargs, **(kw if backend else {})).to(DEV)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if mode == "train" else None
+    model.train(mode == "train")
+    x = torch.randn(n, in_dim, device=DEV)
+    y = torch.tensor([1], device=DEV)
+
+    def step():
+        if mode == "infer":
+            with torch.inference_mode():
+                return model(x)["logits"]
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(DEV, dtype=torch.bfloat16, enabled=cuda):
+            loss = F.cross_entropy(model(x)["logits"].float(), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    step()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else float("nan")
+    return {"ms": statistics.median(times), "peak_mb": peak}
+
+
+def main_cuda(sizes: list[int], infer_only: list[int], chunked_max: int, in_dim: int = IN_DIM, **kw) -> None:
+    """GPU table (see the module docstring)."""
+    import torch
+
+    from mambamil.ops import available_backends
+
+    have = available_backends()
+    backends = [b for b in ("triton", "cuda", "chunked") if b in have]
+    where = torch.cuda.get_device_name() if DEV == "cuda" else "CPU (smoke run: Triton interpreted, times meaningless)"
+    print(f"# MambaMIL (srmamba, rate 10, 2 layers, {in_dim}-d input) on {where}; {machine()}")
+    print(f"# scan backends here: {', '.join(have)} (cuda = mamba-ssm's kernel); training steps in bf16 autocast")
+    cases = []
+    for n in sorted(set(sizes) | set(infer_only)):
+        for mode in ("infer", "train"):
+            if mode == "train" and n not in sizes:
+                continue
+            cases += [("mambamil", b, mode, n) for b in backends if b != "chunked" or n <= chunked_max]
+            cases.append(("abmil", None, mode, n))
+    rows = {}
+    for model_name, backend, mode, n in cases:
+        reps = 1 if backend == "chunked" or DEV != "cuda" else 5
+        try:
+            r = gpu_case(model_name, backend, mode, n, reps, in_dim, **kw)
+        except Exception as e:  # report and go on (e.g. out of memory for one backend)
+            r = {"error": f"{type(e).__name__}: {e}"[:200]}
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
+        rows[(model_name, backend, mode, n)] = r
+        tail = r.get("error") or f"{r['ms']:.1f} ms  peak +{r['peak_mb']:.0f} MB"
+        print(f"N={n:>7} {model_name:<9} {backend or '':<8} {mode:<6} {tail}", flush=True)
+    print()
+    print("| model | scan backend | mode | instances | ms | peak MB above inputs | time / cuda | peak / cuda |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (model_name, backend, mode, n), r in rows.items():
+        k = rows.get(("mambamil", "cuda", mode, n))
+        if "error" in r:
+            print(f"| {model_name} | {backend or '–'} | {mode} | {n} | error: {r['error']} | | | |")
+            continue
+        ok = k is not None and "error" not in k
+        rt = f"{r['ms'] / k['ms']:.2f}x" if ok else "–"
+        rp = f"{r['peak_mb'] / k['peak_mb']:.2f}x" if ok and k["peak_mb"] > 0 else "–"
+        print(f"| {model_name} | {backend or '–'} | {mode} | {n} | {r['ms']:.1f} | {r['peak_mb']:.0f} | {rt} | {rp} |")
+
+
 def spawn(model_name: str, mode: str, n: int, timeout: float = 1200) -> dict:
     cmd = [sys.executable, __file__, "--child", model_name, mode, str(n)]
     try:
@@ -75,10 +174,21 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+")
     ap.add_argument("--train-max", type=int, default=10_000, help="largest bag for the plain training step")
     ap.add_argument("--ckpt-max", type=int, default=100_000, help="largest bag for the grad-checkpointed training step")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--chunked-max", type=int, default=100_000, help="cuda: largest bag run with the chunked scan")
+    ap.add_argument("--smoke", action="store_true", help="dry run of --device cuda on CPU (needs TRITON_INTERPRET=1)")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(run_case(args.child[0], args.child[1], int(args.child[2]))))
+        return
+    if args.smoke:
+        global DEV
+        DEV = "cpu"
+        main_cuda([20], [40], 20, in_dim=8, d_model=8)
+        return
+    if args.device == "cuda":
+        main_cuda(args.sizes or [10_000, 100_000], [400_000], args.chunked_max)
         return
     sizes = args.sizes or ([1000, 10_000] if args.quick else [1000, 10_000, 50_000, 100_000])
     print(f"# MambaMIL (srmamba, rate 10, 2 layers, 1024-d input); {machine()}")
