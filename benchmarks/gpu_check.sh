@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One prepared GPU run for the Triton selective scan (issue 10): cuda-marked tests, then the scan and the
+# aggregator benchmarks, each under its own time limit so that what finished is kept. Results go to $OUT
+# (default benchmarks/out/gpu). On the GPU machine, from the project root, with ../shared/device/prepare.sh
+# run beforehand on the workstation (it makes .device/):
+#     source .device/gpu_env.sh; bash benchmarks/gpu_check.sh            # ~2.5 min kernel build + ~5 min
+# Steps can be chosen: GPU_CHECK_STEPS="tests scan agg" (default: all three, in that order).
+set -u
+OUT=${OUT:-benchmarks/out/gpu}
+mkdir -p "$OUT"
+STEPS=${GPU_CHECK_STEPS:-tests scan agg}
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+{
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1
+  "$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+  "$PY" -c "from mambamil.ops import available_backends as a; print('scan backends:', a())"
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+for step in $STEPS; do
+  t0=$(date +%s)
+  case $step in
+    tests) timeout 170 "$PY" -m pytest -q -p no:cacheprovider -m cuda -rs tests/test_triton_scan.py tests/test_scan.py \
+             tests/test_models.py > "$OUT/tests.txt" 2>&1 ;;
+    scan) timeout 200 "$PY" benchmarks/scan.py --device cuda > "$OUT/scan.txt" 2>&1 ;;
+    agg) timeout 170 "$PY" benchmarks/aggregator.py --device cuda > "$OUT/aggregator.txt" 2>&1 ;;
+    *) echo "gpu_check: unknown step $step"; continue ;;
+  esac
+  rc=$?
+  echo "gpu_check: $step rc=$rc in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/env.txt"
+done
+tail -n 5 "$OUT/tests.txt" 2>/dev/null
+tail -n 30 "$OUT/scan.txt" "$OUT/aggregator.txt" 2>/dev/null
