@@ -5,9 +5,9 @@ Parameter names follow ``mamba_ssm.modules.mamba_simple.Mamba`` and isyangshu/Ma
 ``in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj`` and, for the second branch,
 ``conv1d_b, x_proj_b, dt_proj_b, A_b_log, D_b``.
 
-The selective scan goes through :func:`mambamil.ops.selective_scan` (mamba-ssm's kernel on CUDA when
-installed, the chunked scan otherwise); the causal depthwise conv uses ``causal_conv1d`` on CUDA when
-installed, else ``torch.nn.functional.conv1d``.
+The selective scan goes through :func:`mambamil.ops.selective_scan` (``scan_backend``; ``auto``: mamba-ssm's
+kernel on CUDA when installed, else the Triton kernels on CUDA, the chunked scan on CPU); the causal
+depthwise conv uses ``causal_conv1d`` on CUDA when installed, else ``torch.nn.functional.conv1d``.
 """
 
 from __future__ import annotations
