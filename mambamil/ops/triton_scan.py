@@ -95,9 +95,9 @@ def _scan_fwd_kernel(
     FINAL: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
     """F1 (FINAL=False): chunk end state E and decay P from zero. F3 (FINAL=True): y from the true start."""
-    pid_b = tl.program_id(0).to(tl.int64)
+    pid_c = tl.program_id(0)  # chunks on grid axis 0: CUDA allows only 65535 programs on axes 1 and 2
     pid_d = tl.program_id(1)
-    pid_c = tl.program_id(2)
+    pid_b = tl.program_id(2).to(tl.int64)
     offs_d = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
     offs_n = tl.arange(0, NP)
     tl_idx = tl.arange(0, BLOCK_L)
@@ -138,13 +138,14 @@ def _scan_fwd_kernel(
 
 @triton.jit
 def _chunk_scan_kernel(
-    P_ptr, E_ptr, out_ptr, total, nc,
+    P_ptr, E_ptr, out_ptr, total, nc, e_stride,
     REVERSE: tl.constexpr, BLOCK_DN: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """Scan x_c = P_c x_{c-1} + E_c over the chunk axis of (lanes, nc) buffers, x before the first = 0.
+    """Scan x_c = P_c x_{c-1} + E_c over the chunk axis of (lanes, nc) P and (lanes, e_stride) E, x before = 0.
 
     Forward: out[:, c + 1] = state after chunk c (out[:, 0] stays 0). REVERSE: x_c = P_c x_{c+1} + E_c,
-    out[:, c] = x_c (out[:, nc] stays 0). ``out`` is (lanes, nc + 1).
+    out[:, c] = x_c (out[:, nc] stays 0); there ``out`` may be E itself (each block is read before it is
+    written, by the program that owns its lanes). ``out`` is (lanes, nc + 1).
     """
     lanes = tl.program_id(0).to(tl.int64) * BLOCK_DN + tl.arange(0, BLOCK_DN)
     lmask = lanes < total
@@ -158,7 +159,7 @@ def _chunk_scan_kernel(
             c = i * BLOCK_C + cidx
         m = lmask[:, None] & (c < nc)[None, :]
         P = tl.load(P_ptr + lanes[:, None] * nc + c[None, :], mask=m, other=1.0)
-        E = tl.load(E_ptr + lanes[:, None] * nc + c[None, :], mask=m, other=0.0)
+        E = tl.load(E_ptr + lanes[:, None] * e_stride + c[None, :], mask=m, other=0.0)
         pc, ec = tl.associative_scan((P, E), 1, _combine, reverse=REVERSE)
         x = pc * carry[:, None] + ec
         if REVERSE:
@@ -177,13 +178,14 @@ def _scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     FINAL: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
-    """B1 (FINAL=False): chunk-local first adjoint E and decay product P. B3 (FINAL=True): all gradients.
+    """B1 (FINAL=False): chunk-local first adjoint E (rows of nc + 1) and decay product P. B3 (FINAL=True): all
+    gradients.
 
     In B3 the per-program dA partial goes to P_ptr (the B1 buffer, free by then).
     """
-    pid_b = tl.program_id(0).to(tl.int64)
+    pid_c = tl.program_id(0)  # chunks on grid axis 0: CUDA allows only 65535 programs on axes 1 and 2
     pid_d = tl.program_id(1)
-    pid_c = tl.program_id(2)
+    pid_b = tl.program_id(2).to(tl.int64)
     offs_d = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
     offs_n = tl.arange(0, NP)
     tl_idx = tl.arange(0, BLOCK_L)
@@ -260,7 +262,7 @@ def _scan_bwd_kernel(
     else:
         first = (tl_idx == 0)[None, None, :]
         tl.store(P_ptr + off_dn * nc + pid_c, tl.sum(tl.where(first, ap, 0.0), axis=2), mask=mdn)
-        tl.store(E_ptr + off_dn * nc + pid_c, tl.sum(tl.where(first, lb, 0.0), axis=2), mask=mdn)
+        tl.store(E_ptr + off_dn * (nc + 1) + pid_c, tl.sum(tl.where(first, lb, 0.0), axis=2), mask=mdn)
 
 
 def _flags(D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None, delta_softplus: bool) -> dict:
@@ -269,11 +271,15 @@ def _flags(D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None, delta_
 
 
 def _chunk_scan(P: Tensor, E: Tensor, reverse: bool) -> Tensor:
-    """Chunk-axis scan of (batch, d, n, nc) buffers into a zero-initialised (batch, d, n, nc + 1)."""
+    """Chunk-axis scan of (batch, d, n, nc) P and E.
+
+    Forward: into a new zero-initialised (batch, d, n, nc + 1). Reverse: E is (batch, d, n, nc + 1) with
+    E[..., nc] = 0 and is overwritten with the result (one buffer less in the backward).
+    """
     b, d, n, nc = P.shape
-    out = P.new_zeros(b, d, n, nc + 1)
+    out = E if reverse else P.new_zeros(b, d, n, nc + 1)
     total = b * d * n
-    _chunk_scan_kernel[(triton.cdiv(total, BLOCK_DN),)](P, E, out, total, nc, REVERSE=reverse,
+    _chunk_scan_kernel[(triton.cdiv(total, BLOCK_DN),)](P, E, out, total, nc, E.shape[-1], REVERSE=reverse,
                                                         BLOCK_DN=BLOCK_DN, BLOCK_C=BLOCK_C)  # fmt: skip
     return out
 
@@ -298,7 +304,7 @@ class TritonScanFn(torch.autograd.Function):
         P = u.new_empty(b, d, n, nc, dtype=f32)
         E = torch.empty_like(P)
         fwd_d = block_d or FWD_BLOCK_D
-        grid = (b, triton.cdiv(d, fwd_d), nc)
+        grid = (nc, triton.cdiv(d, fwd_d), b)
         flags = _flags(D, z, delta_bias, delta_softplus)
         common = dict(d=d, n=n, L=L, nc=nc, BLOCK_D=fwd_d, NP=np2, BLOCK_L=block_l, num_warps=FWD_WARPS, **flags)
         dummy = P  # stands for absent optional tensors (never read: their flag is off)
@@ -325,22 +331,21 @@ class TritonScanFn(torch.autograd.Function):
         f32 = torch.float32
         gout = torch.zeros_like(u) if gout is None else gout.contiguous()
         P = u.new_empty(b, d, n, nc, dtype=f32)
-        E = torch.empty_like(P)
+        E = u.new_zeros(b, d, n, nc + 1, dtype=f32)  # B1 fills [..., :nc]; B2 turns it into the adjoints
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = None if z is None else torch.empty_like(z)
         dB32 = u.new_zeros(b, n, L, dtype=f32)
         dC32 = torch.zeros_like(dB32)
         dDp = u.new_zeros(b, nc, d, dtype=f32) if D is not None else P
         dbp = u.new_zeros(b, nc, d, dtype=f32) if delta_bias is not None else P
-        grid = (b, triton.cdiv(d, block_d), nc)
+        grid = (nc, triton.cdiv(d, block_d), b)
         np2 = triton.next_power_of_2(n)
         common = dict(d=d, n=n, L=L, nc=nc, BLOCK_D=block_d, NP=np2, BLOCK_L=block_l, num_warps=BWD_WARPS, **flags)
         ins = (u, delta, A, B, C, P if D is None else D, P if z is None else z, P if delta_bias is None else delta_bias,
                gout, starts)  # fmt: skip
         outs = (du, ddelta, P if dz is None else dz, dB32, dC32, dDp, dbp)
         _scan_bwd_kernel[grid](*ins, P, P, E, *outs, FINAL=False, **common)
-        lam = _chunk_scan(P, E, reverse=True)
-        del E
+        lam = _chunk_scan(P, E, reverse=True)  # in place: lam is E
         _scan_bwd_kernel[grid](*ins, lam, P, P, *outs, FINAL=True, **common)
         dA = P.sum((0, 3))
         dD = None if D is None else dDp.sum((0, 1))
@@ -393,7 +398,7 @@ def compile_kernels(arch: int = 90, dtype: str = "bf16", n: int = 16) -> dict[st
     out = {}
     for name, (fn, consts, warps) in variants.items():
         sig = {
-            a: "constexpr" if a in consts else "i32" if a in ("d", "n", "L", "nc", "total")
+            a: "constexpr" if a in consts else "i32" if a in ("d", "n", "L", "nc", "total", "e_stride")
             else f"*{dtype}" if a in io else "*fp32"
             for a in fn.arg_names
         }  # fmt: skip
