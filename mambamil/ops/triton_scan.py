@@ -237,10 +237,10 @@ def _scan_bwd_kernel(
         ddl = u * lamB + tl.sum(w * A[:, :, None], axis=1)
         tl.store(P_ptr + off_dn * nc + pid_c, tl.sum(w * dl[:, None, :], axis=2), mask=mdn)  # dA partial
         tl.atomic_add(dB_ptr + base_nl + offs_n[:, None] * L + t[None, :], tl.sum(lam * (dl * u)[:, None, :], axis=0),
-                      mask=mnl)  # fmt: skip
+                      mask=mnl, sem="relaxed")  # fmt: skip
         h = a * h_prev + (dl * u)[:, None, :] * Bt[None, :, :]
         tl.atomic_add(dC_ptr + base_nl + offs_n[:, None] * L + t[None, :], tl.sum(h * g[:, None, :], axis=0),
-                      mask=mnl)  # fmt: skip
+                      mask=mnl, sem="relaxed")  # fmt: skip
         if HAS_Z:
             y = tl.sum(h * Ct[None, :, :], axis=1)
             if HAS_D:
