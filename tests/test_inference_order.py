@@ -65,7 +65,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("method", ["random", "hilbert"])
-def test_predict_equals_training_evaluation(cohort: Path, tmp_path: Path, method: str) -> None:
+def test_predict_equals_training_evaluation(cohort: Path, tmp_path: Path, method: str, caplog) -> None:
     ckpt = cohort / "models" / method / "checkpoint.pt"
     assert checkpoint_order(load_checkpoint(ckpt)[1]) == (method, ORDER_SEED)
     test = pd.read_csv(cohort / "models" / method / "test_predictions.csv").set_index("sample_id")
@@ -76,7 +76,9 @@ def test_predict_equals_training_evaluation(cohort: Path, tmp_path: Path, method
     np.testing.assert_array_equal(pred[cols].to_numpy(), test[cols].to_numpy())
     assert (pred["predicted"] == test["predicted"]).all()
     # An explicit different order is honoured (with a warning) and reads another sequence.
-    run("predict", *feats, "--checkpoint", ckpt, "--out", tmp_path / "raster.csv", "--order", "raster")
+    with caplog.at_level("WARNING", logger="mambamil"):
+        run("predict", *feats, "--checkpoint", ckpt, "--out", tmp_path / "raster.csv", "--order", "raster")
+    assert f"trained on {method} order; overriding with --order raster" in caplog.text
     raster = pd.read_csv(tmp_path / "raster.csv").set_index("sample_id").loc[test.index]
     assert not np.allclose(raster[cols].to_numpy(), test[cols].to_numpy(), rtol=0, atol=1e-7)
 
@@ -103,3 +105,12 @@ def test_heatmap_uses_the_trained_order(cohort: Path, tmp_path: Path, real_slide
     scores = pd.read_csv(out / f"{sid}.scores.csv")
     np.testing.assert_allclose(scores["attention"].to_numpy(), expected, rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(bag_outputs(load_ensemble([ckpt]), bag).attention, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_inference_paths_do_not_import_the_training_engine() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, mambamil.heatmaps, mambamil.inference; print('mambamil.train.engine' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
