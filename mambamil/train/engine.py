@@ -177,7 +177,7 @@ def train_fold(
         "feature_attrs": feature_attrs(feature_files[subsets["train"][0].slide_ids[0]]),
         "mambamil_version": __version__,
         "feature_scaler": scaler,
-        "order": dict(order) if order_files and order else {"method": "stored", "seed": 0},
+        "order": trained_order(order_files, order, settings),
         "precision": settings.precision,
     }
     n_train = len(data["train"])
@@ -247,6 +247,17 @@ def train_fold(
     }
     write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def trained_order(order_files: dict[str, Any], order: dict[str, Any] | None, settings: TrainSettings) -> dict[str, Any]:
+    """The {"method", "seed"} stored in the checkpoint: "stored" without order files; else the order stage's
+    setting behind them (``settings.order`` with seed 0, and a warning, when the caller did not say)."""
+    if not order_files:
+        return {"method": "stored", "seed": 0}
+    if order is None:
+        log.warning("order files without their method/seed: recording %s order with seed 0", settings.order)
+        return {"method": settings.order, "seed": 0}
+    return {"method": str(order["method"]), "seed": int(order.get("seed", 0))}
 
 
 def sampling_groups(samples: list[Sample], task: TaskSpec) -> np.ndarray:
