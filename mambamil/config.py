@@ -53,6 +53,9 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
             err = errors[0]
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             raise ConfigError(f"{source}: {key_path(err)}: {err.message}{more}")
+    for task, section in (config.get("tasks") or {}).items():
+        if section.get("training"):
+            task_training(config, task)  # per-task overrides must make a valid training section
     return config
 
 
