@@ -5,7 +5,7 @@ attention, then a second forward pass with gradients for gradient × input. Both
 CLAM/MambaMIL shape: in_dim 1024, d_model 512, 2 SRMamba layers, rate 5) on the same bags, fp32 on CPU. Checks
 that both give the same scores, then prints a Markdown table of the median of ``--repeats`` timings.
 
-    python benchmarks/heatmap_scores.py [--quick]
+    python benchmarks/heatmap_scores.py [--quick] [--threads N]
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller bags, fewer repeats")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     sizes = [500, 2000] if args.quick else [1000, 4000, 10000]
     repeats = 3 if args.quick else 5
