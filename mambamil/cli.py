@@ -123,12 +123,12 @@ def _add_order(sub: argparse._SubParsersAction) -> None:
 
 def _run_order(args: argparse.Namespace) -> int:
     from mambamil.h5layout import read_bag
-    from mambamil.order import bag_permutation, slide_seed, write_order
+    from mambamil.order import slide_order, write_order
 
     bag = read_bag(args.features)
     if bag.coords is None:
         raise MambamilError(f"{args.features}: the bag has no coordinates, so it cannot be ordered")
-    perm = bag_permutation(bag.coords, bag.attrs, args.method, slide_seed(args.seed, args.features.stem))
+    perm = slide_order(bag.coords, bag.attrs, args.method, args.seed, args.features.stem)
     write_order(args.out, perm)
     log.info("%s: %s order of %d instances → %s", args.features.stem, args.method, len(perm), args.out)
     return 0
@@ -238,9 +238,15 @@ def _run_train(args: argparse.Namespace) -> int:
         args.out,
         meta,
         progress=not args.quiet,
+        order=_train_order(spec) if orders else None,
     )
     print(f"{task.name}/{name}/fold {args.fold}: best epoch {summary['best_epoch']} → {args.out}")
     return 0
+
+
+def _train_order(spec: dict) -> dict:
+    """The order method and order-stage seed behind --order-dir, stored in the checkpoint for inference."""
+    return {"method": spec["training"]["order"], "seed": int(spec.get("order_seed", 0))}
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -279,17 +285,70 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("features", type=Path, nargs="+", help="feature H5 files, one per slide")
     p.add_argument("--checkpoint", type=Path, nargs="+", required=True, help="checkpoint.pt file(s)")
-    p.add_argument("--order", choices=["raster", "snake", "hilbert", "random"], help="sequence order to apply")
+    _add_order_override(p)
     p.add_argument("--out", type=Path, required=True, help="output CSV")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    _add_original_args(p)
     p.set_defaults(func=_run_predict)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from mambamil.train.predict import predict_slides
+    from mambamil.inference import predict_slides
 
-    df = predict_slides(args.features, args.checkpoint, args.out, args.order, args.device)
+    df = predict_slides(args.features, args.checkpoint, args.out, args.order, args.device, _original(args))
     print(f"{len(df)} slides → {args.out}")
+    return 0
+
+
+# -- original MambaMIL checkpoints ---------------------------------------------------------------------------
+def _add_order_override(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--order",
+        choices=["raster", "snake", "hilbert", "random", "stored"],
+        help="override the sequence order stored in the checkpoint (a warning says so; 'stored': the bag's own "
+        "order); default: the order the model was trained on",
+    )
+
+
+def _add_original_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    g = p.add_argument_group(
+        "original MambaMIL checkpoints",
+        "a bare state dict from isyangshu/MambaMIL (s_<fold>_checkpoint.pt) cannot tell these; give them all "
+        "(nothing is guessed). Ignored, with a warning, for project checkpoints.",
+    )
+    g.add_argument("--layer", choices=["srmamba", "bimamba", "mamba"], required=required, help="mixer layer type")
+    g.add_argument("--rate", type=int, required=required, help="SRMamba reorder rate (the training script's)")
+    g.add_argument("--task", choices=["classification", "survival"], required=required, help="task type")
+    g.add_argument("--classes", nargs="+", help="class names in output order (classification)")
+    g.add_argument("--n-bins", type=int, help="number of survival time bins (survival)")
+
+
+def _original(args: argparse.Namespace) -> dict:
+    """Original-checkpoint metadata given on the command line (None where not given)."""
+    return {k: getattr(args, k) for k in ("layer", "rate", "task", "classes", "n_bins")}
+
+
+def _add_convert_checkpoint(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert-checkpoint",
+        help="turn an original MambaMIL state dict into a project checkpoint with its metadata",
+        description="Read a bare state dict saved by isyangshu/MambaMIL, check it against --layer/--rate/--task "
+        "and --classes or --n-bins, and write a project checkpoint that carries them, so predict and heatmap load "
+        "it without options. Its sequence order is 'stored' (bags are read as saved, as the original code does).",
+    )
+    p.add_argument("checkpoint", type=Path, help="original state dict (e.g. s_0_checkpoint.pt)")
+    p.add_argument("--out", type=Path, required=True, help="output project checkpoint (.pt)")
+    _add_original_args(p, required=True)
+    p.set_defaults(func=_run_convert_checkpoint)
+
+
+def _run_convert_checkpoint(args: argparse.Namespace) -> int:
+    from mambamil.models import convert_original
+
+    model, extra = convert_original(args.checkpoint, args.out, **_original(args))
+    what = extra["classes"] if extra["task_kind"] == "classification" else f"{model.n_classes} time bins"
+    layer = f"{model.config['layer']} rate {model.config['rate']}"
+    print(f"{args.checkpoint}: {layer}, {extra['task_kind']} {what} → {args.out}")
     return 0
 
 
@@ -316,12 +375,8 @@ def _add_heatmap(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity over the slide (default: %(default)s)")
     p.add_argument("--smooth-um", type=float, default=0.0, help="Gaussian smoothing sigma in µm (default: off)")
     p.add_argument("--top-k", type=int, default=12, help="patches in the top/bottom montages (default: %(default)s)")
-    p.add_argument(
-        "--order",
-        choices=["raster", "snake", "hilbert", "random"],
-        default="raster",
-        help="sequence order the model was trained with (default: %(default)s)",
-    )
+    _add_order_override(p)
+    _add_original_args(p)
     p.set_defaults(func=_run_heatmap)
 
 
@@ -332,7 +387,7 @@ def _run_heatmap(args: argparse.Namespace) -> int:
         raise MambamilError("--mpp must be > 0, --alpha in [0, 1] and --top-k >= 0")
     settings = HeatmapSettings(args.mpp, args.cmap, args.alpha, args.smooth_um, args.top_k, args.order)
     summary = heatmap_slide(
-        args.slide, args.features, args.checkpoint, args.out, settings, args.slide_id, args.slide_mpp
+        args.slide, args.features, args.checkpoint, args.out, settings, args.slide_id, args.slide_mpp, _original(args)
     )
     print(f"{summary['slide_id']}: {summary['n_patches']} patches, maps {summary['scores']} → {args.out}")
     return 0
@@ -441,6 +496,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_evaluate,
     _add_predict,
     _add_heatmap,
+    _add_convert_checkpoint,
     _add_validate_config,
 ]
 

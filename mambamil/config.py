@@ -53,6 +53,9 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
             err = errors[0]
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             raise ConfigError(f"{source}: {key_path(err)}: {err.message}{more}")
+    for task, section in (config.get("tasks") or {}).items():
+        if section.get("training"):
+            task_training(config, task)  # per-task overrides must make a valid training section
     return config
 
 
@@ -94,3 +97,18 @@ def settings_from_config(
     values = {**default_section(name), **(section or {})}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})  # type: ignore[call-arg]
+
+
+def task_training(config: dict[str, Any], task: str) -> dict[str, Any]:
+    """The ``training`` section as ``task`` uses it: the section, then the task's own ``training`` overrides,
+    validated together (errors name ``tasks.<task>.training``)."""
+    overrides = config["tasks"][task].get("training") or {}
+    merged = {**config["training"], **overrides}
+    return validate_config({"slides": "", "labels": "", "training": merged}, source=f"tasks.{task}.training")[
+        "training"
+    ]
+
+
+def task_model(config: dict[str, Any], task: str, model: str) -> dict[str, Any]:
+    """A model's options as ``task`` uses them: the ``models`` entry, then the task's ``model_kwargs``."""
+    return {**config["models"][model], **(config["tasks"][task].get("model_kwargs") or {})}

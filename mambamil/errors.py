@@ -31,3 +31,7 @@ class InputFileError(MambamilError):
         self.path = str(path)
         self.cause = cause
         super().__init__(f"{path}: {cause}")
+
+
+class CheckpointError(InputFileError, ValueError):
+    """A model checkpoint is missing, unreadable, or lacks what is needed to rebuild its model."""

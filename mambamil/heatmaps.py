@@ -6,6 +6,9 @@ For one slide and one or more checkpoints (one fold, or every fold model average
 - ``gradxinput``: for attention-pooled models, gradient × input of each instance towards the predicted class
   (survival: towards the risk), independent of the pooling weights, also as rank percentiles.
 
+Both come from one forward pass per model (:mod:`mambamil.inference`), on the sequence order stored in the
+checkpoint, together with the slide's prediction (``<slide_id>.prediction.json``).
+
 Rendering is block by block at the chosen µm/px: the only whole-image array is the output RGB (uint8) at that
 resolution; nothing is allocated at slide resolution. Outputs in ``OUT``::
 
@@ -26,12 +29,11 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib import colormaps
 
 from mambamil.errors import InputFileError
 from mambamil.fileio import atomic_output, write_json, write_png
-from mambamil.order import bag_permutation
+from mambamil.inference import bag_outputs, load_bag, load_ensemble
 from mambamil.slide import Slide, open_slide
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ class HeatmapSettings:
     alpha: float = 0.5
     smooth_um: float = 0.0
     top_k: int = 12
-    order: str = "raster"
+    order: str | None = None  # None: the order stored in the checkpoint (an override warns)
 
 
 def rank_percentiles(scores: np.ndarray) -> np.ndarray:
@@ -56,42 +58,6 @@ def rank_percentiles(scores: np.ndarray) -> np.ndarray:
     if len(scores) <= 1:
         return np.ones_like(scores)
     return (pd.Series(scores).rank(method="average").to_numpy() - 1) / (len(scores) - 1)
-
-
-def instance_scores(
-    models: list[torch.nn.Module], features: torch.Tensor, perm: np.ndarray, with_gradients: bool = True
-) -> dict[str, np.ndarray]:
-    """Attention (and gradient × input) per instance, averaged over ``models``, in the bag's stored order.
-
-    ``perm`` is the sequence order the models read; scores are mapped back to the original instance order.
-    """
-    x = features[torch.as_tensor(perm)]
-    inverse = np.empty_like(perm)
-    inverse[perm] = np.arange(len(perm))
-    attention, gradxinput = [], []
-    for model in models:
-        model.eval()
-        with torch.inference_mode():
-            out = model(x)
-        att = out.get("attention")
-        if att is not None:
-            attention.append(att.reshape(-1).float().cpu().numpy())
-        if with_gradients:
-            xg = x.clone().requires_grad_(True)
-            out = model(xg)
-            if "risk" in out:
-                target = out["risk"].reshape(-1)[0]
-            else:
-                logits = out["logits"].reshape(-1)
-                target = logits[int(logits.argmax())]
-            (grad,) = torch.autograd.grad(target, xg)
-            gradxinput.append((grad * xg).sum(dim=-1).detach().float().cpu().numpy())
-    scores = {}
-    if attention:
-        scores["attention"] = np.mean(attention, axis=0)[inverse]
-    if gradxinput:
-        scores["gradxinput"] = np.mean(gradxinput, axis=0)[inverse]
-    return scores
 
 
 def colour_lut(cmap: str) -> np.ndarray:
@@ -217,23 +183,22 @@ def heatmap_slide(
     settings: HeatmapSettings | None = None,
     slide_id: str | None = None,
     mpp: float | None = None,
+    original: dict[str, Any] | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """All heatmap outputs of one slide (see the module docstring). Returns a summary."""
-    from mambamil.h5layout import read_bag
-    from mambamil.train.predict import load_models
-
+    """All heatmap outputs of one slide (see the module docstring). ``original`` gives the metadata of original
+    MambaMIL state dicts. Returns a summary with the slide's prediction."""
     settings = settings or HeatmapSettings()
     out_dir = Path(out_dir)
-    models, extra = load_models([Path(c) for c in checkpoints], torch.device("cpu"))
-    bag = read_bag(features_path)
-    feats = torch.as_tensor(np.asarray(bag.features, dtype=np.float32))
-    if feats.shape[1] != extra.get("in_dim", feats.shape[1]):
-        raise InputFileError(features_path, f"feature dimension {feats.shape[1]} ≠ the checkpoint's {extra['in_dim']}")
+    ensemble = load_ensemble([Path(c) for c in checkpoints], device, original, settings.order)
+    bag = load_bag(features_path, ensemble.in_dim, slide_id=Path(features_path).stem)
     if bag.coords is None:
         raise InputFileError(features_path, "the bag has no patch coordinates, so it cannot be drawn on the slide")
-    coords = np.asarray(bag.coords)
-    perm = bag_permutation(coords, bag.attrs, settings.order)
-    scores = instance_scores(models, feats, perm)
+    coords = bag.coords
+    result = bag_outputs(ensemble, bag, gradients=True)
+    scores = {
+        name: v for name, v in (("attention", result.attention), ("gradxinput", result.gradxinput)) if v is not None
+    }
     with open_slide(slide_path, mpp=mpp, slide_id=slide_id) as slide:
         size0 = float(bag.attrs.get("patch_size_level0") or bag.attrs["patch_size"])
         sid = slide.slide_id
@@ -255,9 +220,11 @@ def heatmap_slide(
             table.to_csv(tmp, index=False)
         measures = {c: table[c].to_numpy() for c in table.columns if c not in ("x", "y")}
         write_json(out_dir / f"{sid}.patches.geojson", patches_feature_collection(coords, size0, measures), indent=None)
+        write_json(out_dir / f"{sid}.prediction.json", result.prediction)
     return {
         "slide_id": sid,
         "n_patches": len(coords),
         "scores": list(scores),
+        "prediction": result.prediction,
         "outputs": [str(p) for p in written.values()],
     }

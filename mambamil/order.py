@@ -87,6 +87,16 @@ def slide_seed(seed: int, slide_id: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(slide_id.encode())) % (2**32)
 
 
+#: The order of a model that read bags as stored (no order stage: original MambaMIL, CLAM ``.pt`` bags).
+STORED = "stored"
+
+
+def slide_order(coords: np.ndarray, attrs: dict, method: str, seed: int, slide_id: str) -> np.ndarray:
+    """The sequence of one slide's bag for ``method`` and the order stage's ``seed``: what the order stage writes
+    and what inference recomputes (the ``random`` control draws with :func:`slide_seed` of the slide id)."""
+    return bag_permutation(coords, attrs, method, slide_seed(seed, slide_id))
+
+
 def window_spread(coords: np.ndarray, perm: np.ndarray, window: int = 16, step: float | None = None) -> float:
     """Mean distance (in grid steps) of a sequence window's patches from the window's centroid.
 

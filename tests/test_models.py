@@ -226,32 +226,15 @@ def test_save_checkpoint_rejects_reserved_keys(tmp_path):
         save_checkpoint(tmp_path / "m.pt", create_model("mean", 4, 2), {"state_dict": 1})
 
 
-@pytest.mark.parametrize("prefix", ["", "module."])
-def test_load_original_mambamil_state_dict(tmp_path, prefix):
-    """A raw state dict as isyangshu/MambaMIL saves it (torch.save(model.state_dict()))."""
-    src = create_model("mambamil", 40, 3, layer="srmamba", n_layers=2, rate=5).eval()
-    raw = {prefix + k: v.clone() for k, v in src.state_dict().items()}
-    path = tmp_path / "s_0_checkpoint.pt"
-    torch.save(raw, path)
-    m, extra = load_checkpoint(path, rate=5)
-    assert extra["source"] == "isyangshu/MambaMIL"
-    assert extra["assumed"] == {"layer": "srmamba", "rate": 5, "task": "classification"}
-    assert (m.in_dim, m.n_classes, len(m.layers), m.rate) == (40, 3, 2, 5)
-    x = torch.randn(30, 40)
-    with torch.no_grad():
-        torch.testing.assert_close(m(x)["logits"], src(x)["logits"])
-    m_default, extra = load_checkpoint(path)
-    assert m_default.rate == 10 and extra["assumed"]["rate"] == 10
-
-
 def test_load_checkpoint_errors(tmp_path):
     src = create_model("mambamil", 40, 3, n_layers=1).state_dict()
     bad = {k: v for k, v in src.items() if "conv1d_b" not in k}
     bad["layers.0.1.extra.weight"] = torch.zeros(1)
     path = tmp_path / "bad.pt"
     torch.save(bad, path)
+    meta = {"layer": "srmamba", "rate": 10, "task": "classification", "classes": ["a", "b", "c"]}
     with pytest.raises(ValueError, match=r"bad\.pt.*missing keys.*conv1d_b.*unexpected keys.*extra") as e:
-        load_checkpoint(path)
+        load_checkpoint(path, original=meta)
     assert "\n" not in str(e.value)
     torch.save({"foo": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match="neither a mambamil checkpoint"):

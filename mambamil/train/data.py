@@ -94,7 +94,8 @@ def build_samples(
             if on_missing == "error":
                 raise MambamilError(f"task '{task.name}': {msg}; set training.on_missing: warn to skip them")
             log.warning("task '%s': skipping %s", task.name, msg)
-    df = labels[labels["slide_id"].isin(feature_files)].copy()
+    # reset_index: the label sheet is indexed by slide_id too, which makes groupby("slide_id") ambiguous.
+    df = labels[labels["slide_id"].isin(feature_files)].reset_index(drop=True)
 
     meta: dict[str, Any] = {"task": task.name, "kind": task.kind, "level": level}
     if task.kind == "classification":

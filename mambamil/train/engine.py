@@ -19,7 +19,8 @@ from tqdm import tqdm
 from mambamil import __version__
 from mambamil.config import settings_from_config
 from mambamil.fileio import atomic_output, write_json
-from mambamil.models import create_model, load_checkpoint, save_checkpoint
+from mambamil.inference import Standardized, autocast, load_trained, predict_dataset, resolve_device, unwrap
+from mambamil.models import create_model, save_checkpoint
 from mambamil.train.data import BagDataset, Sample, TaskSpec
 from mambamil.train.metrics import c_index, classification_metrics, nll_survival_loss
 from mambamil.train.plots import loss_curves
@@ -48,6 +49,8 @@ class TrainSettings:
     val_fraction: float
     order: str
     standardize_features: bool
+    precision: str = "fp32"
+    monitor: str = "auto"
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None = None, **overrides: Any) -> TrainSettings:
@@ -61,42 +64,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("training.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
-
-
-class Standardized(torch.nn.Module):
-    """A MIL model behind per-dimension standardisation of its instance features, with the mean and std of the
-    training instances (stored in the checkpoint as ``feature_scaler``, so prediction applies the same)."""
-
-    def __init__(self, model: torch.nn.Module, mean: Any, std: Any) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).clamp(min=1e-6))
-        self.in_dim, self.n_classes, self.task = model.in_dim, model.n_classes, model.task
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.model((x - self.mean) / self.std)
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.model if isinstance(model, Standardized) else model
-
-
-def load_trained(path: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A checkpoint from ``mambamil train`` (or the original MambaMIL code) ready to predict, in eval mode."""
-    model, extra = load_checkpoint(path, map_location=map_location)
-    scaler = extra.get("feature_scaler")
-    if scaler:
-        model = Standardized(model, scaler["mean"], scaler["std"])
-    return model.eval(), extra
 
 
 def feature_scaler(dataset: BagDataset) -> dict[str, list[float]]:
@@ -133,53 +100,14 @@ class Objective:
         return nll_survival_loss(out["hazards"].float(), out["S"].float(), y, event, self.alpha)
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
-@torch.inference_mode()
-def predict(models: list[torch.nn.Module], dataset: BagDataset, device: torch.device, task: TaskSpec) -> pd.DataFrame:
-    """Per-sample predictions, averaged over ``models`` (an ensemble of fold checkpoints, or one)."""
-    rows = []
-    for m in models:
-        m.eval()
-    for i in range(len(dataset)):
-        x, sample = dataset[i]
-        x = x.to(device)
-        outs = []
-        for m in models:
-            with _autocast(device):
-                outs.append({k: v.float().cpu() for k, v in m(x).items() if isinstance(v, torch.Tensor)})
-        row: dict[str, Any] = {
-            "sample_id": sample.sample_id,
-            "case_id": sample.case_id,
-            "slide_ids": ";".join(sample.slide_ids),
-            "n_instances": int(x.shape[0]),
-            "target": sample.label,
-        }
-        if task.kind == "classification":
-            probs = torch.stack([F.softmax(o["logits"], dim=1)[0] for o in outs]).mean(0).numpy()
-            for k, c in enumerate(task.classes):
-                row[f"prob_{c}"] = float(probs[k])
-            row["label"] = task.classes[sample.label] if sample.label >= 0 else ""
-            row["predicted"] = task.classes[int(probs.argmax())]
-        else:
-            row["risk"] = float(torch.stack([o["risk"].reshape(-1)[0] for o in outs]).mean())
-            row["time"], row["event"] = sample.time, sample.event
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _validation(model, dataset, objective, device, task) -> tuple[float, float]:
+def _validation(model, dataset, objective, device, task, precision: str = "fp32") -> tuple[float, float]:
     """Mean validation loss and the task metric (AUC or c-index) on ``dataset``."""
     model.eval()
     losses, risks, probs = [], [], []
     with torch.inference_mode():
         for i in range(len(dataset)):
             x, sample = dataset[i]
-            with _autocast(device):
+            with autocast(device, precision):
                 out = model(x.to(device))
             losses.append(float(objective.loss(out, sample)))
             if task.kind == "survival":
@@ -209,9 +137,13 @@ def train_fold(
     out_dir: str | Path,
     meta: dict[str, Any],
     progress: bool = True,
+    order: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train one fold; writes ``checkpoint.pt``, ``log.csv``, ``curves.png``, ``test_predictions.csv`` and
-    ``summary.json`` into ``out_dir``. Returns the summary."""
+    ``summary.json`` into ``out_dir``. Returns the summary.
+
+    ``order`` ({"method", "seed"}) is the order stage's setting behind ``order_files``, stored in the checkpoint
+    so inference recomputes the same sequences; without order files bags are read as stored."""
     out_dir = Path(out_dir)
     seed_everything(settings.seed * 1000 + fold)
     device = resolve_device(settings.device)
@@ -228,7 +160,9 @@ def train_fold(
     objective = Objective(task, settings, subsets["train"])
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     rng = np.random.default_rng(settings.seed * 1000 + fold)
-    monitor = "val_c_index" if task.kind == "survival" else "val_loss"
+    use_metric_setting = settings.monitor == "metric" or (settings.monitor == "auto" and task.kind == "survival")
+    metric_name = "val_c_index" if task.kind == "survival" else "val_auc"
+    monitor = metric_name if use_metric_setting else "val_loss"
     best_score, best_epoch, history = (-math.inf, -math.inf), -1, []
     extra = {
         "task": task.name,
@@ -243,13 +177,15 @@ def train_fold(
         "feature_attrs": feature_attrs(feature_files[subsets["train"][0].slide_ids[0]]),
         "mambamil_version": __version__,
         "feature_scaler": scaler,
+        "order": trained_order(order_files, order, settings),
+        "precision": settings.precision,
     }
     n_train = len(data["train"])
     epochs = tqdm(range(settings.epochs), desc=f"{task.name}/{model_name}/fold {fold}", disable=not progress)
     for epoch in epochs:
         model.train()
-        if settings.sampler == "weighted" and task.kind == "classification":
-            labels = np.array([s.label for s in subsets["train"]])
+        if settings.sampler == "weighted":
+            labels = sampling_groups(subsets["train"], task)
             w = 1.0 / np.bincount(labels)[labels]
             order = rng.choice(n_train, size=n_train, replace=True, p=w / w.sum())
         else:
@@ -258,7 +194,7 @@ def train_fold(
         losses = []
         for step, idx in enumerate(order):
             x, sample = data["train"][int(idx)]
-            with _autocast(device):
+            with autocast(device, settings.precision):
                 out = model(x.to(device))
             loss = objective.loss(out, sample)
             (loss / settings.grad_accum).backward()
@@ -266,10 +202,10 @@ def train_fold(
             if (step + 1) % settings.grad_accum == 0 or step == n_train - 1:
                 optimiser.step()
                 optimiser.zero_grad(set_to_none=True)
-        val_loss, val_metric = _validation(model, data["val"], objective, device, task)
-        # Subtyping monitors the loss; survival the c-index, ties (frequent on small validation sets, where it
-        # saturates at 1.0) broken by the loss, and the loss alone when the c-index is undefined.
-        use_metric = task.kind == "survival" and not math.isnan(val_metric)
+        val_loss, val_metric = _validation(model, data["val"], objective, device, task, settings.precision)
+        # monitor auto: subtyping monitors the loss; survival the c-index, ties (frequent on small validation sets,
+        # where it saturates at 1.0) broken by the loss, and the loss alone when the metric is undefined.
+        use_metric = use_metric_setting and not math.isnan(val_metric)
         score = (val_metric if use_metric else -math.inf, -val_loss)
         # Epochs before min_epochs are warm-up: neither selected nor counted for stopping (as CLAM's stop_epoch).
         is_best = epoch + 1 >= min(settings.min_epochs, settings.epochs) and score > best_score
@@ -292,10 +228,9 @@ def train_fold(
     history_df = pd.DataFrame(history)
     with atomic_output(out_dir / "log.csv") as tmp:
         history_df.to_csv(tmp, index=False)
-    monitor_col = "val_c_index" if task.kind == "survival" else "val_loss"
-    loss_curves(history_df, out_dir / "curves.png", monitor_col if monitor_col in history_df else "val_loss")
+    loss_curves(history_df, out_dir / "curves.png", monitor if monitor in history_df else "val_loss")
     best_model, _ = load_trained(out_dir / "checkpoint.pt")
-    preds = predict([best_model.to(device)], data["test"], device, task)
+    preds = predict_dataset([best_model.to(device)], data["test"], device, task, settings.precision)
     preds.insert(0, "fold", fold)
     with atomic_output(out_dir / "test_predictions.csv") as tmp:
         preds.to_csv(tmp, index=False)
@@ -312,6 +247,26 @@ def train_fold(
     }
     write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def trained_order(order_files: dict[str, Any], order: dict[str, Any] | None, settings: TrainSettings) -> dict[str, Any]:
+    """The {"method", "seed"} stored in the checkpoint: "stored" without order files; else the order stage's
+    setting behind them (``settings.order`` with seed 0, and a warning, when the caller did not say)."""
+    if not order_files:
+        return {"method": "stored", "seed": 0}
+    if order is None:
+        log.warning("order files without their method/seed: recording %s order with seed 0", settings.order)
+        return {"method": settings.order, "seed": 0}
+    return {"method": str(order["method"]), "seed": int(order.get("seed", 0))}
+
+
+def sampling_groups(samples: list[Sample], task: TaskSpec) -> np.ndarray:
+    """Groups the weighted sampler balances: classes (subtyping), or time bin × event (survival, as MambaMIL's
+    survival datasets do)."""
+    labels = np.array([s.label for s in samples], dtype=np.int64)
+    if task.kind == "classification":
+        return labels
+    return labels * 2 + np.array([s.event for s in samples], dtype=np.int64)
 
 
 def feature_attrs(path: Path) -> dict[str, Any]:

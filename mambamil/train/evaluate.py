@@ -1,4 +1,7 @@
-"""Evaluation on held-out test folds only: per-fold metrics, mean ± std, pooled predictions and plots."""
+"""Evaluation on held-out test folds only: per-fold metrics, mean ± std, pooled predictions and plots.
+
+The test predictions it reads are written by the training engine through :mod:`mambamil.inference` (the module
+``predict`` and ``heatmap`` use), so evaluated scores are the scores those commands give."""
 
 from __future__ import annotations
 
@@ -10,13 +13,14 @@ import pandas as pd
 
 from mambamil.errors import InputFileError
 from mambamil.fileio import atomic_output, write_json
+from mambamil.inference import probability_column
 from mambamil.train.metrics import classification_metrics, survival_metrics
 from mambamil.train.plots import km_plot, roc_plot
 
 
 def _metrics(df: pd.DataFrame, kind: str, classes: list[str]) -> dict[str, Any]:
     if kind == "classification":
-        probs = df[[f"prob_{c}" for c in classes]].to_numpy()
+        probs = df[[probability_column(c) for c in classes]].to_numpy()
         return classification_metrics(df["target"].to_numpy(), probs, classes)
     return survival_metrics(df["time"].to_numpy(), df["event"].to_numpy(), df["risk"].to_numpy())
 
@@ -49,7 +53,7 @@ def evaluate_folds(
         preds.to_csv(tmp, index=False)
     curves = out_dir / "test_curves.png"
     if kind == "classification":
-        probs = preds[[f"prob_{c}" for c in classes]].to_numpy()
+        probs = preds[[probability_column(c) for c in classes]].to_numpy()
         roc_plot(preds["target"].to_numpy(), probs, classes, curves, title)
     else:
         km_plot(preds["time"].to_numpy(), preds["event"].to_numpy(), preds["risk"].to_numpy(), curves, title)

@@ -6,6 +6,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from mambamil import demo
+from mambamil.config import task_model, task_training
 from mambamil.features import encoder_tag
 from mambamil.sheets import read_label_sheet, read_slide_sheet
 
@@ -88,17 +89,32 @@ TASKS = list(config["tasks"])
 MODELS = list(config["models"])
 FOLDS = list(range(config["training"]["folds"]))
 TRAIN_ORDER = config["training"]["order"]
-ORDER_METHODS = sorted(set(config["order"]["methods"]) | {TRAIN_ORDER})
+ORDER_METHODS = sorted(
+    set(config["order"]["methods"]) | {TRAIN_ORDER} | {task_training(config, t)["order"] for t in config["tasks"]}
+)
 HEATMAP_TASK = config["heatmaps"].get("task") or (TASKS[0] if TASKS else None)
 HEATMAP_MODEL = config["heatmaps"].get("model") or (MODELS[0] if MODELS else None)
 
 
 def task_spec(task, model=None):
-    """The JSON the splits/train/evaluate commands take: the task, the training section and the model."""
-    spec = {"task_name": task, "task": config["tasks"][task], "training": config["training"]}
+    """The JSON the splits/train/evaluate commands take: the task, its training settings (with the task's own
+    overrides), the order stage's seed (stored in checkpoints for inference) and the model (with the task's
+    model_kwargs)."""
+    task_section = {k: v for k, v in config["tasks"][task].items() if k not in ("training", "model_kwargs")}
+    spec = {
+        "task_name": task,
+        "task": task_section,
+        "training": task_training(config, task),
+        "order_seed": config["order"]["seed"],
+    }
     if model is not None:
-        spec.update(model_name=model, model=config["models"][model])
+        spec.update(model_name=model, model=task_model(config, task, model))
     return json.dumps(spec, sort_keys=True)
+
+
+def task_folds(task):
+    """Fold indices of one task (its own `folds` when set in tasks.<task>.training)."""
+    return list(range(task_training(config, task)["folds"]))
 
 
 def test_fold_checkpoint(wildcards):

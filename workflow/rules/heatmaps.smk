@@ -19,7 +19,6 @@ rule heatmap:
         out_dir=lambda wc, output: Path(output.scores).parent,
         mpp=lambda wc: f"--slide-mpp {SLIDE_MPP[wc.slide_id]}" if wc.slide_id in SLIDE_MPP else "",
         options=lambda wc: cli_options(config["heatmaps"], ["mpp", "cmap", "alpha", "smooth_um", "top_k"]),
-        order=config["training"]["order"],
     log:
         LOGS / "heatmap" / "{slide_id}.log",
     threads: 1
@@ -31,4 +30,4 @@ rule heatmap:
     shell:
         "python -m mambamil --threads {threads} heatmap {input.slide:q} --features {input.features:q} "
         "--checkpoint {input.checkpoint:q} --out {params.out_dir:q} --slide-id {wildcards.slide_id} "
-        "{params.mpp} {params.options} --order {params.order} > {log:q} 2>&1"
+        "{params.mpp} {params.options} > {log:q} 2>&1"

@@ -28,7 +28,9 @@ rule train:
         labels=config["labels"],
         splits=RESULTS / "splits" / "{task}.csv",
         features=expand(FEATURES_DIR / "{slide_id}.h5", slide_id=SLIDE_IDS),
-        orders=expand(FEATURES_DIR / "order" / TRAIN_ORDER / "{slide_id}.npy", slide_id=SLIDE_IDS),
+        orders=lambda wc: expand(
+            FEATURES_DIR / "order" / task_training(config, wc.task)["order"] / "{slide_id}.npy", slide_id=SLIDE_IDS
+        ),
     output:
         checkpoint=RESULTS / "models" / "{task}" / "{model}" / "fold_{fold}" / "checkpoint.pt",
         predictions=RESULTS / "models" / "{task}" / "{model}" / "fold_{fold}" / "test_predictions.csv",
@@ -67,7 +69,7 @@ rule evaluate:
             RESULTS / "models" / "{task}" / "{model}" / "fold_{fold}" / "test_predictions.csv",
             task=wc.task,
             model=wc.model,
-            fold=FOLDS,
+            fold=task_folds(wc.task),
         ),
     output:
         metrics=RESULTS / "evaluation" / "{task}" / "{model}" / "metrics.json",

@@ -1,0 +1,328 @@
+"""Inference in one place: trained models in, slide predictions, attention and gradient × input out.
+
+``predict``, ``heatmap`` and the training engine's test predictions (which ``evaluate`` reads) all go through
+this module, so a slide gets the same scores whichever path draws it:
+
+- :func:`load_ensemble` loads project checkpoints (and original MambaMIL state dicts given their metadata),
+  wraps them in the feature standardisation stored with them, and checks that they agree;
+- :func:`sequence_order` recomputes each model's trained sequence order with the order stage's own function,
+  from the order method and seed stored in its checkpoint (an explicit override warns);
+- :func:`load_bag` is the one place inference reads a bag;
+- :func:`bag_outputs` runs one forward pass per model, in the precision the model was trained in, and returns
+  the ensemble's slide prediction, attention and (optionally) gradient × input from that same pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from mambamil.errors import InputFileError, MambamilError
+from mambamil.fileio import atomic_output
+from mambamil.models import load_checkpoint
+from mambamil.order import METHODS, STORED, slide_order
+from mambamil.train.data import BagDataset, TaskSpec
+
+log = logging.getLogger(__name__)
+
+#: Compute precisions of the MIL stages (training, validation, prediction); fp32 is what MambaMIL used.
+PRECISIONS = ("fp32", "bf16")
+#: Orders an inference path may be told to use: the order stage's methods, or the bag as stored.
+ORDER_CHOICES = (*METHODS, STORED)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MambamilError("device 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA when ``precision`` is ``bf16``; fp32 otherwise (CPU always computes in fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    if device.type == "cuda" and precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class Standardized(torch.nn.Module):
+    """A MIL model behind per-dimension standardisation of its instance features, with the mean and std of the
+    training instances (stored in the checkpoint as ``feature_scaler``, so prediction applies the same)."""
+
+    def __init__(self, model: torch.nn.Module, mean: Any, std: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).clamp(min=1e-6))
+        self.in_dim, self.n_classes, self.task = model.in_dim, model.n_classes, model.task
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model((x - self.mean) / self.std)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The MIL model inside a :class:`Standardized` wrapper (or the model itself)."""
+    return model.model if isinstance(model, Standardized) else model
+
+
+def load_trained(
+    path: str | Path, map_location: str = "cpu", original: dict[str, Any] | None = None
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A checkpoint ready to predict, in eval mode, with its stored feature standardisation applied."""
+    model, extra = load_checkpoint(path, map_location=map_location, original=original)
+    scaler = extra.get("feature_scaler")
+    if scaler:
+        model = Standardized(model, scaler["mean"], scaler["std"])
+    return model.eval(), extra
+
+
+def checkpoint_order(extra: dict[str, Any]) -> tuple[str, int]:
+    """The (method, seed) of the sequence a checkpoint was trained on.
+
+    Checkpoints from before the order was stored fall back to ``settings.order`` with seed 0 (exact for every
+    method but ``random``)."""
+    order = extra.get("order")
+    if order:
+        return str(order["method"]), int(order.get("seed", 0))
+    settings = extra.get("settings") or {}
+    if "order" in settings:
+        log.warning("checkpoint predates stored orders: assuming %s order with seed 0", settings["order"])
+        return str(settings["order"]), 0
+    return STORED, 0
+
+
+def checkpoint_precision(extra: dict[str, Any]) -> str:
+    """The precision a checkpoint was trained in (fp32 when not recorded)."""
+    return str(extra.get("precision") or (extra.get("settings") or {}).get("precision") or "fp32")
+
+
+@dataclass
+class Member:
+    """One model of an ensemble with what inference needs from its checkpoint."""
+
+    path: Path
+    model: torch.nn.Module
+    extra: dict[str, Any]
+    order: tuple[str, int]
+    precision: str
+
+
+@dataclass
+class Ensemble:
+    """Models that agree on task, classes and input dimension; predictions are averaged over them."""
+
+    members: list[Member]
+    task: TaskSpec
+    in_dim: int
+    device: torch.device
+
+    @property
+    def models(self) -> list[torch.nn.Module]:
+        return [m.model for m in self.members]
+
+
+def load_ensemble(
+    checkpoints: list[Path],
+    device: str | torch.device = "cpu",
+    original: dict[str, Any] | None = None,
+    order: str | None = None,
+) -> Ensemble:
+    """Load ``checkpoints`` (one, or every fold's) onto ``device``; ``original`` gives the metadata of original
+    MambaMIL state dicts; ``order`` overrides the stored sequence order, with a warning when it differs."""
+    if not checkpoints:
+        raise MambamilError("no checkpoint given")
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    if order is not None and order not in ORDER_CHOICES:
+        raise MambamilError(f"unknown order {order!r}; choose one of {', '.join(ORDER_CHOICES)}")
+    members = []
+    for path in map(Path, checkpoints):
+        model, extra = load_trained(path, original=original)
+        trained = checkpoint_order(extra)
+        used = trained
+        if order is not None and order != trained[0]:
+            log.warning("%s: trained on %s order; overriding with --order %s", path, trained[0], order)
+            used = (order, trained[1])
+        members.append(Member(path, model.to(dev).eval(), extra, used, checkpoint_precision(extra)))
+    first = members[0]
+    for m in members[1:]:
+        for key in ("task_kind", "classes", "in_dim"):
+            if m.extra.get(key) != first.extra.get(key):
+                raise InputFileError(m.path, f"checkpoint's {key} {m.extra.get(key)} differs from {first.path}")
+    extra = first.extra
+    kind = extra.get("task_kind", first.model.task)
+    classes = tuple(extra.get("classes") or ())
+    if kind == "classification" and len(classes) != first.model.n_classes:
+        raise InputFileError(first.path, f"checkpoint names {len(classes)} classes for {first.model.n_classes} outputs")
+    task = TaskSpec(name=extra.get("task", "task"), kind=kind, classes=classes, n_bins=first.model.n_classes)
+    return Ensemble(members, task, int(extra.get("in_dim", first.model.in_dim)), dev)
+
+
+@dataclass
+class Bag:
+    """One slide's bag as stored: features (N, D) float32, level-0 coords (N, 2) or None, file attributes."""
+
+    slide_id: str
+    path: Path
+    features: torch.Tensor
+    coords: np.ndarray | None
+    attrs: dict[str, Any]
+
+
+def load_bag(path: str | Path, in_dim: int | None = None, slide_id: str | None = None) -> Bag:
+    """Read one slide's feature file (project, CLAM or TRIDENT H5, CLAM ``.pt``) for inference; the feature
+    dimension must match the models' ``in_dim``."""
+    from mambamil.h5layout import read_bag
+
+    path = Path(path)
+    bag = read_bag(path)
+    feats = torch.as_tensor(np.asarray(bag.features, dtype=np.float32))
+    if in_dim is not None and feats.shape[1] != in_dim:
+        raise InputFileError(path, f"feature dimension {feats.shape[1]} does not match the checkpoint's {in_dim}")
+    coords = np.asarray(bag.coords) if bag.coords is not None else None
+    return Bag(slide_id or path.stem, path, feats, coords, dict(bag.attrs))
+
+
+def sequence_order(bag: Bag, order: tuple[str, int]) -> np.ndarray:
+    """The permutation a model reads ``bag`` in: its trained (method, seed), computed as the order stage does."""
+    method, seed = order
+    if method == STORED:
+        return np.arange(len(bag.features), dtype=np.int64)
+    if bag.coords is None:
+        raise InputFileError(
+            bag.path, f"the model reads bags in {method} order but this bag has no coordinates (use --order stored)"
+        )
+    return slide_order(bag.coords, bag.attrs, method, seed, bag.slide_id)
+
+
+def _explained_target(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What gradient × input explains: the risk (survival) or the predicted class's logit."""
+    if "risk" in out:
+        return out["risk"].reshape(-1)[0]
+    logits = out["logits"].reshape(-1)
+    return logits[int(logits.argmax())]
+
+
+def forward(
+    model: torch.nn.Module, x: torch.Tensor, device: torch.device, precision: str, gradients: bool = False
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """One forward pass: the output dict (float32, CPU) and, with ``gradients``, gradient × input per instance
+    (towards :func:`_explained_target`) from the same pass."""
+    model.eval()
+    x = x.to(device)
+    if not gradients:
+        with torch.inference_mode(), autocast(device, precision):
+            out = model(x)
+        return {k: v.float().cpu() for k, v in out.items() if isinstance(v, torch.Tensor)}, None
+    xg = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad(), autocast(device, precision):
+        out = model(xg)
+        (grad,) = torch.autograd.grad(_explained_target(out), xg)
+    gxi = (grad.float() * xg.detach()).sum(dim=-1).cpu()
+    return {k: v.detach().float().cpu() for k, v in out.items() if isinstance(v, torch.Tensor)}, gxi
+
+
+def probability_column(name: str) -> str:
+    """The prediction CSV column of one class's probability."""
+    return f"prob_{name}"
+
+
+def summarise(outs: list[dict[str, torch.Tensor]], task: TaskSpec) -> dict[str, Any]:
+    """Ensemble prediction from per-model outputs: mean class probabilities and the predicted class, or the
+    mean risk (survival)."""
+    if task.kind == "classification":
+        probs = torch.stack([F.softmax(o["logits"], dim=1)[0] for o in outs]).mean(0).numpy()
+        row: dict[str, Any] = {probability_column(c): float(probs[k]) for k, c in enumerate(task.classes)}
+        row["predicted"] = task.classes[int(probs.argmax())]
+        return row
+    return {"risk": float(torch.stack([o["risk"].reshape(-1)[0] for o in outs]).mean())}
+
+
+@dataclass
+class BagResult:
+    """An ensemble's prediction of one bag and per-instance scores in the bag's stored instance order."""
+
+    prediction: dict[str, Any]
+    attention: np.ndarray | None
+    gradxinput: np.ndarray | None
+
+
+def bag_outputs(ensemble: Ensemble, bag: Bag, gradients: bool = False) -> BagResult:
+    """Prediction, attention (and gradient × input) of ``bag``, averaged over the ensemble: one forward pass per
+    model, on the sequence that model was trained on; scores are mapped back to the stored instance order."""
+    outs, attention, gradxinput = [], [], []
+    for member in ensemble.members:
+        perm = sequence_order(bag, member.order)
+        inverse = np.empty_like(perm)
+        inverse[perm] = np.arange(len(perm))
+        out, gxi = forward(member.model, bag.features[torch.as_tensor(perm)], ensemble.device, member.precision,
+                           gradients)  # fmt: skip
+        outs.append(out)
+        if "attention" in out:
+            attention.append(out["attention"].reshape(-1).numpy()[inverse])
+        if gxi is not None:
+            gradxinput.append(gxi.reshape(-1).numpy()[inverse])
+    return BagResult(
+        summarise(outs, ensemble.task),
+        np.mean(attention, axis=0) if attention else None,
+        np.mean(gradxinput, axis=0) if gradxinput else None,
+    )
+
+
+def predict_dataset(
+    models: list[torch.nn.Module], dataset: BagDataset, device: torch.device, task: TaskSpec, precision: str = "fp32"
+) -> pd.DataFrame:
+    """Per-sample predictions of bags loaded (and ordered) by ``dataset``, averaged over ``models``: what the
+    training engine writes as ``test_predictions.csv``."""
+    rows = []
+    for i in range(len(dataset)):
+        x, sample = dataset[i]
+        outs = [forward(m, x, device, precision)[0] for m in models]
+        row: dict[str, Any] = {
+            "sample_id": sample.sample_id,
+            "case_id": sample.case_id,
+            "slide_ids": ";".join(sample.slide_ids),
+            "n_instances": int(x.shape[0]),
+            "target": sample.label,
+            **summarise(outs, task),
+        }
+        if task.kind == "classification":
+            row["label"] = task.classes[sample.label] if sample.label >= 0 else ""
+            row["predicted"] = row.pop("predicted")
+        else:
+            row["time"], row["event"] = sample.time, sample.event
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def predict_slides(
+    features: list[Path],
+    checkpoints: list[Path],
+    out: Path,
+    order: str | None = None,
+    device: str = "auto",
+    original: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Slide-level predictions (probabilities or risk) averaged over ``checkpoints``; writes ``out`` CSV."""
+    ensemble = load_ensemble(checkpoints, device, original, order)
+    rows = []
+    for path in features:
+        bag = load_bag(path, ensemble.in_dim)
+        result = bag_outputs(ensemble, bag)
+        rows.append({"sample_id": bag.slide_id, "case_id": bag.slide_id, "slide_ids": bag.slide_id,
+                     "n_instances": len(bag.features), **result.prediction})  # fmt: skip
+    df = pd.DataFrame(rows)
+    with atomic_output(out) as tmp:
+        df.to_csv(tmp, index=False)
+    return df
