@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from mambamil import __version__
 from mambamil.config import settings_from_config
+from mambamil.errors import MambamilError
 from mambamil.fileio import atomic_output, write_json
 from mambamil.models import create_model, load_checkpoint, save_checkpoint
 from mambamil.train.data import BagDataset, Sample, TaskSpec
@@ -152,6 +153,7 @@ def predict(models: list[torch.nn.Module], dataset: BagDataset, device: torch.de
         for m in models:
             with _autocast(device):
                 outs.append({k: v.float().cpu() for k, v in m(x).items() if isinstance(v, torch.Tensor)})
+        _check_finite_outputs(outs, sample, dataset)
         row: dict[str, Any] = {
             "sample_id": sample.sample_id,
             "case_id": sample.case_id,
@@ -170,6 +172,18 @@ def predict(models: list[torch.nn.Module], dataset: BagDataset, device: torch.de
             row["time"], row["event"] = sample.time, sample.event
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _check_finite_outputs(outs: list[dict[str, torch.Tensor]], sample: Sample, dataset: BagDataset) -> None:
+    """Non-finite model outputs are an error naming the sample's feature files, never a prediction."""
+    for k, out in enumerate(outs):
+        bad = [key for key, v in out.items() if not torch.isfinite(v).all()]
+        if bad:
+            files = ", ".join(str(dataset.feature_files.get(s, s)) for s in sample.slide_ids)
+            raise MambamilError(
+                f"{files}: model {k} gave non-finite {bad} for sample '{sample.sample_id}' (a broken checkpoint "
+                "or features out of range); no prediction written"
+            )
 
 
 def _validation(model, dataset, objective, device, task) -> tuple[float, float]:

@@ -47,6 +47,12 @@ wildcard_constraints:
     slide_id=r"[^/]+",
 
 
+# Slide-level QC (README "Bad slides and QC"): what the per-slide stages do with a bad slide, and the tables.
+QC_OPTION = f"--on-bad-slide {config['qc']['on_bad_slide']}"
+QC_SLIDES = RESULTS / "qc" / "slides.csv"
+QC_PATIENTS = RESULTS / "qc" / "patients.csv"
+
+
 def resource(rule_name, key, default):
     """A portable resource from config['resources'][rule_name], or the default."""
     return config["resources"].get(rule_name, {}).get(key, default)
@@ -122,6 +128,8 @@ def all_targets():
     targets += expand(FEATURES_DIR / "order" / "{method}" / "{slide_id}.npy", method=ORDER_METHODS, slide_id=SLIDE_IDS)
     if TASKS and MODELS:
         targets.append(RESULTS / "evaluation" / "summary.csv")
+    targets.append(QC_SLIDES)
     if HEATMAP_TASK and HEATMAP_MODEL:
-        targets += expand(RESULTS / "heatmaps" / "{slide_id}" / "{slide_id}.attention.png", slide_id=SLIDE_IDS)
+        # Heatmaps follow the splits (a checkpoint): only slides that passed QC and were tested (qc.smk).
+        targets.append(RESULTS / "heatmaps" / "index.csv")
     return targets

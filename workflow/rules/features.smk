@@ -10,6 +10,7 @@ rule features:
         features=FEATURES_DIR / "{slide_id}.h5",
     params:
         options=feature_options(config["features"]),
+        qc=QC_OPTION,
     log:
         LOGS / "features" / "{slide_id}.log",
     threads: resource("features", "threads", 2)
@@ -21,4 +22,4 @@ rule features:
         conda_env("features")
     shell:
         "python -m mambamil --quiet features {input.slide:q} --coords {input.coords:q} --out {output.features:q} "
-        "--slide-id {wildcards.slide_id} {params.options} --torch-threads {threads} > {log:q} 2>&1"
+        "--slide-id {wildcards.slide_id} {params.options} --torch-threads {threads} {params.qc} > {log:q} 2>&1"

@@ -26,6 +26,7 @@ rule tile:
         out_dir=lambda wc, output: Path(output.coords).parent,
         mpp=lambda wc: f"--mpp {SLIDE_MPP[wc.slide_id]}" if wc.slide_id in SLIDE_MPP else "",
         options=cli_options(config["tiling"], TILING_OPTIONS),
+        qc=QC_OPTION,
     log:
         LOGS / "tile" / "{slide_id}.log",
     threads: resource("tile", "threads", 1)
@@ -36,4 +37,4 @@ rule tile:
         "../../envs/mambamil.yaml"
     shell:
         "python -m mambamil tile {input.slide:q} --out {params.out_dir:q} --slide-id {wildcards.slide_id} "
-        "{params.mpp} {params.options} > {log:q} 2>&1"
+        "{params.mpp} {params.options} {params.qc} > {log:q} 2>&1"
