@@ -515,17 +515,32 @@ def _add_validate_config(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_validate_config)
 
 
+def _check_sheets(config: dict) -> None:
+    """Read both sheets and cross-check them; one error lists every problem found in either."""
+    from mambamil.errors import ConfigError
+    from mambamil.sheets import read_label_sheet, read_slide_sheet, sheet_problems
+
+    problems, sheets = [], {}
+    for key, reader in (("slides", read_slide_sheet), ("labels", read_label_sheet)):
+        try:
+            sheets[key] = reader(config[key])
+        except MambamilError as exc:
+            problems.append(str(exc))
+    if len(sheets) == 2:
+        problems += sheet_problems(sheets["slides"], sheets["labels"], config.get("tasks"))
+    if problems:
+        raise ConfigError(f"{len(problems)} sheet problem(s): " + " | ".join(problems))
+    log.info("%d slides, %d labelled slides", len(sheets["slides"]), len(sheets["labels"]))
+
+
 def _run_validate_config(args: argparse.Namespace) -> int:
     import yaml
 
     from mambamil.config import load_config
-    from mambamil.sheets import read_label_sheet, read_slide_sheet
 
     config = load_config(args.config)
     if args.sheets:
-        slides = read_slide_sheet(config["slides"])
-        labels = read_label_sheet(config["labels"])
-        log.info("%d slides, %d labelled slides", len(slides), len(labels))
+        _check_sheets(config)
     print(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), end="")
     return 0
 
