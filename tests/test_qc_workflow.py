@@ -32,8 +32,8 @@ def write_blank_slide(path: Path) -> None:
 
 
 def bad_cohort(root: Path) -> Path:
-    """6 demo slides + a blank slide (its own patient) + a zero-byte file (a second slide of demo patient 0)."""
-    demo.generate_cohort(root / "demo", n_slides=6, seed=3, size=(2048, 1536), progress=False)
+    """8 demo slides + a blank slide (its own patient) + a zero-byte file (a second slide of demo patient 0)."""
+    demo.generate_cohort(root / "demo", n_slides=8, seed=3, size=(2048, 1536), progress=False)
     slides = pd.read_csv(root / "demo" / "slides.csv", dtype=str)
     labels = pd.read_csv(root / "demo" / "labels.csv", dtype={"case_id": str, "slide_id": str})
     write_blank_slide(root / "demo" / "slides" / "blank.tiff")
@@ -68,7 +68,15 @@ def bad_cohort(root: Path) -> Path:
         "order": {"methods": ["raster"]},
         "tasks": {"subtype": {"type": "classification", "classes": ["normal", "tumor"]}},
         "models": {"mean": {"model": "mean"}},
-        "training": {"folds": 2, "epochs": 2, "min_epochs": 1, "patience": 1, "val_fraction": 0.25, "device": "cpu"},
+        "training": {
+            "seed": 1,
+            "folds": 2,
+            "epochs": 2,
+            "min_epochs": 1,
+            "patience": 1,
+            "val_fraction": 0.25,
+            "device": "cpu",
+        },
         "heatmaps": {"mpp": 16.0, "top_k": 2},
     }
     path = root / "config.yaml"
@@ -96,13 +104,13 @@ def test_bad_slides_are_excluded_and_the_study_finishes(repo_root: Path, tmp_pat
     # Loud: end-of-run log, summary counts, heatmap index; splits leave the excluded patient out.
     assert "EXCLUDED" in out and "blank" in out and "empty" in out
     summary = pd.read_csv(results / "evaluation" / "summary.csv")
-    assert summary.loc[0, "n_slides_used"] == 6 and summary.loc[0, "n_slides_excluded"] == 2
+    assert summary.loc[0, "n_slides_used"] == 8 and summary.loc[0, "n_slides_excluded"] == 2
     assert summary.loc[0, "n_patients_excluded"] == 1
     splits = pd.read_csv(results / "splits" / "subtype.csv", dtype={"case_id": str})
     assert "blank_case" not in set(splits["case_id"])
     index = pd.read_csv(results / "heatmaps" / "index.csv", dtype=str, keep_default_na=False).set_index("slide_id")
     assert index.loc["blank", "status"].startswith("excluded by QC")
-    assert (index["status"] == "drawn").sum() == 6
+    assert (index["status"] == "drawn").sum() == 8
     assert "no tissue found" in (results / "logs" / "tile" / "blank.log").read_text()
 
     # Fixing the blank slide (a new file, new mtime) reruns only its chain and what depends on it.
