@@ -1,12 +1,14 @@
 # Shared set-up: config validation, the slide list, per-rule resources.
 import json
 import shlex
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
 from mambamil import demo
 from mambamil.features import encoder_tag
+from mambamil.qc import EXCLUDED, exclusion_report, read_qc_table
 from mambamil.sheets import read_label_sheet, read_slide_sheet
 
 
@@ -133,3 +135,25 @@ def all_targets():
         # Heatmaps follow the splits (a checkpoint): only slides that passed QC and were tested (qc.smk).
         targets.append(RESULTS / "heatmaps" / "index.csv")
     return targets
+
+
+# -- slide-level QC (qc.smk) --
+def tested_heatmaps(wildcards):
+    """Heatmaps of the slides that passed QC and whose patient is in a test fold of the heatmap task."""
+    import pandas as pd
+
+    splits = pd.read_csv(checkpoints.splits.get(task=HEATMAP_TASK).output.splits, dtype={"case_id": str})
+    tested = set(splits.loc[splits["split"] == "test", "case_id"])
+    labels = read_label_sheet(config["labels"])
+    qc = read_qc_table(QC_SLIDES)
+    usable = set(qc.loc[qc["status"] != EXCLUDED, "slide_id"])
+    slides = [s for s in SLIDE_IDS if s in usable and s in labels.index and labels.loc[s, "case_id"] in tested]
+    return expand(RESULTS / "heatmaps" / "{slide_id}" / "{slide_id}.attention.png", slide_id=slides)
+
+
+def print_qc_summary():
+    """The excluded slides, printed at the end of every run (README "Bad slides and QC")."""
+    if QC_SLIDES.exists():
+        text = exclusion_report(read_qc_table(QC_SLIDES))
+        if text:
+            print(f"\n{text}\n(full table: {QC_SLIDES})", file=sys.stderr)

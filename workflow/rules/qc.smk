@@ -1,12 +1,5 @@
 # Slide-level QC (mambamil/qc.py, README "Bad slides and QC"): every slide's outcome in one table that splits,
 # train and the summary read; heatmaps follow the splits; excluded slides are listed again at the end of the run.
-import sys
-
-import pandas as pd
-
-from mambamil.qc import EXCLUDED, exclusion_report, read_qc_table
-
-
 rule qc:
     input:
         slides=config["slides"],
@@ -36,53 +29,26 @@ rule qc:
         "python -m mambamil qc --slides {input.slides:q} {params.stage_files} --out {params.out_dir:q} > {log:q} 2>&1"
 
 
-def tested_heatmaps(wildcards):
-    """Heatmaps of the slides that passed QC and whose patient is in a test fold of the heatmap task."""
-    import pandas as pd
-
-    splits = pd.read_csv(checkpoints.splits.get(task=HEATMAP_TASK).output.splits, dtype={"case_id": str})
-    tested = set(splits.loc[splits["split"] == "test", "case_id"])
-    labels = read_label_sheet(config["labels"])
-    qc = read_qc_table(QC_SLIDES)
-    usable = set(qc.loc[qc["status"] != EXCLUDED, "slide_id"])
-    slides = [s for s in SLIDE_IDS if s in usable and s in labels.index and labels.loc[s, "case_id"] in tested]
-    return expand(RESULTS / "heatmaps" / "{slide_id}" / "{slide_id}.attention.png", slide_id=slides)
-
-
 rule heatmaps_index:
     input:
         heatmaps=tested_heatmaps,
         qc=QC_SLIDES,
     output:
         index=RESULTS / "heatmaps" / "index.csv",
+    params:
+        slide_ids=SLIDE_IDS,
+    log:
+        LOGS / "heatmaps_index.log",
     localrule: True
-    run:
-        from mambamil.fileio import atomic_output
-
-        drawn = {Path(p).parent.name: p for p in input.heatmaps}
-        qc = read_qc_table(input.qc).set_index("slide_id")
-        rows = []
-        for sid in SLIDE_IDS:
-            if sid in drawn:
-                rows.append((sid, "drawn", drawn[sid]))
-            elif qc.loc[sid, "status"] == EXCLUDED:
-                rows.append((sid, f"excluded by QC at {qc.loc[sid, 'stage']}: {qc.loc[sid, 'cause']}", ""))
-            else:
-                rows.append((sid, "not in a test fold (unlabelled or not in the task)", ""))
-        with atomic_output(output.index) as tmp:
-            pd.DataFrame(rows, columns=["slide_id", "status", "attention_png"]).to_csv(tmp, index=False)
-
-
-def _print_qc_summary():
-    if QC_SLIDES.exists():
-        text = exclusion_report(read_qc_table(QC_SLIDES))
-        if text:
-            print(f"\n{text}\n(full table: {QC_SLIDES})", file=sys.stderr)
+    conda:
+        "../../envs/mambamil.yaml"
+    script:
+        "../scripts/heatmaps_index.py"
 
 
 onsuccess:
-    _print_qc_summary()
+    print_qc_summary()
 
 
 onerror:
-    _print_qc_summary()
+    print_qc_summary()
