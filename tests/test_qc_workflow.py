@@ -32,30 +32,32 @@ def write_blank_slide(path: Path) -> None:
 
 
 def bad_cohort(root: Path) -> Path:
-    """8 demo slides + a blank slide (its own patient) + a zero-byte file (a second slide of demo patient 0)."""
+    """8 demo slides + a blank slide (its own patient), a zero-byte file (a second slide of demo patient 0) and
+    a sheet row whose file does not exist (a second slide of demo patient 2)."""
     demo.generate_cohort(root / "demo", n_slides=8, seed=3, size=(2048, 1536), progress=False)
     slides = pd.read_csv(root / "demo" / "slides.csv", dtype=str)
     labels = pd.read_csv(root / "demo" / "labels.csv", dtype={"case_id": str, "slide_id": str})
     write_blank_slide(root / "demo" / "slides" / "blank.tiff")
     (root / "demo" / "slides" / "empty.tiff").write_bytes(b"")
-    case0 = slides.loc[0, "case_id"]
+    case0, case2 = slides.loc[0, "case_id"], slides.loc[2, "case_id"]
     slides = pd.concat(
         [
             slides,
             pd.DataFrame(
                 {
-                    "slide_id": ["blank", "empty"],
-                    "path": ["slides/blank.tiff", "slides/empty.tiff"],
-                    "case_id": ["blank_case", case0],
+                    "slide_id": ["blank", "empty", "missing"],
+                    "path": ["slides/blank.tiff", "slides/empty.tiff", "slides/missing.tiff"],
+                    "case_id": ["blank_case", case0, case2],
                 }
             ),
         ]
     )
-    first = labels.iloc[0]
+    first = labels[labels["case_id"] == case0].iloc[0]
     extra = pd.DataFrame(
         [
             {"case_id": "blank_case", "slide_id": "blank", "label": "normal", "time": 10.0, "event": 1},
             {**first.to_dict(), "slide_id": "empty"},
+            {**labels[labels["case_id"] == case2].iloc[0].to_dict(), "slide_id": "missing"},
         ]
     )
     slides.to_csv(root / "demo" / "slides.csv", index=False)
@@ -95,7 +97,8 @@ def test_bad_slides_are_excluded_and_the_study_finishes(repo_root: Path, tmp_pat
     assert qc.loc["blank", "status"] == "excluded" and qc.loc["blank", "stage"] == "tile"
     assert "no tissue found" in qc.loc["blank", "cause"]
     assert qc.loc["empty", "status"] == "excluded" and "empty (0 bytes)" in qc.loc["empty", "cause"]
-    assert (qc.drop(index=["blank", "empty"])["status"] == "ok").all()
+    assert qc.loc["missing", "status"] == "excluded" and "file not found" in qc.loc["missing", "cause"]
+    assert (qc.drop(index=["blank", "empty", "missing"])["status"] == "ok").all()
     patients = pd.read_csv(results / "qc" / "patients.csv", dtype=str, keep_default_na=False).set_index("case_id")
     assert patients.loc["blank_case", "status"] == "excluded"
     assert "no usable slide" in patients.loc["blank_case", "cause"]
@@ -104,7 +107,7 @@ def test_bad_slides_are_excluded_and_the_study_finishes(repo_root: Path, tmp_pat
     # Loud: end-of-run log, summary counts, heatmap index; splits leave the excluded patient out.
     assert "EXCLUDED" in out and "blank" in out and "empty" in out
     summary = pd.read_csv(results / "evaluation" / "summary.csv")
-    assert summary.loc[0, "n_slides_used"] == 8 and summary.loc[0, "n_slides_excluded"] == 2
+    assert summary.loc[0, "n_slides_used"] == 8 and summary.loc[0, "n_slides_excluded"] == 3
     assert summary.loc[0, "n_patients_excluded"] == 1
     splits = pd.read_csv(results / "splits" / "subtype.csv", dtype={"case_id": str})
     assert "blank_case" not in set(splits["case_id"])

@@ -55,6 +55,16 @@ QC_SLIDES = RESULTS / "qc" / "slides.csv"
 QC_PATIENTS = RESULTS / "qc" / "patients.csv"
 
 
+def slide_input(wildcards):
+    """A slide file as a job input. In exclude mode a missing file is left out, so its tile job records the slide
+    as excluded ("file not found") instead of the whole workflow stopping; once the file appears, it is newer
+    than the stubs and the slide's jobs rerun."""
+    path = SLIDE_PATHS[wildcards.slide_id]
+    if config["qc"]["on_bad_slide"] == "exclude" and not GENERATE_DEMO and not Path(path).exists():
+        return []
+    return path
+
+
 def resource(rule_name, key, default):
     """A portable resource from config['resources'][rule_name], or the default."""
     return config["resources"].get(rule_name, {}).get(key, default)
