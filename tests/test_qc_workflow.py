@@ -88,7 +88,8 @@ def bad_cohort(root: Path) -> Path:
 
 def test_bad_slides_are_excluded_and_the_study_finishes(repo_root: Path, tmp_path: Path) -> None:
     cfg = bad_cohort(tmp_path)
-    res = snakemake(repo_root, "--cores", "2", "--configfile", str(cfg))
+    # Only this config's one task and one model (not merged into the repository's config.yaml).
+    res = snakemake(repo_root, "--cores", "2", "--configfile", str(cfg), "--replace-workflow-config")
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     results = tmp_path / "results"
@@ -118,7 +119,7 @@ def test_bad_slides_are_excluded_and_the_study_finishes(repo_root: Path, tmp_pat
 
     # Fixing the blank slide (a new file, new mtime) reruns only its chain and what depends on it.
     shutil.copy(tmp_path / "demo" / "slides" / "demo_001.tiff", tmp_path / "demo" / "slides" / "blank.tiff")
-    dry = snakemake(repo_root, "-n", "--cores", "1", "--configfile", str(cfg))
+    dry = snakemake(repo_root, "-n", "--cores", "1", "--configfile", str(cfg), "--replace-workflow-config")
     assert dry.returncode == 0, dry.stderr[-3000:]
     plan = dry.stdout + dry.stderr
     counts = dict(
