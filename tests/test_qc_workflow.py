@@ -66,7 +66,7 @@ def bad_cohort(root: Path) -> Path:
         "slides": str(root / "demo" / "slides.csv"),
         "labels": str(root / "demo" / "labels.csv"),
         "results": str(root / "results"),
-        "features": {"batch_size": 32, "num_workers": 0},
+        "features": {"encoder": "timm:resnet18", "weights": "random", "batch_size": 32, "num_workers": 0},
         "order": {"methods": ["raster"]},
         "tasks": {"subtype": {"type": "classification", "classes": ["normal", "tumor"]}},
         "models": {"mean": {"model": "mean"}},
