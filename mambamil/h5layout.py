@@ -28,6 +28,9 @@ Feature file (features stage), ``features/<encoder_tag>/<slide_id>.h5``::
 CLAM (``h5_files/<slide>.h5``: ``features`` (N, 1024), ``coords`` (N, 2)) and TRIDENT
 (``features_<encoder>/<slide>.h5``: the same two datasets, coords attributes from its patcher) read the two
 datasets by name, so they read these files too; :func:`read_bag` reads theirs (and CLAM ``.pt`` bags).
+
+A QC stub (:mod:`mambamil.qc`) at either path marks an excluded slide; every reader here refuses it, and every bag
+reader refuses empty, non-finite and all-zero bags (:func:`check_bag_values`).
 """
 
 from __future__ import annotations
