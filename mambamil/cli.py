@@ -83,6 +83,7 @@ def _add_tile(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--min-tissue-area-um2", type=float, help="drop tissue regions smaller than this (µm²)")
     g.add_argument("--min-hole-area-um2", type=float, help="fill holes smaller than this (µm²)")
     g.add_argument("--preview-max-px", type=int, help="longest edge of the preview PNG")
+    _add_on_bad_slide(p)
     p.set_defaults(func=_run_tile)
 
 
@@ -90,7 +91,8 @@ def _run_tile(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
     from mambamil.config import config_section
-    from mambamil.tiling import TilingSettings, tile_slide
+    from mambamil.qc import QCOutcome, run_slide_stage
+    from mambamil.tiling import TilingSettings, output_paths, tile_slide
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TilingSettings)}
     sat = overrides["saturation_threshold"]
@@ -100,9 +102,31 @@ def _run_tile(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise MambamilError(f"--saturation-threshold must be an integer or 'otsu', got {sat!r}") from exc
     settings = TilingSettings.from_config(config_section("tiling", args.config, **overrides))
-    result = tile_slide(args.slide, args.out, settings, args.slide_id, args.mpp)
+    slide_id = args.slide_id or args.slide.stem
+    result = run_slide_stage(
+        "tile",
+        slide_id,
+        output_paths(args.out, slide_id).values(),
+        [args.slide],
+        args.on_bad_slide,
+        lambda: tile_slide(args.slide, args.out, settings, args.slide_id, args.mpp),
+    )
+    if isinstance(result, QCOutcome):
+        return 0
     print(f"{result.slide_id}: {result.n_patches} patches ({result.tissue_area_mm2:.2f} mm² tissue) → {args.out}")
     return 0
+
+
+def _add_on_bad_slide(p: argparse.ArgumentParser) -> None:
+    """The QC option of the per-slide stages (README "Bad slides and QC")."""
+    p.add_argument(
+        "--on-bad-slide",
+        choices=["exclude", "stop"],
+        default="stop",
+        help="on a bad slide (unreadable, no tissue, no patches, excluded upstream): 'stop' with an error, or "
+        "'exclude': write QC stubs at the outputs, print the cause and exit 0 (default: %(default)s; the "
+        "workflow passes qc.on_bad_slide)",
+    )
 
 
 # -- order --------------------------------------------------------------------------------------------------
@@ -118,19 +142,27 @@ def _add_order(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=["raster", "snake", "hilbert", "random"], default="hilbert")
     p.add_argument("--out", type=Path, required=True, help="output .npy file")
     p.add_argument("--seed", type=int, default=0, help="seed of the random control (default: %(default)s)")
+    _add_on_bad_slide(p)
     p.set_defaults(func=_run_order)
 
 
 def _run_order(args: argparse.Namespace) -> int:
     from mambamil.h5layout import read_bag
     from mambamil.order import slide_order, write_order
+    from mambamil.qc import QCOutcome, run_slide_stage
 
-    bag = read_bag(args.features)
-    if bag.coords is None:
-        raise MambamilError(f"{args.features}: the bag has no coordinates, so it cannot be ordered")
-    perm = slide_order(bag.coords, bag.attrs, args.method, args.seed, args.features.stem)
-    write_order(args.out, perm)
-    log.info("%s: %s order of %d instances → %s", args.features.stem, args.method, len(perm), args.out)
+    def work() -> int:
+        bag = read_bag(args.features)
+        if bag.coords is None:
+            raise MambamilError(f"{args.features}: the bag has no coordinates, so it cannot be ordered")
+        perm = slide_order(bag.coords, bag.attrs, args.method, args.seed, args.features.stem)
+        write_order(args.out, perm)
+        return len(perm)
+
+    n = run_slide_stage("order", args.features.stem, [args.out], [args.features], args.on_bad_slide, work)
+    if isinstance(n, QCOutcome):
+        return 0
+    log.info("%s: %s order of %d instances → %s", args.features.stem, args.method, n, args.out)
     return 0
 
 
@@ -155,11 +187,31 @@ def _cohort(args: argparse.Namespace, spec: dict):
     if not features:
         raise MambamilError(f"{args.features_dir}: no feature files (*.h5)")
     labels = read_label_sheet(args.labels)
+    features, labels = _drop_excluded(args, features, labels)
     samples, meta = build_samples(labels, features, task, training["level"], training["on_missing"])
     orders = {}
     if args.order_dir:
         orders = {sid: Path(args.order_dir) / f"{sid}.npy" for sid in features}
     return task, samples, meta, features, orders
+
+
+def _drop_excluded(args: argparse.Namespace, features: dict, labels):
+    """Leave out slides QC excluded (from --qc, else from the stubs in --features-dir), loudly."""
+    from mambamil.qc import excluded_slides, read_qc_table, read_stub
+
+    if getattr(args, "qc", None):
+        excluded = excluded_slides(read_qc_table(args.qc))
+    else:
+        excluded = {sid: f"{o.stage}: {o.cause}" for sid, p in features.items() if (o := read_stub(p)) is not None}
+    if not excluded:
+        return features, labels
+    for sid, why in sorted(excluded.items()):
+        log.warning("slide %s EXCLUDED by QC (%s)", sid, why)
+    kept = labels[~labels["slide_id"].isin(excluded)]
+    lost = sorted(set(labels["case_id"].astype(str)) - set(kept["case_id"].astype(str)))
+    if lost:
+        log.warning("%d patient(s) EXCLUDED, no usable slide: %s", len(lost), lost[:20])
+    return {sid: p for sid, p in features.items() if sid not in excluded}, kept
 
 
 def _add_cohort_args(p: argparse.ArgumentParser) -> None:
@@ -168,6 +220,7 @@ def _add_cohort_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--spec", required=True, help="JSON with task_name, task, training (and model_name, model for train)"
     )
+    p.add_argument("--qc", type=Path, help="QC table (results/qc/slides.csv); its excluded slides are left out")
 
 
 def _add_splits(sub: argparse._SubParsersAction) -> None:
@@ -427,6 +480,7 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
         "--fp16-storage", action=argparse.BooleanOptionalAction, default=None, help="store features as float16"
     )
     g.add_argument("--torch-threads", type=int, help="intra-op threads of the model on CPU")
+    _add_on_bad_slide(p)
     p.set_defaults(func=_run_features)
 
 
@@ -436,6 +490,7 @@ def _run_features(args: argparse.Namespace) -> int:
 
     from mambamil.config import config_section
     from mambamil.features.extract import FeatureSettings, extract_slide
+    from mambamil.qc import QCOutcome, run_slide_stage
 
     overrides = {f.name: getattr(args, f.name, None) for f in fields(FeatureSettings)}
     if args.encoder_kwargs is not None:
@@ -444,9 +499,18 @@ def _run_features(args: argparse.Namespace) -> int:
         except json.JSONDecodeError as exc:
             raise MambamilError(f"--encoder-kwargs is not valid JSON ({exc})") from exc
     settings = FeatureSettings.from_config(config_section("features", args.config, **overrides))
-    result = extract_slide(
-        args.slide, args.coords, args.out, settings, args.slide_id, progress=not args.quiet, force=args.force
+    result = run_slide_stage(
+        "features",
+        args.slide_id or args.coords.stem,
+        [args.out],
+        [args.slide, args.coords],
+        args.on_bad_slide,
+        lambda: extract_slide(
+            args.slide, args.coords, args.out, settings, args.slide_id, progress=not args.quiet, force=args.force
+        ),
     )
+    if isinstance(result, QCOutcome):
+        return 0
     if result.skipped:
         print(f"{result.slide_id}: {args.out} is up to date ({result.n_patches} patches); skipped")
     else:
@@ -454,6 +518,42 @@ def _run_features(args: argparse.Namespace) -> int:
             f"{result.slide_id}: {result.n_patches} patches × {result.dim} ({settings.encoder}, "
             f"{result.patches_per_s:.1f} patches/s) → {args.out}"
         )
+    return 0
+
+
+# -- qc -----------------------------------------------------------------------------------------------------
+def _add_qc(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "qc",
+        help="gather every slide's QC outcome into the cohort QC tables",
+        description="Read each slide's stage outputs (QC stubs mark excluded slides) and write OUT/slides.csv "
+        "(slide_id, case_id, status, stage, cause) and OUT/patients.csv (case_id, n_slides, n_usable, status, "
+        "cause; a patient with no usable slide is excluded). Prints the excluded slides.",
+    )
+    p.add_argument("--slides", type=Path, required=True, help="slide sheet CSV")
+    p.add_argument(
+        "--stage-file",
+        action="append",
+        required=True,
+        metavar="PATTERN",
+        help="a stage output with {slide_id}, e.g. results/tiles/{slide_id}.h5; repeat in stage order",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(func=_run_qc)
+
+
+def _run_qc(args: argparse.Namespace) -> int:
+    from mambamil.qc import collect_qc, exclusion_report, write_table
+    from mambamil.sheets import read_slide_sheet
+
+    sheet = read_slide_sheet(args.slides)
+    cases = dict(zip(sheet["slide_id"], sheet["case_id"].astype(str), strict=True))
+    files = {sid: [Path(p.format(slide_id=sid)) for p in args.stage_file] for sid in cases}
+    slides, patients = collect_qc(cases, files)
+    write_table(args.out / "slides.csv", slides)
+    write_table(args.out / "patients.csv", patients)
+    report = exclusion_report(slides)
+    print(report or f"QC: all {len(slides)} slides usable")
     return 0
 
 
@@ -470,17 +570,32 @@ def _add_validate_config(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_validate_config)
 
 
+def _check_sheets(config: dict) -> None:
+    """Read both sheets and cross-check them; one error lists every problem found in either."""
+    from mambamil.errors import ConfigError
+    from mambamil.sheets import read_label_sheet, read_slide_sheet, sheet_problems
+
+    problems, sheets = [], {}
+    for key, reader in (("slides", read_slide_sheet), ("labels", read_label_sheet)):
+        try:
+            sheets[key] = reader(config[key])
+        except MambamilError as exc:
+            problems.append(str(exc))
+    if len(sheets) == 2:
+        problems += sheet_problems(sheets["slides"], sheets["labels"], config.get("tasks"))
+    if problems:
+        raise ConfigError(f"{len(problems)} sheet problem(s): " + " | ".join(problems))
+    log.info("%d slides, %d labelled slides", len(sheets["slides"]), len(sheets["labels"]))
+
+
 def _run_validate_config(args: argparse.Namespace) -> int:
     import yaml
 
     from mambamil.config import load_config
-    from mambamil.sheets import read_label_sheet, read_slide_sheet
 
     config = load_config(args.config)
     if args.sheets:
-        slides = read_slide_sheet(config["slides"])
-        labels = read_label_sheet(config["labels"])
-        log.info("%d slides, %d labelled slides", len(slides), len(labels))
+        _check_sheets(config)
     print(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), end="")
     return 0
 
@@ -497,6 +612,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_predict,
     _add_heatmap,
     _add_convert_checkpoint,
+    _add_qc,
     _add_validate_config,
 ]
 

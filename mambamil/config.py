@@ -49,10 +49,11 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     # Two passes: the first fills nested defaults (objects defaulted to {} get their own defaults on the second).
     for _ in range(2):
         errors = sorted(cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
-        if errors:
-            err = errors[0]
-            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-            raise ConfigError(f"{source}: {key_path(err)}: {err.message}{more}")
+        if len(errors) == 1:
+            raise ConfigError(f"{source}: {key_path(errors[0])}: {errors[0].message}")
+        if errors:  # every error at once, each with its key path
+            listed = "; ".join(f"{key_path(e)}: {e.message}" for e in errors)
+            raise ConfigError(f"{source}: {len(errors)} errors: {listed}")
     for task, section in (config.get("tasks") or {}).items():
         if section.get("training"):
             task_training(config, task)  # per-task overrides must make a valid training section

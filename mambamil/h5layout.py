@@ -28,6 +28,9 @@ Feature file (features stage), ``features/<encoder_tag>/<slide_id>.h5``::
 CLAM (``h5_files/<slide>.h5``: ``features`` (N, 1024), ``coords`` (N, 2)) and TRIDENT
 (``features_<encoder>/<slide>.h5``: the same two datasets, coords attributes from its patcher) read the two
 datasets by name, so they read these files too; :func:`read_bag` reads theirs (and CLAM ``.pt`` bags).
+
+A QC stub (:mod:`mambamil.qc`) at either path marks an excluded slide; every reader here refuses it, and every bag
+reader refuses empty, non-finite and all-zero bags (:func:`check_bag_values`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import numpy as np
 from mambamil import __version__
 from mambamil.errors import InputFileError
 from mambamil.fileio import atomic_output
+from mambamil.qc import refuse_stub
 
 
 @dataclass
@@ -91,6 +95,7 @@ def read_coords(path: str | Path) -> CoordsFile:
         raise InputFileError(path, "coordinates file not found (run the tile stage first)")
     if path.stat().st_size == 0:
         raise InputFileError(path, "coordinates file is empty (0 bytes)")
+    refuse_stub(path)
     try:
         with h5py.File(path, "r") as f:
             if "coords" not in f:
@@ -181,6 +186,7 @@ def read_feature_attrs(path: str | Path) -> dict[str, Any] | None:
 def read_features(path: str | Path) -> Bag:
     """Read a feature H5 file (mambamil, CLAM or TRIDENT layout); :class:`InputFileError` if malformed."""
     path = _existing(path, "feature file")
+    refuse_stub(path)
     try:
         with h5py.File(path, "r") as f:
             if "features" not in f:
@@ -282,7 +288,32 @@ def _checked_bag(
         if len(coords) != len(features):
             raise InputFileError(path, f"{len(features)} feature rows but {len(coords)} coords")
         coords = coords.astype(np.int64, copy=False)
+    check_bag_values(path, features)
     return Bag(features=features, coords=coords, attrs=attrs, source=source, path=path)
+
+
+def _row_list(rows: np.ndarray, limit: int = 5) -> str:
+    shown = ", ".join(str(int(r)) for r in rows[:limit])
+    return shown + (f", … ({len(rows)} rows)" if len(rows) > limit else "")
+
+
+def check_bag_values(path: str | Path, features: np.ndarray) -> None:
+    """Refuse a bag that would make a meaningless prediction: no rows, non-finite values (NaN/inf; the error
+    names the first bad rows) or all zeros. Every bag reader calls this, so train, evaluate, predict and
+    heatmap never see such a bag."""
+    if features.shape[0] == 0:
+        raise InputFileError(path, "empty bag: 0 patches (the slide yielded no patches; exclude it or re-tile)")
+    finite = np.isfinite(features)
+    if not finite.all():
+        bad_rows = np.flatnonzero(~finite.all(axis=1))
+        kinds = sorted({"NaN" if np.isnan(v) else "inf" for v in features[~finite][:1000].astype(np.float64)})
+        raise InputFileError(
+            path,
+            f"non-finite features ({'/'.join(kinds)}) in {len(bad_rows)} of {features.shape[0]} rows, "
+            f"first rows {_row_list(bad_rows)}",
+        )
+    if not features.any():
+        raise InputFileError(path, f"all {features.shape[0]} feature rows are zero (a broken extraction)")
 
 
 def _numpy_safe_globals() -> list[Any]:

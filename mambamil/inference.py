@@ -238,9 +238,21 @@ def probability_column(name: str) -> str:
     return f"prob_{name}"
 
 
-def summarise(outs: list[dict[str, torch.Tensor]], task: TaskSpec) -> dict[str, Any]:
+def check_finite_outputs(outs: list[dict[str, torch.Tensor]], source: str) -> None:
+    """Non-finite model outputs are an error naming the bag's file(s), never a prediction."""
+    for k, out in enumerate(outs):
+        bad = [key for key, v in out.items() if not torch.isfinite(v).all()]
+        if bad:
+            raise MambamilError(
+                f"{source}: model {k} gave non-finite {bad} (a broken checkpoint or features out of range); "
+                "no prediction written"
+            )
+
+
+def summarise(outs: list[dict[str, torch.Tensor]], task: TaskSpec, source: str) -> dict[str, Any]:
     """Ensemble prediction from per-model outputs: mean class probabilities and the predicted class, or the
-    mean risk (survival)."""
+    mean risk (survival). ``source`` (the bag's file) names the bag when an output is not finite."""
+    check_finite_outputs(outs, source)
     if task.kind == "classification":
         probs = torch.stack([F.softmax(o["logits"], dim=1)[0] for o in outs]).mean(0).numpy()
         row: dict[str, Any] = {probability_column(c): float(probs[k]) for k, c in enumerate(task.classes)}
@@ -274,7 +286,7 @@ def bag_outputs(ensemble: Ensemble, bag: Bag, gradients: bool = False) -> BagRes
         if gxi is not None:
             gradxinput.append(gxi.reshape(-1).numpy()[inverse])
     return BagResult(
-        summarise(outs, ensemble.task),
+        summarise(outs, ensemble.task, str(bag.path)),
         np.mean(attention, axis=0) if attention else None,
         np.mean(gradxinput, axis=0) if gradxinput else None,
     )
@@ -295,7 +307,7 @@ def predict_dataset(
             "slide_ids": ";".join(sample.slide_ids),
             "n_instances": int(x.shape[0]),
             "target": sample.label,
-            **summarise(outs, task),
+            **summarise(outs, task, ", ".join(str(dataset.feature_files.get(s, s)) for s in sample.slide_ids)),
         }
         if task.kind == "classification":
             row["label"] = task.classes[sample.label] if sample.label >= 0 else ""

@@ -19,6 +19,7 @@ import numpy as np
 
 from mambamil.errors import InputFileError
 from mambamil.fileio import atomic_output
+from mambamil.qc import refuse_stub
 
 METHODS = ("raster", "snake", "hilbert", "random")
 
@@ -122,6 +123,7 @@ def read_order(path: str | Path, n: int) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise InputFileError(path, "order file not found (run the order stage)")
+    refuse_stub(path)
     try:
         perm = np.load(path)
     except (OSError, ValueError) as exc:

@@ -28,8 +28,28 @@ def _require(df: pd.DataFrame, path: Path, columns: list[str], what: str) -> Non
         raise InputFileError(path, f"{what} lacks column(s) {missing}; has {list(df.columns)}")
 
 
-def _duplicates(series: pd.Series) -> list[str]:
-    return sorted(series[series.duplicated()].astype(str).unique().tolist())
+def _line(index: int) -> int:
+    """The CSV line of a row (line 1 is the header)."""
+    return int(index) + 2
+
+
+def _lines(index) -> str:
+    lines = [_line(i) for i in index]
+    return f"line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines[:10]))}{' …' if len(lines) > 10 else ''}"
+
+
+def _duplicate_problems(df: pd.DataFrame, column: str) -> list[str]:
+    """One problem per duplicated id, with every line it is on."""
+    dup = df[df[column].duplicated(keep=False) & df[column].notna()]
+    return [f"duplicate {column}(s) {[key]} on {_lines(rows.index)}" for key, rows in dup.groupby(column, sort=True)]
+
+
+def _raise_all(path: Path, problems: list[str]) -> None:
+    """One error listing every problem of a file (the CLI prints it on one line)."""
+    if len(problems) == 1:
+        raise InputFileError(path, problems[0])
+    if problems:
+        raise InputFileError(path, f"{len(problems)} problems: " + "; ".join(problems))
 
 
 def read_slide_sheet(path: str | Path) -> pd.DataFrame:
@@ -38,15 +58,16 @@ def read_slide_sheet(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     df = _read_csv(path, "slide sheet")
     _require(df, path, ["slide_id", "path"], "slide sheet")
-    if df["slide_id"].isna().any() or df["path"].isna().any():
-        rows = (df.index[df["slide_id"].isna() | df["path"].isna()] + 2).tolist()
-        raise InputFileError(path, f"empty slide_id or path on line(s) {rows}")
-    dups = _duplicates(df["slide_id"])
-    if dups:
-        raise InputFileError(path, f"duplicate slide_id(s) {dups}")
-    bad = [s for s in df["slide_id"] if "/" in s or s.startswith(".")]
-    if bad:
-        raise InputFileError(path, f"slide_id(s) {bad} cannot be used as file names")
+    problems = []
+    empty = df["slide_id"].isna() | df["path"].isna()
+    if empty.any():
+        problems.append(f"empty slide_id or path on {_lines(df.index[empty])}")
+    problems += _duplicate_problems(df, "slide_id")
+    ids = df["slide_id"].fillna("")
+    bad = ids.str.contains("/", regex=False) | ids.str.startswith(".")
+    if bad.any():
+        problems.append(f"slide_id(s) {ids[bad].tolist()} on {_lines(df.index[bad])} cannot be used as file names")
+    _raise_all(path, problems)
     base = path.resolve().parent
     df["path"] = [str(p if Path(p).is_absolute() else (base / p)) for p in df["path"]]
     if "mpp" not in df.columns:
@@ -64,20 +85,61 @@ def read_label_sheet(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     df = _read_csv(path, "label sheet")
     _require(df, path, ["case_id", "slide_id"], "label sheet")
-    dups = _duplicates(df["slide_id"])
-    if dups:
-        raise InputFileError(path, f"duplicate slide_id(s) {dups}")
+    problems = _duplicate_problems(df, "slide_id")
     if "event" not in df.columns and "censorship" in df.columns:
         df["event"] = 1 - pd.to_numeric(df["censorship"], errors="coerce")
     if "time" in df.columns:
         if "event" not in df.columns:
             raise InputFileError(path, "label sheet has 'time' but neither 'event' nor 'censorship'")
+        raw = df[["time", "event"]].astype(str)
         df["time"] = pd.to_numeric(df["time"], errors="coerce")
         df["event"] = pd.to_numeric(df["event"], errors="coerce")
-        bad = df.loc[~df["event"].isin([0, 1]) | df["time"].isna() | (df["time"] < 0), "slide_id"].tolist()
-        if bad:
-            raise InputFileError(path, f"invalid time/event for slide(s) {bad[:10]} (time >= 0, event in {{0, 1}})")
-        df["event"] = df["event"].astype(int)
+        for i, row in df.iterrows():
+            where = f"line {_line(i)} (slide {row['slide_id']})"
+            if pd.isna(row["time"]) or row["time"] < 0:
+                problems.append(f"{where}: time {raw.loc[i, 'time']!r} is not a number >= 0")
+            if row["event"] not in (0, 1):
+                problems.append(f"{where}: event {raw.loc[i, 'event']!r} is not 0 or 1")
     if "label" not in df.columns and "time" not in df.columns:
-        raise InputFileError(path, "label sheet needs 'label' (subtyping) or 'time' + 'event' (survival)")
+        problems.append("label sheet needs 'label' (subtyping) or 'time' + 'event' (survival)")
+    _raise_all(path, problems)
+    if "event" in df.columns and "time" in df.columns:
+        df["event"] = df["event"].astype(int)
     return df.set_index("slide_id", drop=False)
+
+
+def sheet_problems(slides: pd.DataFrame, labels: pd.DataFrame, tasks: dict | None = None) -> list[str]:
+    """Every disagreement between a read slide sheet and label sheet, with label-sheet lines: label rows whose
+    slide is not in the slide sheet, slides without a label row, slide files that do not exist, and labels
+    outside a classification task's ``classes``."""
+    problems = []
+    unknown = ~labels["slide_id"].isin(slides["slide_id"])
+    if unknown.any():
+        problems.append(
+            f"label sheet: slide_id(s) {labels.loc[unknown, 'slide_id'].tolist()[:10]} on "
+            f"{_lines(np.flatnonzero(unknown))} are not in the slide sheet"
+        )
+    unlabelled = ~slides["slide_id"].isin(labels["slide_id"])
+    if unlabelled.any():
+        problems.append(
+            f"slide sheet: slide_id(s) {slides.loc[unlabelled, 'slide_id'].tolist()[:10]} on "
+            f"{_lines(np.flatnonzero(unlabelled))} have no row in the label sheet"
+        )
+    missing = ~slides["path"].map(lambda p: Path(p).exists())
+    if missing.any():
+        problems.append(
+            f"slide sheet: file(s) {slides.loc[missing, 'path'].tolist()[:5]} on "
+            f"{_lines(np.flatnonzero(missing))} do not exist"
+        )
+    for name, task in (tasks or {}).items():
+        column = task.get("label_column", "label")
+        if task.get("type") != "classification" or column not in labels.columns:
+            continue
+        values = labels[column]
+        outside = values.notna() & ~values.astype(str).isin([str(c) for c in task.get("classes", [])])
+        if outside.any():
+            problems.append(
+                f"label sheet: task '{name}': {column} value(s) {sorted(set(values[outside].astype(str)))} on "
+                f"{_lines(np.flatnonzero(outside))} are not in classes {task.get('classes')}"
+            )
+    return problems

@@ -226,7 +226,7 @@ def test_feature_dim_mismatch_is_a_clear_error(cohort: Path, tmp_path: Path, cap
 
     bad = tmp_path / "other_encoder.h5"
     with h5py.File(bad, "w") as f:  # a CLAM-style bag from a 1024-d encoder
-        f["features"] = np.zeros((5, 1024), np.float32)
+        f["features"] = np.ones((5, 1024), np.float32)  # all-zero bags are refused
         f["coords"] = np.zeros((5, 2), np.int64)
     ckpt = cohort / "models" / "subtype" / "fold_0" / "checkpoint.pt"
     rc = main(["predict", str(bad), "--checkpoint", str(ckpt), "--out", str(tmp_path / "p.csv")])

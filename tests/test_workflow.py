@@ -62,13 +62,16 @@ def test_tile_stage_runs_and_keeps_going(repo_root: Path, tmp_path: Path) -> Non
         assert Path(path.replace(".h5", ".tissue.geojson")).exists()
     assert (tmp_path / "results" / "logs" / "tile" / "demo_000.log").read_text().strip()
 
-    # A user cohort with one corrupt slide: with --keep-going the good slides still finish.
+    # A user cohort with one corrupt slide: with --keep-going (and qc stop) the good slides still finish.
     slides = tmp_path / "user" / "slides.csv"
     slides.parent.mkdir()
     shutil.copy(tmp_path / "demo" / "slides" / "demo_000.tiff", slides.parent / "good.tiff")
     (slides.parent / "bad.tiff").write_text("not a slide")
     slides.write_text("slide_id,path\ngood,good.tiff\nbad,bad.tiff\n")
-    user_cfg = _config(tmp_path, slides=str(slides), results=str(tmp_path / "user_results"))
+    # qc.on_bad_slide: stop is the old behaviour (the default, exclude, is tested in test_qc_workflow.py).
+    user_cfg = _config(
+        tmp_path, slides=str(slides), results=str(tmp_path / "user_results"), qc={"on_bad_slide": "stop"}
+    )
     wanted = [str(tmp_path / "user_results" / "tiles" / f"{s}.h5") for s in ("good", "bad")]
     res = snakemake(repo_root, *wanted, "--cores", "2", "--keep-going", "--configfile", str(user_cfg))
     assert res.returncode != 0

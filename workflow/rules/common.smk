@@ -1,6 +1,7 @@
 # Shared set-up: config validation, the slide list, per-rule resources.
 import json
 import shlex
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -8,6 +9,7 @@ from snakemake.utils import validate
 from mambamil import demo
 from mambamil.config import task_model, task_training
 from mambamil.features import encoder_tag
+from mambamil.qc import EXCLUDED, exclusion_report, read_qc_table
 from mambamil.sheets import read_label_sheet, read_slide_sheet
 
 
@@ -46,6 +48,22 @@ else:
 
 wildcard_constraints:
     slide_id=r"[^/]+",
+
+
+# Slide-level QC (README "Bad slides and QC"): what the per-slide stages do with a bad slide, and the tables.
+QC_OPTION = f"--on-bad-slide {config['qc']['on_bad_slide']}"
+QC_SLIDES = RESULTS / "qc" / "slides.csv"
+QC_PATIENTS = RESULTS / "qc" / "patients.csv"
+
+
+def slide_input(wildcards):
+    """A slide file as a job input. In exclude mode a missing file is left out, so its tile job records the slide
+    as excluded ("file not found") instead of the whole workflow stopping; once the file appears, it is newer
+    than the stubs and the slide's jobs rerun."""
+    path = SLIDE_PATHS[wildcards.slide_id]
+    if config["qc"]["on_bad_slide"] == "exclude" and not GENERATE_DEMO and not Path(path).exists():
+        return []
+    return path
 
 
 def resource(rule_name, key, default):
@@ -138,6 +156,30 @@ def all_targets():
     targets += expand(FEATURES_DIR / "order" / "{method}" / "{slide_id}.npy", method=ORDER_METHODS, slide_id=SLIDE_IDS)
     if TASKS and MODELS:
         targets.append(RESULTS / "evaluation" / "summary.csv")
+    targets.append(QC_SLIDES)
     if HEATMAP_TASK and HEATMAP_MODEL:
-        targets += expand(RESULTS / "heatmaps" / "{slide_id}" / "{slide_id}.attention.png", slide_id=SLIDE_IDS)
+        # Heatmaps follow the splits (a checkpoint): only slides that passed QC and were tested (qc.smk).
+        targets.append(RESULTS / "heatmaps" / "index.csv")
     return targets
+
+
+# -- slide-level QC (qc.smk) --
+def tested_heatmaps(wildcards):
+    """Heatmaps of the slides that passed QC and whose patient is in a test fold of the heatmap task."""
+    import pandas as pd
+
+    splits = pd.read_csv(checkpoints.splits.get(task=HEATMAP_TASK).output.splits, dtype={"case_id": str})
+    tested = set(splits.loc[splits["split"] == "test", "case_id"])
+    labels = read_label_sheet(config["labels"])
+    qc = read_qc_table(QC_SLIDES)
+    usable = set(qc.loc[qc["status"] != EXCLUDED, "slide_id"])
+    slides = [s for s in SLIDE_IDS if s in usable and s in labels.index and labels.loc[s, "case_id"] in tested]
+    return expand(RESULTS / "heatmaps" / "{slide_id}" / "{slide_id}.attention.png", slide_id=slides)
+
+
+def print_qc_summary():
+    """The excluded slides, printed at the end of every run (README "Bad slides and QC")."""
+    if QC_SLIDES.exists():
+        text = exclusion_report(read_qc_table(QC_SLIDES))
+        if text:
+            print(f"\n{text}\n(full table: {QC_SLIDES})", file=sys.stderr)

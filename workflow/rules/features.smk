@@ -2,7 +2,7 @@
 # (mambamil/features/). The output folder is named by the encoder tag (FEATURES_DIR, common.smk).
 rule features:
     input:
-        slide=lambda wc: SLIDE_PATHS[wc.slide_id],
+        slide=slide_input,
         coords=RESULTS / "tiles" / "{slide_id}.h5",
         # A local checkpoint is an input, so replacing it reruns the stage.
         weights=lambda wc: [] if config["features"]["weights"] in (None, "random", "hub") else [config["features"]["weights"]],
@@ -10,6 +10,8 @@ rule features:
         features=FEATURES_DIR / "{slide_id}.h5",
     params:
         options=feature_options(config["features"]),
+        qc=QC_OPTION,
+        slide=lambda wc: SLIDE_PATHS[wc.slide_id],
     log:
         LOGS / "features" / "{slide_id}.log",
     threads: resource("features", "threads", 2)
@@ -20,5 +22,5 @@ rule features:
     conda:
         conda_env("features")
     shell:
-        "python -m mambamil --quiet features {input.slide:q} --coords {input.coords:q} --out {output.features:q} "
-        "--slide-id {wildcards.slide_id} {params.options} --torch-threads {threads} > {log:q} 2>&1"
+        "python -m mambamil --quiet features {params.slide:q} --coords {input.coords:q} --out {output.features:q} "
+        "--slide-id {wildcards.slide_id} {params.options} --torch-threads {threads} {params.qc} > {log:q} 2>&1"

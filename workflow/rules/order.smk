@@ -8,6 +8,7 @@ rule order:
         order=FEATURES_DIR / "order" / "{method}" / "{slide_id}.npy",
     params:
         seed=config["order"]["seed"],
+        qc=QC_OPTION,
     log:
         LOGS / "order" / "{method}" / "{slide_id}.log",
     wildcard_constraints:
@@ -20,4 +21,4 @@ rule order:
         "../../envs/mambamil.yaml"
     shell:
         "python -m mambamil order {input.features:q} --method {wildcards.method} --seed {params.seed} "
-        "--out {output.order:q} > {log:q} 2>&1"
+        "--out {output.order:q} {params.qc} > {log:q} 2>&1"

@@ -17,15 +17,17 @@ TILING_OPTIONS = [
 
 rule tile:
     input:
-        slide=lambda wc: SLIDE_PATHS[wc.slide_id],
+        slide=slide_input,
     output:
         coords=RESULTS / "tiles" / "{slide_id}.h5",
         tissue=RESULTS / "tiles" / "{slide_id}.tissue.geojson",
         preview=RESULTS / "tiles" / "{slide_id}.preview.png",
     params:
+        slide=lambda wc: SLIDE_PATHS[wc.slide_id],
         out_dir=lambda wc, output: Path(output.coords).parent,
         mpp=lambda wc: f"--mpp {SLIDE_MPP[wc.slide_id]}" if wc.slide_id in SLIDE_MPP else "",
         options=cli_options(config["tiling"], TILING_OPTIONS),
+        qc=QC_OPTION,
     log:
         LOGS / "tile" / "{slide_id}.log",
     threads: resource("tile", "threads", 1)
@@ -35,5 +37,5 @@ rule tile:
     conda:
         "../../envs/mambamil.yaml"
     shell:
-        "python -m mambamil tile {input.slide:q} --out {params.out_dir:q} --slide-id {wildcards.slide_id} "
-        "{params.mpp} {params.options} > {log:q} 2>&1"
+        "python -m mambamil tile {params.slide:q} --out {params.out_dir:q} --slide-id {wildcards.slide_id} "
+        "{params.mpp} {params.options} {params.qc} > {log:q} 2>&1"

@@ -4,6 +4,7 @@
 checkpoint splits:
     input:
         labels=config["labels"],
+        qc=QC_SLIDES,
         features=expand(FEATURES_DIR / "{slide_id}.h5", slide_id=SLIDE_IDS),
     output:
         splits=RESULTS / "splits" / "{task}.csv",
@@ -20,12 +21,13 @@ checkpoint splits:
         "../../envs/mambamil.yaml"
     shell:
         "python -m mambamil --threads {threads} splits --labels {input.labels:q} --features-dir {params.features_dir:q} "
-        "--spec {params.spec:q} --out {output.splits:q} > {log:q} 2>&1"
+        "--spec {params.spec:q} --qc {input.qc:q} --out {output.splits:q} > {log:q} 2>&1"
 
 
 rule train:
     input:
         labels=config["labels"],
+        qc=QC_SLIDES,
         splits=RESULTS / "splits" / "{task}.csv",
         features=expand(FEATURES_DIR / "{slide_id}.h5", slide_id=SLIDE_IDS),
         orders=lambda wc: expand(
@@ -60,7 +62,7 @@ rule train:
     shell:
         "python -m mambamil --threads {threads} train --labels {input.labels:q} --features-dir {params.features_dir:q} "
         "--order-dir {params.order_dir:q} --splits {input.splits:q} --fold {wildcards.fold} "
-        "--spec {params.spec:q} --out {params.out_dir:q} > {log:q} 2>&1"
+        "--spec {params.spec:q} --qc {input.qc:q} --out {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -99,6 +101,7 @@ rule evaluate:
 rule summary:
     input:
         metrics=[RESULTS / "evaluation" / t / m / "metrics.json" for t in TASKS for m in MODELS],
+        qc=QC_SLIDES,
     output:
         summary=report(RESULTS / "evaluation" / "summary.csv", category="Evaluation"),
     log:

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 from mambamil.fileio import atomic_output
+from mambamil.qc import exclusion_report, qc_counts, read_qc_table
 from mambamil.train.evaluate import summary_table
 
 snakemake = snakemake  # noqa: F821 (injected by Snakemake)
@@ -11,6 +12,10 @@ with open(snakemake.log[0], "w") as log:
     sys.stderr = log
     files = {(Path(p).parent.parent.name, Path(p).parent.name): Path(p) for p in snakemake.input.metrics}
     table = summary_table(files)
+    qc = read_qc_table(snakemake.input.qc)
+    for key, value in qc_counts(qc).items():  # how many slides/patients the study used (README "Bad slides and QC")
+        table[key] = value
+    print(exclusion_report(qc), file=log)
     with atomic_output(snakemake.output.summary) as tmp:
         table.to_csv(tmp, index=False)
     print(table.to_string(index=False), file=log)
