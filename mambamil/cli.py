@@ -342,19 +342,29 @@ def _run_heatmap(args: argparse.Namespace) -> int:
 def _add_features(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "features",
-        help="embed the patches of one slide with a patch encoder",
+        help="embed the patches of one or more slides with a patch encoder",
         description="Read the patches listed in a tile-stage coordinates file (at its target µm/px and patch size), "
         "embed them in batches and write OUT_H5: 'features' (N, D) and 'coords' (N, 2, identical to the coords "
         "file), with the encoder, its weights (source and SHA-256), normalisation and resolution as attributes. "
-        "A rerun whose output already matches the settings is skipped. Settings come from the schema defaults, "
+        "A rerun whose output already matches the settings is skipped. Several slides (or a slide sheet, "
+        "optionally one --shard of it) run in one process with the encoder built once; a bad slide is reported "
+        "on one line and the others finish (exit 1 at the end). Settings come from the schema defaults, "
         "then the config's 'features' section (--config), then the options given here.",
     )
-    p.add_argument("slide", type=Path, help="slide file (the one the coordinates were made from)")
     p.add_argument(
-        "--coords", type=Path, required=True, metavar="COORDS_H5", help="tile-stage coordinates file (<slide_id>.h5)"
+        "slide", type=Path, nargs="*", help="slide file(s) (the ones the coordinates were made from); or use --sheet"
     )
-    p.add_argument("--out", type=Path, required=True, metavar="OUT_H5", help="output feature file (.h5)")
-    p.add_argument("--slide-id", help="slide id stored in the output (default: from the coords file)")
+    p.add_argument(
+        "--coords", type=Path, nargs="+", metavar="COORDS_H5", help="tile-stage coordinates file(s), one per slide"
+    )
+    p.add_argument("--out", type=Path, nargs="+", metavar="OUT_H5", help="output feature file(s) (.h5), one per slide")
+    p.add_argument("--slide-id", nargs="+", help="slide id(s) stored in the output (default: from the coords file)")
+    m = p.add_argument_group("many slides in one process (encoder and device set up once)")
+    m.add_argument("--sheet", type=Path, help="slide sheet CSV instead of SLIDE arguments")
+    m.add_argument("--coords-dir", type=Path, help="with --sheet: folder of <slide_id>.h5 coordinates files")
+    m.add_argument("--out-dir", type=Path, help="with --sheet: output folder for <slide_id>.h5")
+    m.add_argument("--shard", help="with --sheet: i/k runs rows i, i+k, i+2k, … (0 <= i < k)")
+    p.add_argument("--profile", action="store_true", help="time each stage of the data path and print a table")
     p.add_argument("--config", type=Path, help="config.yaml whose 'features' section gives the settings")
     p.add_argument("--force", action="store_true", help="recompute even if the output matches the settings")
     g = p.add_argument_group("feature settings (override the config)")
@@ -365,7 +375,9 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--encoder-kwargs", help="JSON object of extra timm.create_model arguments")
     g.add_argument("--tag", help="encoder tag recorded in the output (default: from encoder and weights)")
     g.add_argument("--batch-size", type=int, help="patches per forward pass")
-    g.add_argument("--num-workers", type=int, help="reader processes (0: read in the main process)")
+    g.add_argument(
+        "--num-workers", type=int, help="reader processes (0: read in the main process; default: the job's cores - 1)"
+    )
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="autocast dtype on CUDA")
     g.add_argument(
@@ -375,12 +387,31 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_features)
 
 
+def _feature_jobs(args: argparse.Namespace) -> list:
+    """The slides of a features call: SLIDE arguments with --coords/--out, or --sheet (optionally one shard)."""
+    from mambamil.features.multi import jobs_from_lists, jobs_from_sheet, parse_shard, shard
+
+    if args.sheet is not None:
+        if args.slide:
+            raise MambamilError("give SLIDE arguments or --sheet, not both")
+        if args.coords_dir is None or args.out_dir is None:
+            raise MambamilError("--sheet needs --coords-dir and --out-dir")
+        jobs = jobs_from_sheet(args.sheet, args.coords_dir, args.out_dir)
+        return shard(jobs, *parse_shard(args.shard)) if args.shard else jobs
+    if args.shard:
+        raise MambamilError("--shard works with --sheet")
+    if not args.slide or args.coords is None or args.out is None:
+        raise MambamilError("give SLIDE [SLIDE ...] with --coords and --out (one each per slide), or --sheet")
+    return jobs_from_lists(args.slide, args.coords, args.out, args.slide_id)
+
+
 def _run_features(args: argparse.Namespace) -> int:
     import json
     from dataclasses import fields
 
     from mambamil.config import config_section
-    from mambamil.features.extract import FeatureSettings, extract_slide
+    from mambamil.features.extract import FeatureSettings
+    from mambamil.features.multi import extract_slides
 
     overrides = {f.name: getattr(args, f.name, None) for f in fields(FeatureSettings)}
     if args.encoder_kwargs is not None:
@@ -389,16 +420,26 @@ def _run_features(args: argparse.Namespace) -> int:
         except json.JSONDecodeError as exc:
             raise MambamilError(f"--encoder-kwargs is not valid JSON ({exc})") from exc
     settings = FeatureSettings.from_config(config_section("features", args.config, **overrides))
-    result = extract_slide(
-        args.slide, args.coords, args.out, settings, args.slide_id, progress=not args.quiet, force=args.force
-    )
-    if result.skipped:
-        print(f"{result.slide_id}: {args.out} is up to date ({result.n_patches} patches); skipped")
-    else:
-        print(
-            f"{result.slide_id}: {result.n_patches} patches × {result.dim} ({settings.encoder}, "
-            f"{result.patches_per_s:.1f} patches/s) → {args.out}"
-        )
+    jobs = _feature_jobs(args)
+
+    def report(outcome) -> None:
+        result, out = outcome.result, outcome.job.out
+        if result is None:
+            return
+        if result.skipped:
+            print(f"{result.slide_id}: {out} is up to date ({result.n_patches} patches); skipped")
+        else:
+            print(
+                f"{result.slide_id}: {result.n_patches} patches × {result.dim} ({settings.encoder}, "
+                f"{result.patches_per_s:.1f} patches/s) → {out}"
+            )
+        if result.profile is not None:
+            print(result.profile.table())
+
+    outcomes = extract_slides(jobs, settings, args.force, not args.quiet, args.profile, on_done=report)
+    failed = [o.job.slide_id or o.job.slide.stem for o in outcomes if o.status == "failed"]
+    if failed:
+        raise MambamilError(f"{len(failed)} of {len(outcomes)} slide(s) failed: {', '.join(failed)}")
     return 0
 
 
