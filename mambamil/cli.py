@@ -59,16 +59,20 @@ def _run_demo_cohort(args: argparse.Namespace) -> int:
 def _add_tile(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tile",
-        help="segment tissue and write the patch grid of one slide",
+        help="segment tissue and write the patch grid of one or more slides",
         description="Segment the tissue of one slide and lay a patch grid at a target resolution. Writes "
         "OUT/<slide_id>.h5 (patch coordinates), OUT/<slide_id>.tissue.geojson (tissue polygons, level-0 px, "
         "QuPath-importable) and OUT/<slide_id>.preview.png. Settings come from the schema defaults, then the "
         "config's 'tiling' section (--config), then the options given here.",
     )
-    p.add_argument("slide", type=Path, help="slide file (anything OpenSlide reads)")
+    p.add_argument("slide", type=Path, nargs="*", help="slide file(s) (anything OpenSlide reads); or use --sheet")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--slide-id", help="id used for output names (default: the file name without suffix)")
-    p.add_argument("--mpp", type=float, help="µm/px override when the slide lacks or misreports its resolution")
+    p.add_argument("--slide-id", nargs="+", help="id(s) used for output names (default: the file name without suffix)")
+    p.add_argument(
+        "--mpp", type=float, nargs="+", help="µm/px override(s) when a slide lacks or misreports its resolution"
+    )
+    p.add_argument("--sheet", type=Path, help="slide sheet CSV instead of SLIDE arguments (its mpp column applies)")
+    p.add_argument("--shard", help="with --sheet: i/k tiles rows i, i+k, i+2k, … (0 <= i < k)")
     p.add_argument("--config", type=Path, help="config.yaml whose 'tiling' section gives the settings")
     g = p.add_argument_group("tiling settings (override the config)")
     g.add_argument("--target-mpp", type=float, help="patch resolution in µm/px (0.5 ≈ 20×)")
@@ -89,6 +93,7 @@ def _add_tile(sub: argparse._SubParsersAction) -> None:
 def _run_tile(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
+    from mambamil.batch import run_guarded
     from mambamil.config import config_section
     from mambamil.tiling import TilingSettings, tile_slide
 
@@ -100,9 +105,50 @@ def _run_tile(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise MambamilError(f"--saturation-threshold must be an integer or 'otsu', got {sat!r}") from exc
     settings = TilingSettings.from_config(config_section("tiling", args.config, **overrides))
-    result = tile_slide(args.slide, args.out, settings, args.slide_id, args.mpp)
-    print(f"{result.slide_id}: {result.n_patches} patches ({result.tissue_area_mm2:.2f} mm² tissue) → {args.out}")
+    jobs = _tile_jobs(args)
+    failed = []
+    for slide, slide_id, mpp in jobs:
+        if len(jobs) == 1:  # one slide: its error is the command's error (--debug shows the traceback)
+            result = tile_slide(slide, args.out, settings, slide_id, mpp)
+        else:
+            result, _ = run_guarded(
+                "tile", slide_id, slide, lambda s=slide, i=slide_id, m=mpp: tile_slide(s, args.out, settings, i, m)
+            )
+        if result is None:
+            failed.append(slide_id)
+            continue
+        print(f"{result.slide_id}: {result.n_patches} patches ({result.tissue_area_mm2:.2f} mm² tissue) → {args.out}")
+    if failed:
+        raise MambamilError(f"{len(failed)} of {len(jobs)} slide(s) failed: {', '.join(failed)}")
     return 0
+
+
+def _tile_jobs(args: argparse.Namespace) -> list[tuple[Path, str, float | None]]:
+    """(slide, slide_id, mpp override) of a tile call: SLIDE arguments, or --sheet (optionally one --shard)."""
+    import math
+
+    from mambamil.batch import parse_shard, shard
+    from mambamil.sheets import read_slide_sheet
+
+    if args.sheet is not None:
+        if args.slide or args.slide_id or args.mpp:
+            raise MambamilError("--sheet replaces SLIDE, --slide-id and --mpp")
+        rows = read_slide_sheet(args.sheet)
+        jobs = [
+            (Path(p), sid, None if math.isnan(m) else float(m))
+            for sid, p, m in zip(rows["slide_id"], rows["path"], rows["mpp"], strict=True)
+        ]
+        return shard(jobs, *parse_shard(args.shard)) if args.shard else jobs
+    if args.shard:
+        raise MambamilError("--shard works with --sheet")
+    if not args.slide:
+        raise MambamilError("give SLIDE [SLIDE ...] or --sheet")
+    n = len(args.slide)
+    for name, values in (("--slide-id", args.slide_id), ("--mpp", args.mpp)):
+        if values is not None and len(values) != n:
+            raise MambamilError(f"{name} has {len(values)} value(s) for {n} slide(s): give one per slide")
+    ids = args.slide_id or [s.stem for s in args.slide]
+    return list(zip(args.slide, ids, args.mpp or [None] * n, strict=True))
 
 
 # -- order --------------------------------------------------------------------------------------------------
@@ -389,7 +435,8 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
 
 def _feature_jobs(args: argparse.Namespace) -> list:
     """The slides of a features call: SLIDE arguments with --coords/--out, or --sheet (optionally one shard)."""
-    from mambamil.features.multi import jobs_from_lists, jobs_from_sheet, parse_shard, shard
+    from mambamil.batch import parse_shard, shard
+    from mambamil.features.multi import jobs_from_lists, jobs_from_sheet
 
     if args.sheet is not None:
         if args.slide:

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from mambamil import demo
+from mambamil.batch import parse_shard, shard
 from mambamil.cli import main
 from mambamil.errors import MambamilError
 from mambamil.features.datapath import (
@@ -23,7 +24,6 @@ from mambamil.features.datapath import (
     plan_reads,
     worker_runs_order,
 )
-from mambamil.features.multi import parse_shard, shard
 from mambamil.h5layout import read_coords, read_features
 from mambamil.slide import open_slide, resize
 from mambamil.tiling import TilingSettings, tile_slide

@@ -3,27 +3,21 @@ extracted exactly as alone (:func:`~mambamil.features.extract.extract_slide`: sa
 fingerprint-based skip, atomic write). One slide's bad input is reported on one line naming that slide and
 the others still run; :func:`run_slide` is the one place that decides what a failed slide becomes.
 
-Slides come from the command line or a slide sheet; ``--shard i/k`` (:func:`shard`) takes every k-th row
-starting at row i, so k array jobs split a cohort without overlap.
+Slides come from the command line or a slide sheet; ``--shard i/k`` takes every k-th row
+starting at row i (:func:`mambamil.batch.shard`), so k array jobs split a cohort without overlap.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
-from mambamil.errors import MambamilError, SlideError
+from mambamil.batch import run_guarded
+from mambamil.errors import MambamilError
 from mambamil.features.encoders import create_encoder
 from mambamil.features.extract import FeatureResult, FeatureSettings, extract_slide, resolve_device
 from mambamil.sheets import read_slide_sheet
-
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -51,22 +45,6 @@ class SlideOutcome:
         return "skipped" if self.result is not None and self.result.skipped else "done"
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/k"`` → (i, k) with 0 ≤ i < k."""
-    try:
-        i, k = (int(v) for v in text.split("/"))
-    except ValueError as exc:
-        raise MambamilError(f"--shard {text!r}: expected i/k with integers, e.g. 0/4") from exc
-    if not (k >= 1 and 0 <= i < k):
-        raise MambamilError(f"--shard {text!r}: need 0 <= i < k")
-    return i, k
-
-
-def shard(items: Sequence[T], index: int, count: int) -> list[T]:
-    """Rows ``index``, ``index + count``, … of ``items``: the k shards are disjoint and cover every row."""
-    return list(items[index::count])
-
-
 def jobs_from_sheet(sheet: str | Path, coords_dir: str | Path, out_dir: str | Path) -> list[SlideJob]:
     """A job per row of the slide sheet: ``<coords_dir>/<slide_id>.h5`` → ``<out_dir>/<slide_id>.h5``."""
     rows = read_slide_sheet(sheet)
@@ -91,17 +69,9 @@ def jobs_from_lists(
 def run_slide(job: SlideJob, extract: Callable[[SlideJob], FeatureResult]) -> SlideOutcome:
     """Extract one slide; its failure becomes a one-line error naming the slide, and the caller goes on.
 
-    The one place that decides what a failed slide becomes (a QC mode may record it as excluded here)."""
-    try:
-        return SlideOutcome(job, result=extract(job))
-    except MambamilError as exc:
-        error = " ".join(str(exc).split())
-    except Exception as exc:  # an unexpected failure still names its slide; the other slides run
-        name = job.slide_id or job.slide.stem
-        error = " ".join(str(SlideError(job.slide, f"unexpected error: {type(exc).__name__}: {exc}", name)).split())
-        log.debug("slide %s failed", name, exc_info=True)
-    print(f"mambamil features: error: {error}", file=sys.stderr, flush=True)
-    return SlideOutcome(job, error=error)
+    The one place that decides what a failed features slide becomes (a QC mode may record it as excluded here)."""
+    result, error = run_guarded("features", job.slide_id or job.slide.stem, job.slide, lambda: extract(job))
+    return SlideOutcome(job, result=result, error=error)
 
 
 def extract_slides(
