@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from mambamil import demo
 from mambamil.features.datapath import default_num_workers
 from mambamil.features.encoders import Encoder, create_encoder
-from mambamil.features.extract import FeatureSettings, extract_slide
+from mambamil.features.extract import FeatureSettings, _autocast, extract_slide, resolve_precision
 from mambamil.features.multi import SlideJob, extract_slides
 from mambamil.h5layout import read_coords, read_features
 from mambamil.slide import open_slide
@@ -101,10 +101,10 @@ def old_path(slide: Path, coords: Path, enc: Encoder, device: torch.device, n: i
     return np.concatenate(out)[:n]
 
 
-def encoder_only(enc: Encoder, device: torch.device, batch: int, seconds: float = 5.0) -> float:
-    """Patches/s of the model alone on normalised batches already on the device."""
+def encoder_only(enc: Encoder, device: torch.device, batch: int, precision: str, seconds: float = 5.0) -> float:
+    """Patches/s of the model alone on normalised batches already on the device, with our autocast."""
     x = torch.randn(batch, 3, *enc.spec.input_size, device=device).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(device, resolve_precision(precision, device)):
         enc.model(x)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -166,7 +166,7 @@ def main() -> None:
             slide = demo.slide_path(tmp / "large", demo.slide_ids(2)[0])
         coords = tile_slide(slide, tmp / "tiles", TilingSettings.from_config(overlap=0.5)).outputs["coords"]
         n = len(read_coords(coords).coords)
-        rate_enc = encoder_only(enc, device, args.batch_size)
+        rate_enc = encoder_only(enc, device, args.batch_size, args.precision)
         clam, t_clam = _timed(lambda: clam_recipe(slide, coords, enc, device, args.clam_workers, args.clam_batch))
         res, t_ours = _timed(
             lambda: extract_slide(
