@@ -483,7 +483,9 @@ def _run_features(args: argparse.Namespace) -> int:
         if result.profile is not None:
             print(result.profile.table())
 
-    outcomes = extract_slides(jobs, settings, args.force, not args.quiet, args.profile, on_done=report)
+    outcomes = extract_slides(
+        jobs, settings, args.force, not args.quiet, args.profile, on_done=report, isolate_failures=len(jobs) > 1
+    )
     failed = [o.job.slide_id or o.job.slide.stem for o in outcomes if o.status == "failed"]
     if failed:
         raise MambamilError(f"{len(failed)} of {len(outcomes)} slide(s) failed: {', '.join(failed)}")

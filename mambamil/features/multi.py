@@ -81,8 +81,11 @@ def extract_slides(
     progress: bool = True,
     profile: bool = False,
     on_done: Callable[[SlideOutcome], None] | None = None,
+    isolate_failures: bool = True,
 ) -> list[SlideOutcome]:
-    """Embed every job's slide with one encoder on one device; one outcome per job, in order."""
+    """Embed every job's slide with one encoder on one device; one outcome per job, in order.
+
+    ``isolate_failures=False`` lets a slide's error propagate (a single-slide call: its error is the command's)."""
     resolve_device(settings.device)  # a bad device fails the whole job, once
     encoder = create_encoder(settings.encoder, settings.weights, **settings.encoder_kwargs)  # once, with its hash
 
@@ -93,7 +96,7 @@ def extract_slides(
 
     outcomes = []
     for job in jobs:
-        outcome = run_slide(job, extract)
+        outcome = run_slide(job, extract) if isolate_failures else SlideOutcome(job, result=extract(job))
         outcomes.append(outcome)
         if on_done is not None:
             on_done(outcome)
