@@ -31,7 +31,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mambamil.errors import MambamilError
 from mambamil.slide import Slide, open_slide, resize, rgba_to_rgb
 
 #: Edge of a block's cell, in pixels of the level the patches are read from (a block reads at most
@@ -172,9 +171,7 @@ class BlockDataset(Dataset):
         times: dict[str, float] = {}
         try:
             patches = self._read_block(index, times)
-        except MambamilError as exc:
-            return {"index": torch.from_numpy(index), "patches": None, "error": (int(index[0]), _cause(exc))}
-        except Exception as exc:
+        except Exception as exc:  # a SlideError's cause, or any reader failure, goes to the main process as text
             return {"index": torch.from_numpy(index), "patches": None, "error": (int(index[0]), _cause(exc))}
         return {"index": torch.from_numpy(index), "patches": patches, "error": None, "times": times}
 
@@ -215,8 +212,8 @@ def _cause(exc: Exception) -> str:
     return getattr(exc, "cause", None) or f"{type(exc).__name__}: {exc}"
 
 
-def _first(items: dict[str, Any]) -> dict[str, Any]:
-    return items  # batch_size=None: items pass through as they are
+def _as_is(item: dict[str, Any]) -> dict[str, Any]:
+    return item  # batch_size=None: each block is its own item
 
 
 def _worker_context() -> Any:
@@ -234,7 +231,7 @@ def make_block_loader(dataset: BlockDataset, num_workers: int) -> DataLoader:
         batch_size=None,
         sampler=ListSampler(order),
         num_workers=num_workers,
-        collate_fn=_first,
+        collate_fn=_as_is,
         prefetch_factor=4 if num_workers > 0 else None,
         multiprocessing_context=_worker_context() if num_workers > 0 else None,
     )
