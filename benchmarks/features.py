@@ -1,31 +1,43 @@
-"""Features-stage throughput on CPU: mambamil's batched DataLoader path vs a naive per-patch loop.
+"""Features-stage throughput: mambamil's data path vs the CLAM recipe, in the same run, same slide, same
+coordinates, same encoder instance (``resnet50_trunc``; random weights cost the same as ImageNet ones).
 
-Both embed the same patches of the real slide with ``resnet50_trunc`` (random weights: no download; the cost is
-the same as with ImageNet weights) using the same model instance, in this one process, so the ratio is
-meaningful on a noisy machine. The naive loop is what many scripts do: open the slide, then for each patch
-read it, resize it with PIL, normalise it, run the model on a batch of one. Peak RSS (this process plus its
-reader processes, PSS so pages shared after fork count once) is sampled every 20 ms. Prints a Markdown table.
+The CLAM recipe is a faithful re-implementation of CLAM's ``extract_features_fp.py`` (CLAM is not installed):
+per patch ``read_region(coord, patch_level, (patch_size, patch_size))`` → PIL RGB → torchvision
+``Resize(224)``, ``ToTensor``, ``Normalize(ImageNet)`` → DataLoader (``--clam-workers``, CLAM uses 8; batch
+``--clam-batch``, CLAM uses 256), fp32, model on the device. Its resize (PIL bilinear) differs from ours
+(cv2 area), so its features differ slightly; "features unchanged" is checked against mambamil's previous
+per-patch path (``Slide.read_region`` + cv2 resize + ``Encoder.preprocess``) on the first ``--check`` patches.
 
-    python benchmarks/features.py [--quick] [--slide PATH] [--batch-size 32] [--num-workers 1]
+Cases: ``large`` (one slide, 50 % overlap: the real slide by default, or ``--large-size W H`` for a demo
+slide, e.g. 17216 12912 as in the issue), ``encoder only`` (the model on normalised batches already on the
+device: the ceiling), and ``many`` (``--n-small`` small demo slides: one process for all vs one
+``mambamil features`` process per slide, i.e. what a per-slide workflow job pays). ``--profile`` adds the
+per-stage table of our path. Prints Markdown tables.
+
+    python benchmarks/features.py [--device cpu|cuda] [--batch-size 64] [--num-workers N] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import subprocess
+import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
 import torch
-from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
+from mambamil import demo
+from mambamil.features.datapath import default_num_workers
 from mambamil.features.encoders import Encoder, create_encoder
-from mambamil.features.extract import FeatureSettings, extract_slide
+from mambamil.features.extract import FeatureSettings, _autocast, extract_slide, resolve_precision
+from mambamil.features.multi import SlideJob, extract_slides
 from mambamil.h5layout import read_coords, read_features
 from mambamil.slide import open_slide
 from mambamil.tiling import TilingSettings, tile_slide
@@ -34,106 +46,190 @@ REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "CMU-1-Small-Region.svs"
 
 
-class PeakRSS:
-    """Peak resident memory of this process and its children while the block runs (MiB)."""
+# -- the CLAM recipe ------------------------------------------------------------------------------------------
+class ClamBag(Dataset):
+    """CLAM's Whole_Slide_Bag_FP: one read_region per patch at the coords file's patch_level and patch_size."""
 
-    def __enter__(self) -> PeakRSS:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
+    def __init__(self, slide_path: Path, coords_path: Path, mean, std) -> None:
+        from torchvision import transforms
 
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            try:
-                procs = [me, *me.children(recursive=True)]
-                rss = sum(p.memory_full_info().pss for p in procs)  # PSS: shared pages counted once
-            except psutil.Error:
-                rss = 0
-            self.peak = max(self.peak, rss)
-            time.sleep(0.02)
+        cf = read_coords(coords_path)
+        self.slide_path, self.coords = str(slide_path), cf.coords
+        self.level, self.size = int(cf.attrs["patch_level"]), int(cf.attrs["patch_size"])
+        self.tf = transforms.Compose([transforms.Resize(224), transforms.ToTensor(), transforms.Normalize(mean, std)])
+        self._wsi = None
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.mib = self.peak / 2**20
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, np.ndarray]:
+        import openslide
+
+        if self._wsi is None:
+            self._wsi = openslide.OpenSlide(self.slide_path)
+        img = self._wsi.read_region(tuple(int(v) for v in self.coords[i]), self.level, (self.size, self.size))
+        return self.tf(img.convert("RGB")), self.coords[i]
 
 
-def naive(slide_path: Path, coords_path: Path, enc: Encoder) -> np.ndarray:
-    """Read one patch at target µm/px, PIL-resize, normalise, embed alone; repeat."""
-    cf = read_coords(coords_path)
-    mean = torch.tensor(enc.spec.mean).view(3, 1, 1)
-    std = torch.tensor(enc.spec.std).view(3, 1, 1)
+def clam_recipe(slide: Path, coords: Path, enc: Encoder, device: torch.device, workers: int, batch: int) -> np.ndarray:
+    """CLAM's loop: the same weights in a plain (contiguous, fp32) copy of the model, as CLAM builds it."""
+    model = copy.deepcopy(enc.model).to(device=device, memory_format=torch.contiguous_format)
+    loader = DataLoader(
+        ClamBag(slide, coords, enc.spec.mean, enc.spec.std),
+        batch_size=batch,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
     out = []
-    with open_slide(slide_path, mpp=cf.attrs["slide_mpp"]) as s, torch.no_grad():
-        for x, y in cf.coords:
-            patch = s.read_at_mpp(int(x), int(y), (cf.patch_size, cf.patch_size), cf.target_mpp)
-            img = Image.fromarray(patch).resize(enc.spec.input_size[::-1], Image.BILINEAR)
-            t = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255.0
-            out.append(enc.model(((t - mean) / std)[None]).numpy()[0])
-    return np.stack(out)
+    with torch.inference_mode():
+        for x, _ in loader:
+            out.append(model(x.to(device, non_blocking=True)).cpu().numpy())
+    return np.concatenate(out)
+
+
+def old_path(slide: Path, coords: Path, enc: Encoder, device: torch.device, n: int, batch: int) -> np.ndarray:
+    """mambamil's previous per-patch path (read_region + cv2 resize in one piece, preprocess on the device)."""
+    cf = read_coords(coords)
+    h, w = enc.spec.input_size
+    out = []
+    with open_slide(slide, mpp=cf.attrs["slide_mpp"]) as s, torch.inference_mode():
+        size0 = cf.patch_size * cf.target_mpp / s.mpp
+        for i in range(0, min(n, len(cf.coords)), batch):
+            imgs = [s.read_region(float(x), float(y), (size0, size0), (w, h)) for x, y in cf.coords[i : i + batch]]
+            x = enc.preprocess(torch.from_numpy(np.stack(imgs)).to(device))
+            out.append(enc.model(x).float().cpu().numpy())
+    return np.concatenate(out)[:n]
+
+
+def encoder_only(enc: Encoder, device: torch.device, batch: int, precision: str, seconds: float = 5.0) -> float:
+    """Patches/s of the model alone on normalised batches already on the device, with our autocast."""
+    x = torch.randn(batch, 3, *enc.spec.input_size, device=device).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), _autocast(device, resolve_precision(precision, device)):
+        enc.model(x)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        n, t0 = 0, time.perf_counter()
+        while n < 2 * batch or time.perf_counter() - t0 < seconds:
+            enc.model(x)
+            n += batch
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0)
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="the default grid only (no 50 % overlap grid)")
-    ap.add_argument("--slide", type=Path, default=REAL, help="real slide (default: shared CMU-1-Small-Region)")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--num-workers", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--slide", type=Path, default=REAL, help="large-slide case (default: CMU-1-Small-Region)")
+    ap.add_argument("--large-size", type=int, nargs=2, metavar=("W", "H"), help="demo slide of this size instead")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--num-workers", type=int, default=None, help="default: the cores we may use - 1")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--clam-workers", type=int, default=8)
+    ap.add_argument("--clam-batch", type=int, default=256)
+    ap.add_argument("--check", type=int, default=64, help="patches compared with the previous path")
+    ap.add_argument("--n-small", type=int, default=10)
+    ap.add_argument("--small-size", type=int, nargs=2, default=(1536, 1152), metavar=("W", "H"))
+    ap.add_argument("--quick", action="store_true", help="skip the many-slides case")
+    ap.add_argument("--profile", action="store_true", help="also print our per-stage table")
     args = ap.parse_args()
+    device = torch.device(args.device)
+    workers = default_num_workers() if args.num_workers is None else args.num_workers
     enc = create_encoder("resnet50_trunc", "random")
+    enc.model.to(device=device, memory_format=torch.channels_last)
     settings = FeatureSettings.from_config(
         {
             "encoder": "resnet50_trunc",
             "weights": "random",
             "batch_size": args.batch_size,
-            "num_workers": args.num_workers,
-            "device": "cpu",
+            "num_workers": workers,
+            "device": args.device,
+            "precision": args.precision,
         }
     )
-    grids = [("grid 256 px @ 0.5 µm/px", 0.0)] + ([] if args.quick else [("same, 50 % overlap", 0.5)])
-    rows = []
+    rows, profile = [], None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for name, overlap in grids:
-            tiles = tile_slide(args.slide, tmp / f"tiles{overlap}", TilingSettings.from_config(overlap=overlap))
-            coords = tiles.outputs["coords"]
-            with torch.no_grad():  # warm-up: first-call allocations are not part of either path
-                enc.model(torch.zeros(2, 3, 224, 224))
-            with PeakRSS() as m_naive:
-                t0 = time.perf_counter()
-                ref = naive(args.slide, coords, enc)
-                t_naive = time.perf_counter() - t0
-            with PeakRSS() as m_ours:
-                t0 = time.perf_counter()
-                extract_slide(args.slide, coords, tmp / "f.h5", settings, progress=False, force=True, encoder=enc)
-                t_ours = time.perf_counter() - t0
-            ours = read_features(tmp / "f.h5").features
-            diff = float(np.abs(ours - ref).max() / (np.abs(ref).max() + 1e-12))
-            n = tiles.n_patches
-            rows.append((name, n, t_naive, t_ours, n / t_naive, n / t_ours, m_naive.mib, m_ours.mib, diff))
+        slide = args.slide
+        if args.large_size:
+            demo.generate_cohort(tmp / "large", 2, 0, tuple(args.large_size), progress=False)
+            slide = demo.slide_path(tmp / "large", demo.slide_ids(2)[0])
+        coords = tile_slide(slide, tmp / "tiles", TilingSettings.from_config(overlap=0.5)).outputs["coords"]
+        n = len(read_coords(coords).coords)
+        rate_enc = encoder_only(enc, device, args.batch_size, args.precision)
+        clam, t_clam = _timed(lambda: clam_recipe(slide, coords, enc, device, args.clam_workers, args.clam_batch))
+        res, t_ours = _timed(
+            lambda: extract_slide(
+                slide, coords, tmp / "f.h5", settings, progress=False, force=True, encoder=enc, profile=args.profile
+            )
+        )
+        profile = res.profile
+        ours = read_features(tmp / "f.h5").features
+        old = old_path(slide, coords, enc, device, args.check, args.batch_size)
+        rows.append(("large: CLAM recipe", n, t_clam, n / t_clam, 1.0, "—"))
+        rows.append(("large: mambamil", n, t_ours, n / t_ours, t_clam / t_ours, f"{_rel(ours[: len(old)], old):.1e}"))
+        rows.append(("encoder only (ceiling)", n, n / rate_enc, rate_enc, t_clam * rate_enc / n, "—"))
+        rel_clam = _rel(ours, clam)
+        many = None if args.quick else many_slides(tmp, args, settings, enc)
+
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?")
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU used"
     print(
-        f"machine: {model}, {psutil.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} "
-        f"threads), python {platform.python_version()}; slide {args.slide.name}"
+        f"machine: {model}, {psutil.cpu_count()} cores ({default_num_workers(0)} usable), {gpu}, torch "
+        f"{torch.__version__} ({torch.get_num_threads()} threads), python {platform.python_version()}; "
+        f"slide {slide.name}, 50 % overlap; device {args.device}, ours batch {args.batch_size} with {workers} "
+        f"reader(s), CLAM batch {args.clam_batch} with {args.clam_workers} workers, fp32 unless --precision"
     )
-    print(
-        f"ours = extract_slide (batch {args.batch_size}, {args.num_workers} reader process(es), inference_mode, "
-        "channels-last, H5 write); naive = read → PIL resize → embed one patch at a time."
+    print("| case | patches | s | patches/s | ÷ CLAM recipe | max rel. diff vs previous path |")
+    print("|---|---|---|---|---|---|")
+    for name, k, t, r, ratio, d in rows:
+        print(f"| {name} | {k} | {t:.2f} | {r:.1f} | {ratio:.2f}× | {d} |")
+    print(f"\nmax rel. diff ours vs CLAM recipe (PIL bilinear vs cv2 area resize): {rel_clam:.1e}")
+    if profile is not None:
+        print("\nour per-stage profile (large slide):\n" + profile.table())
+    if many is not None:
+        print("\n" + many)
+
+
+def many_slides(tmp: Path, args: argparse.Namespace, settings: FeatureSettings, enc: Encoder) -> str:
+    """``--n-small`` demo slides: one process for all of them vs one ``mambamil features`` process per slide."""
+    n_slides = max(2, args.n_small)
+    demo.generate_cohort(tmp / "small", n_slides, 1, tuple(args.small_size), progress=False)
+    jobs = []
+    for sid in demo.slide_ids(n_slides):
+        path = demo.slide_path(tmp / "small", sid)
+        c = tile_slide(path, tmp / "small_tiles", TilingSettings.from_config(), slide_id=sid).outputs["coords"]
+        jobs.append(SlideJob(path, c, tmp / "small_out" / f"{sid}.h5", sid))
+    n = sum(len(read_coords(j.coords).coords) for j in jobs)
+    t0 = time.perf_counter()
+    outcomes = extract_slides(jobs, settings, force=True, progress=False)
+    t_one = time.perf_counter() - t0
+    assert all(o.status == "done" for o in outcomes)
+    common = ["--encoder", "resnet50_trunc", "--weights", "random", "--device", args.device, "--force"]
+    common += ["--batch-size", str(args.batch_size), "--num-workers", str(settings.num_workers)]
+    t0 = time.perf_counter()
+    for j in jobs:
+        cmd = [sys.executable, "-m", "mambamil", "-q", "features", str(j.slide), "--coords", str(j.coords)]
+        subprocess.run([*cmd, "--out", str(tmp / "sep" / f"{j.slide_id}.h5"), *common], check=True)
+    t_sep = time.perf_counter() - t0
+    per_slide = (t_sep - t_one) / n_slides
+    return (
+        f"| many small slides | slides | patches | s | patches/s |\n|---|---|---|---|---|\n"
+        f"| one process (mambamil features S1 … S{n_slides}) | {n_slides} | {n} | {t_one:.2f} | {n / t_one:.1f} |\n"
+        f"| one process per slide | {n_slides} | {n} | {t_sep:.2f} | {n / t_sep:.1f} |\n\n"
+        f"start-up saved per slide by one process: {per_slide:.2f} s"
     )
-    print(
-        "| patches | n | naive s | ours s | naive patches/s | ours patches/s | ours ÷ naive | "
-        "peak RSS naive MiB | peak RSS ours MiB | max rel. diff (other resize) |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, n, tn, to, pn, po, mn, mo, d in rows:
-        print(
-            f"| {name} | {n} | {tn:.2f} | {to:.2f} | {pn:.1f} | {po:.1f} | {po / pn:.2f}× | {mn:.0f} | {mo:.0f} "
-            f"| {d:.1e} |"
-        )
 
 
 if __name__ == "__main__":

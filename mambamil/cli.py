@@ -59,16 +59,20 @@ def _run_demo_cohort(args: argparse.Namespace) -> int:
 def _add_tile(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tile",
-        help="segment tissue and write the patch grid of one slide",
+        help="segment tissue and write the patch grid of one or more slides",
         description="Segment the tissue of one slide and lay a patch grid at a target resolution. Writes "
         "OUT/<slide_id>.h5 (patch coordinates), OUT/<slide_id>.tissue.geojson (tissue polygons, level-0 px, "
         "QuPath-importable) and OUT/<slide_id>.preview.png. Settings come from the schema defaults, then the "
         "config's 'tiling' section (--config), then the options given here.",
     )
-    p.add_argument("slide", type=Path, help="slide file (anything OpenSlide reads)")
+    p.add_argument("slide", type=Path, nargs="*", help="slide file(s) (anything OpenSlide reads); or use --sheet")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--slide-id", help="id used for output names (default: the file name without suffix)")
-    p.add_argument("--mpp", type=float, help="µm/px override when the slide lacks or misreports its resolution")
+    p.add_argument("--slide-id", nargs="+", help="id(s) used for output names (default: the file name without suffix)")
+    p.add_argument(
+        "--mpp", type=float, nargs="+", help="µm/px override(s) when a slide lacks or misreports its resolution"
+    )
+    p.add_argument("--sheet", type=Path, help="slide sheet CSV instead of SLIDE arguments (its mpp column applies)")
+    p.add_argument("--shard", help="with --sheet: i/k tiles rows i, i+k, i+2k, … (0 <= i < k)")
     p.add_argument("--config", type=Path, help="config.yaml whose 'tiling' section gives the settings")
     g = p.add_argument_group("tiling settings (override the config)")
     g.add_argument("--target-mpp", type=float, help="patch resolution in µm/px (0.5 ≈ 20×)")
@@ -90,6 +94,7 @@ def _add_tile(sub: argparse._SubParsersAction) -> None:
 def _run_tile(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
+    from mambamil.batch import run_guarded
     from mambamil.config import config_section
     from mambamil.qc import QCOutcome, run_slide_stage
     from mambamil.tiling import TilingSettings, output_paths, tile_slide
@@ -102,18 +107,32 @@ def _run_tile(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise MambamilError(f"--saturation-threshold must be an integer or 'otsu', got {sat!r}") from exc
     settings = TilingSettings.from_config(config_section("tiling", args.config, **overrides))
-    slide_id = args.slide_id or args.slide.stem
-    result = run_slide_stage(
-        "tile",
-        slide_id,
-        output_paths(args.out, slide_id).values(),
-        [args.slide],
-        args.on_bad_slide,
-        lambda: tile_slide(args.slide, args.out, settings, args.slide_id, args.mpp),
-    )
-    if isinstance(result, QCOutcome):
-        return 0
-    print(f"{result.slide_id}: {result.n_patches} patches ({result.tissue_area_mm2:.2f} mm² tissue) → {args.out}")
+    jobs = _tile_jobs(args)
+    failed = []
+    for slide, slide_id, mpp in jobs:
+
+        def work(slide: Path = slide, slide_id: str = slide_id, mpp: float | None = mpp):
+            return run_slide_stage(
+                "tile",
+                slide_id,
+                output_paths(args.out, slide_id).values(),
+                [slide],
+                args.on_bad_slide,
+                lambda: tile_slide(slide, args.out, settings, slide_id, mpp),
+            )
+
+        if len(jobs) == 1:  # one slide: its error is the command's error (--debug shows the traceback)
+            result = work()
+        else:
+            result, _ = run_guarded("tile", slide_id, slide, work)
+        if result is None:
+            failed.append(slide_id)
+            continue
+        if isinstance(result, QCOutcome):
+            continue
+        print(f"{result.slide_id}: {result.n_patches} patches ({result.tissue_area_mm2:.2f} mm² tissue) → {args.out}")
+    if failed:
+        raise MambamilError(f"{len(failed)} of {len(jobs)} slide(s) failed: {', '.join(failed)}")
     return 0
 
 
@@ -127,6 +146,34 @@ def _add_on_bad_slide(p: argparse.ArgumentParser) -> None:
         "'exclude': write QC stubs at the outputs, print the cause and exit 0 (default: %(default)s; the "
         "workflow passes qc.on_bad_slide)",
     )
+
+
+def _tile_jobs(args: argparse.Namespace) -> list[tuple[Path, str, float | None]]:
+    """(slide, slide_id, mpp override) of a tile call: SLIDE arguments, or --sheet (optionally one --shard)."""
+    import math
+
+    from mambamil.batch import parse_shard, shard
+    from mambamil.sheets import read_slide_sheet
+
+    if args.sheet is not None:
+        if args.slide or args.slide_id or args.mpp:
+            raise MambamilError("--sheet replaces SLIDE, --slide-id and --mpp")
+        rows = read_slide_sheet(args.sheet)
+        jobs = [
+            (Path(p), sid, None if math.isnan(m) else float(m))
+            for sid, p, m in zip(rows["slide_id"], rows["path"], rows["mpp"], strict=True)
+        ]
+        return shard(jobs, *parse_shard(args.shard)) if args.shard else jobs
+    if args.shard:
+        raise MambamilError("--shard works with --sheet")
+    if not args.slide:
+        raise MambamilError("give SLIDE [SLIDE ...] or --sheet")
+    n = len(args.slide)
+    for name, values in (("--slide-id", args.slide_id), ("--mpp", args.mpp)):
+        if values is not None and len(values) != n:
+            raise MambamilError(f"{name} has {len(values)} value(s) for {n} slide(s): give one per slide")
+    ids = args.slide_id or [s.stem for s in args.slide]
+    return list(zip(args.slide, ids, args.mpp or [None] * n, strict=True))
 
 
 # -- order --------------------------------------------------------------------------------------------------
@@ -450,19 +497,29 @@ def _run_heatmap(args: argparse.Namespace) -> int:
 def _add_features(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "features",
-        help="embed the patches of one slide with a patch encoder",
+        help="embed the patches of one or more slides with a patch encoder",
         description="Read the patches listed in a tile-stage coordinates file (at its target µm/px and patch size), "
         "embed them in batches and write OUT_H5: 'features' (N, D) and 'coords' (N, 2, identical to the coords "
         "file), with the encoder, its weights (source and SHA-256), normalisation and resolution as attributes. "
-        "A rerun whose output already matches the settings is skipped. Settings come from the schema defaults, "
+        "A rerun whose output already matches the settings is skipped. Several slides (or a slide sheet, "
+        "optionally one --shard of it) run in one process with the encoder built once; a bad slide is reported "
+        "on one line and the others finish (exit 1 at the end). Settings come from the schema defaults, "
         "then the config's 'features' section (--config), then the options given here.",
     )
-    p.add_argument("slide", type=Path, help="slide file (the one the coordinates were made from)")
     p.add_argument(
-        "--coords", type=Path, required=True, metavar="COORDS_H5", help="tile-stage coordinates file (<slide_id>.h5)"
+        "slide", type=Path, nargs="*", help="slide file(s) (the ones the coordinates were made from); or use --sheet"
     )
-    p.add_argument("--out", type=Path, required=True, metavar="OUT_H5", help="output feature file (.h5)")
-    p.add_argument("--slide-id", help="slide id stored in the output (default: from the coords file)")
+    p.add_argument(
+        "--coords", type=Path, nargs="+", metavar="COORDS_H5", help="tile-stage coordinates file(s), one per slide"
+    )
+    p.add_argument("--out", type=Path, nargs="+", metavar="OUT_H5", help="output feature file(s) (.h5), one per slide")
+    p.add_argument("--slide-id", nargs="+", help="slide id(s) stored in the output (default: from the coords file)")
+    m = p.add_argument_group("many slides in one process (encoder and device set up once)")
+    m.add_argument("--sheet", type=Path, help="slide sheet CSV instead of SLIDE arguments")
+    m.add_argument("--coords-dir", type=Path, help="with --sheet: folder of <slide_id>.h5 coordinates files")
+    m.add_argument("--out-dir", type=Path, help="with --sheet: output folder for <slide_id>.h5")
+    m.add_argument("--shard", help="with --sheet: i/k runs rows i, i+k, i+2k, … (0 <= i < k)")
+    p.add_argument("--profile", action="store_true", help="time each stage of the data path and print a table")
     p.add_argument("--config", type=Path, help="config.yaml whose 'features' section gives the settings")
     p.add_argument("--force", action="store_true", help="recompute even if the output matches the settings")
     g = p.add_argument_group("feature settings (override the config)")
@@ -473,7 +530,9 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--encoder-kwargs", help="JSON object of extra timm.create_model arguments")
     g.add_argument("--tag", help="encoder tag recorded in the output (default: from encoder and weights)")
     g.add_argument("--batch-size", type=int, help="patches per forward pass")
-    g.add_argument("--num-workers", type=int, help="reader processes (0: read in the main process)")
+    g.add_argument(
+        "--num-workers", type=int, help="reader processes (0: read in the main process; default: the job's cores - 1)"
+    )
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="autocast dtype on CUDA")
     g.add_argument(
@@ -484,13 +543,32 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_features)
 
 
+def _feature_jobs(args: argparse.Namespace) -> list:
+    """The slides of a features call: SLIDE arguments with --coords/--out, or --sheet (optionally one shard)."""
+    from mambamil.batch import parse_shard, shard
+    from mambamil.features.multi import jobs_from_lists, jobs_from_sheet
+
+    if args.sheet is not None:
+        if args.slide:
+            raise MambamilError("give SLIDE arguments or --sheet, not both")
+        if args.coords_dir is None or args.out_dir is None:
+            raise MambamilError("--sheet needs --coords-dir and --out-dir")
+        jobs = jobs_from_sheet(args.sheet, args.coords_dir, args.out_dir)
+        return shard(jobs, *parse_shard(args.shard)) if args.shard else jobs
+    if args.shard:
+        raise MambamilError("--shard works with --sheet")
+    if not args.slide or args.coords is None or args.out is None:
+        raise MambamilError("give SLIDE [SLIDE ...] with --coords and --out (one each per slide), or --sheet")
+    return jobs_from_lists(args.slide, args.coords, args.out, args.slide_id)
+
+
 def _run_features(args: argparse.Namespace) -> int:
     import json
     from dataclasses import fields
 
     from mambamil.config import config_section
-    from mambamil.features.extract import FeatureSettings, extract_slide
-    from mambamil.qc import QCOutcome, run_slide_stage
+    from mambamil.features.extract import FeatureSettings
+    from mambamil.features.multi import extract_slides
 
     overrides = {f.name: getattr(args, f.name, None) for f in fields(FeatureSettings)}
     if args.encoder_kwargs is not None:
@@ -499,25 +577,35 @@ def _run_features(args: argparse.Namespace) -> int:
         except json.JSONDecodeError as exc:
             raise MambamilError(f"--encoder-kwargs is not valid JSON ({exc})") from exc
     settings = FeatureSettings.from_config(config_section("features", args.config, **overrides))
-    result = run_slide_stage(
-        "features",
-        args.slide_id or args.coords.stem,
-        [args.out],
-        [args.slide, args.coords],
-        args.on_bad_slide,
-        lambda: extract_slide(
-            args.slide, args.coords, args.out, settings, args.slide_id, progress=not args.quiet, force=args.force
-        ),
+    jobs = _feature_jobs(args)
+
+    def report(outcome) -> None:
+        result, out = outcome.result, outcome.job.out
+        if outcome.status in ("failed", "excluded"):
+            return
+        if result.skipped:
+            print(f"{result.slide_id}: {out} is up to date ({result.n_patches} patches); skipped")
+        else:
+            print(
+                f"{result.slide_id}: {result.n_patches} patches × {result.dim} ({settings.encoder}, "
+                f"{result.patches_per_s:.1f} patches/s) → {out}"
+            )
+        if result.profile is not None:
+            print(result.profile.table())
+
+    outcomes = extract_slides(
+        jobs,
+        settings,
+        args.force,
+        not args.quiet,
+        args.profile,
+        on_done=report,
+        isolate_failures=len(jobs) > 1,
+        on_bad_slide=args.on_bad_slide,
     )
-    if isinstance(result, QCOutcome):
-        return 0
-    if result.skipped:
-        print(f"{result.slide_id}: {args.out} is up to date ({result.n_patches} patches); skipped")
-    else:
-        print(
-            f"{result.slide_id}: {result.n_patches} patches × {result.dim} ({settings.encoder}, "
-            f"{result.patches_per_s:.1f} patches/s) → {args.out}"
-        )
+    failed = [o.job.slide_id or o.job.slide.stem for o in outcomes if o.status == "failed"]
+    if failed:
+        raise MambamilError(f"{len(failed)} of {len(outcomes)} slide(s) failed: {', '.join(failed)}")
     return 0
 
 

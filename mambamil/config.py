@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import fields
 from importlib import resources
 from pathlib import Path
@@ -17,9 +18,19 @@ SCHEMA_NAME = "config.schema.yaml"
 
 
 def load_schema() -> dict[str, Any]:
-    """The config JSON schema (shipped in the package; ``workflow/schemas/`` links to the same file)."""
+    """The config JSON schema (shipped in the package; ``workflow/schemas/`` links to the same file); a copy of
+    the one parsed once per process."""
+    return copy.deepcopy(_schema_and_validator()[0])
+
+
+@functools.cache
+def _schema_and_validator() -> tuple[dict[str, Any], Any]:
+    """The schema, parsed once per process (YAML parsing costs ~0.06 s, paid per slide before), and its
+    default-filling validator."""
     text = resources.files("mambamil.schemas").joinpath(SCHEMA_NAME).read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+    schema = yaml.safe_load(text)
+    cls = _with_defaults(jsonschema.validators.validator_for(schema))
+    return schema, cls(schema)
 
 
 def _with_defaults(validator_class: type) -> type:
@@ -44,11 +55,10 @@ def key_path(error: jsonschema.ValidationError) -> str:
 
 def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Validate ``config`` in place (defaults filled) and return it; :class:`ConfigError` names the key path."""
-    schema = load_schema()
-    cls = _with_defaults(jsonschema.validators.validator_for(schema))
+    validator = _schema_and_validator()[1]
     # Two passes: the first fills nested defaults (objects defaulted to {} get their own defaults on the second).
     for _ in range(2):
-        errors = sorted(cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+        errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
         if len(errors) == 1:
             raise ConfigError(f"{source}: {key_path(errors[0])}: {errors[0].message}")
         if errors:  # every error at once, each with its key path

@@ -128,15 +128,28 @@ class Slide:
         return LevelChoice(best, float(self.level_downsamples[best]), self.level_mpp(best))
 
     # -- reading ------------------------------------------------------------------------------------------
-    def read_level_region(self, x0: int, y0: int, level: int, size: tuple[int, int]) -> np.ndarray:
-        """OpenSlide's read_region as an RGB uint8 array; transparent pixels become white."""
+    def read_level_rgba(self, x0: int, y0: int, level: int, size: tuple[int, int]) -> np.ndarray:
+        """OpenSlide's read_region (read + decode) as an RGBA uint8 array."""
         try:
-            rgba = np.asarray(self._osr.read_region((int(x0), int(y0)), level, (int(size[0]), int(size[1]))))
+            return np.asarray(self._osr.read_region((int(x0), int(y0)), level, (int(size[0]), int(size[1]))))
         except openslide.OpenSlideError as exc:
             raise self.error(
                 f"read failed at level {level} ({x0}, {y0}): slide is corrupt or truncated ({exc})"
             ) from exc
-        return _rgba_to_rgb(rgba)
+
+    def read_level_region(self, x0: int, y0: int, level: int, size: tuple[int, int]) -> np.ndarray:
+        """OpenSlide's read_region as an RGB uint8 array; transparent pixels become white."""
+        return rgba_to_rgb(self.read_level_rgba(x0, y0, level, size))
+
+    def region_read_plan(self, size0: tuple[float, float], out_size: tuple[int, int]) -> tuple[LevelChoice, int, int]:
+        """How :meth:`read_region` reads a level-0 rectangle of ``size0`` for ``out_size`` (w, h): the level (the
+        coarsest at least as fine as the output) and the (width, height) read there, before the resize."""
+        out_w, out_h = int(out_size[0]), int(out_size[1])
+        target_mpp = self.mpp * min(size0[0] / out_w, size0[1] / out_h)
+        choice = self.level_for_mpp(target_mpp)
+        read_w = max(1, math.ceil(size0[0] / choice.downsample - 1e-6))
+        read_h = max(1, math.ceil(size0[1] / choice.downsample - 1e-6))
+        return choice, read_w, read_h
 
     def read_region(self, x0: float, y0: float, size0: tuple[float, float], out_size: tuple[int, int]) -> np.ndarray:
         """Read the level-0 rectangle (x0, y0, w0, h0) and return it resized to ``out_size`` (w, h), RGB uint8.
@@ -144,13 +157,9 @@ class Slide:
         Reads from the coarsest level that is at least as fine as the output, then resizes (area interpolation
         when shrinking).
         """
-        out_w, out_h = int(out_size[0]), int(out_size[1])
-        target_mpp = self.mpp * min(size0[0] / out_w, size0[1] / out_h)
-        choice = self.level_for_mpp(target_mpp)
-        read_w = max(1, math.ceil(size0[0] / choice.downsample - 1e-6))
-        read_h = max(1, math.ceil(size0[1] / choice.downsample - 1e-6))
+        choice, read_w, read_h = self.region_read_plan(size0, out_size)
         rgb = self.read_level_region(round(x0), round(y0), choice.level, (read_w, read_h))
-        return resize(rgb, (out_w, out_h))
+        return resize(rgb, (int(out_size[0]), int(out_size[1])))
 
     def read_at_mpp(self, x0: float, y0: float, size: tuple[int, int], mpp: float) -> np.ndarray:
         """Read ``size`` (w, h) pixels at ``mpp`` µm/px whose top-left corner is level-0 (x0, y0)."""
@@ -249,7 +258,8 @@ def _tiff_mpp(um_per_unit: float, xres: str, yres: str) -> float | None:
         return None
 
 
-def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
+def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
+    """RGBA → RGB uint8; transparent pixels (outside the scanned area) become white."""
     rgb = rgba[..., :3]
     alpha = rgba[..., 3]
     if alpha.min() == 255:

@@ -79,7 +79,8 @@ def test_batched_workers_equal_one_by_one(real_slide: Path, real_features: Path,
         for i, (x, y) in enumerate(cf.coords[:12]):  # 12 patches span two batches of 8
             img = s.read_region(float(x), float(y), (size0, size0), (160, 160))
             one = enc.model(enc.preprocess(torch.from_numpy(img)[None])).numpy()[0]
-            np.testing.assert_allclose(batched[i], one, rtol=1e-4, atol=1e-5, err_msg=f"patch {i}")
+            # ≤ 1e-3 relative: the device resize matches cv2 except rounding ties (~1e-5 of pixels, one level).
+            np.testing.assert_allclose(batched[i], one, rtol=0, atol=1e-3 * np.abs(one).max(), err_msg=f"patch {i}")
 
 
 def test_deterministic_and_resumable(real_slide: Path, real_coords: Path, real_features: Path, tmp_path: Path) -> None:

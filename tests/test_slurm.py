@@ -96,7 +96,14 @@ def test_demo_workflow_on_slurm_with_gpu_requests(cluster, repo_root: Path, tmp_
         "results": str(tmp_path / "results"),
         "demo_cohort": {"dir": str(tmp_path / "demo"), "n_slides": N_SLIDES, "seed": 1},
         # Small and offline: a random-weight ResNet-18 on the CPU (the test cluster's GPUs are fake).
-        "features": {"encoder": "timm:resnet18", "weights": "random", "device": "cpu", "num_workers": 0},
+        # One slide per features job (rules features_batch0 … features_batch<N-1>), so jobs map to slides.
+        "features": {
+            "encoder": "timm:resnet18",
+            "weights": "random",
+            "device": "cpu",
+            "num_workers": 0,
+            "slides_per_job": 1,
+        },
         "resources": {
             "tile": {"threads": 1, "mem_mb": 1500, "runtime": 10},
             "features": {"threads": 1, "mem_mb": 3000, "runtime": 15, "gpu": 1},
@@ -108,7 +115,8 @@ def test_demo_workflow_on_slurm_with_gpu_requests(cluster, repo_root: Path, tmp_
 
     # 1. The per-slide stages of the demo workflow (demo cohort → tile → features); later stages are left out to
     #    keep the test short (--until). demo_cohort is a local rule: it runs here, not via sbatch.
-    res = _snakemake(repo_root, tmp_path, "--jobs", "4", "--until", "features")
+    feature_rules = [f"features_batch{i}" for i in range(N_SLIDES)]
+    res = _snakemake(repo_root, tmp_path, "--jobs", "4", "--until", *feature_rules)
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-6000:]
     for path in tiles:
@@ -137,7 +145,7 @@ def test_demo_workflow_on_slurm_with_gpu_requests(cluster, repo_root: Path, tmp_
         assert has_gpu == ("--comment rule_features_" in call), info
     # The plugin's per-job logs (kept with --slurm-keep-successful-logs) are under .snakemake/slurm_logs/.
     slurm_logs = tmp_path / ".snakemake" / "slurm_logs"
-    assert len(list((slurm_logs / "rule_features").rglob("*.log"))) == N_SLIDES
+    assert sum(len(list(d.rglob("*.log"))) for d in slurm_logs.glob("rule_features_batch*")) == N_SLIDES
 
     # 2. Grouping for large cohorts (docs/cluster.md): all tile jobs in one SLURM job, two side by side.
     res = _snakemake(

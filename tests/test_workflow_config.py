@@ -128,17 +128,22 @@ def test_gpu_rules_get_the_gpu_env_and_a_gpu_request(tmp_path: Path) -> None:
     gpu_rules = _gpu_capable_rules()
     assert gpu_rules, "config.yaml resources declare no GPU-capable rule"
     rules = _rules(tmp_path, resources={name: {"gpu": 1} for name in gpu_rules})
-    for name in gpu_rules:
-        if name not in rules:
-            continue  # stage not wired into the Snakefile yet
-        assert rules[name]["gpu"] == 1, f"rule {name} does not pass config resources.{name}.gpu to `resources: gpu`"
-        assert rules[name]["conda"].endswith("envs/mambamil-gpu.yaml"), (
-            f"rule {name} asks for a GPU but uses {rules[name]['conda']}; declare  conda: conda_env({name!r})"
-        )
+    for resource_name in gpu_rules:
+        for name in _rules_of(rules, resource_name):  # features runs as batch rules features_batch<i>
+            assert rules[name]["gpu"] == 1, f"rule {name} does not pass config resources.{name}.gpu to `resources: gpu`"
+            assert rules[name]["conda"].endswith("envs/mambamil-gpu.yaml"), (
+                f"rule {name} asks for a GPU but uses {rules[name]['conda']}; declare  conda: conda_env({name!r})"
+            )
+    assert _rules_of(rules, "features"), "no features rule"
     cpu = _rules(tmp_path / "cpu")
-    for name in gpu_rules:
-        if name in cpu:
+    for resource_name in gpu_rules:
+        for name in _rules_of(cpu, resource_name):
             assert cpu[name]["conda"].endswith("envs/mambamil.yaml"), f"rule {name} without a GPU uses the GPU env"
+
+
+def _rules_of(rules: dict[str, dict], resource_name: str) -> list[str]:
+    """The rules configured by ``resources.<resource_name>``: the rule of that name, or its batch rules."""
+    return [n for n in rules if n == resource_name or re.fullmatch(rf"{resource_name}_batch\d+", n)]
 
 
 @pytest.mark.parametrize("profile", PROFILES)

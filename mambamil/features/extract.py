@@ -1,12 +1,12 @@
 """Feature extraction for one slide: the tile stage's coordinates → ``features`` (N, D) in an H5 file.
 
-Reading: a :class:`PatchDataset` whose DataLoader workers each open their own :class:`~mambamil.slide.Slide`
-lazily (an OpenSlide handle is never shared across forked processes). Each patch is the level-0 square
+Reading: :mod:`mambamil.features.datapath`. DataLoader workers (each opens its own slide handle) read blocks of
+neighbouring patches with one OpenSlide request each and cut them; each patch is the level-0 square
 ``patch_size × target_mpp`` µm wide at the stored coordinate, read from the pyramid level at or finer than the
-encoder's input and resized once to the encoder's input size (area interpolation when shrinking, bilinear when
-enlarging; no crop). Workers hand over uint8 batches (4× less to copy, pinned on CUDA); the main process
-normalises on the device, runs the model in ``torch.inference_mode`` with channels-last memory and bf16/fp16
-autocast on CUDA, and writes the file atomically.
+encoder's input. The main process sends uint8 patches to the device through pinned buffers, resizes them there
+once to the encoder's input (cv2's area weights when shrinking, bilinear when enlarging; no crop), normalises,
+runs the model in ``torch.inference_mode`` with channels-last memory and bf16/fp16 autocast on CUDA, and writes
+the file atomically.
 
 A rerun skips a slide whose output exists with the same ``settings_json`` (encoder, weights and their hash,
 resolution, coordinates' hash, precision, storage dtype).
@@ -24,23 +24,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mambamil.config import settings_from_config
 from mambamil.errors import InputFileError, MambamilError
 from mambamil.features import RANDOM, encoder_tag
+from mambamil.features.datapath import (
+    DEVICE_RESIZE,
+    BlockDataset,
+    DeviceResize,
+    StageTimes,
+    default_num_workers,
+    embed_blocks,
+    make_block_loader,
+    plan_blocks,
+    plan_reads,
+)
 from mambamil.features.encoders import RANDOM_SEED, Encoder, create_encoder, file_sha256, weights_kind
 from mambamil.h5layout import FEATURES_FORMAT_VERSION, CoordsFile, read_coords, read_feature_attrs, write_features
 from mambamil.slide import Slide, open_slide
 
 log = logging.getLogger(__name__)
-
-#: How the patch is resized to the encoder input (recorded in the output).
-RESIZE = "single resize from the pyramid level at or finer than the input: cv2 area (shrink) / bilinear (enlarge)"
 
 #: A patch may overhang the slide's level-0 edge by this many pixels (grid rounding) before it is "outside".
 EDGE_TOLERANCE_PX = 1.0
@@ -55,7 +61,7 @@ class FeatureSettings:
     encoder_kwargs: dict[str, Any]
     tag: str | None
     batch_size: int
-    num_workers: int
+    num_workers: int | None
     device: str
     precision: str
     fp16_storage: bool
@@ -79,6 +85,7 @@ class FeatureResult:
     seconds: float
     skipped: bool
     output: Path
+    profile: StageTimes | None = None
 
     @property
     def patches_per_s(self) -> float:
@@ -121,144 +128,8 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
-# -- reading ----------------------------------------------------------------------------------------------
-class PatchDataset(Dataset):
-    """Patches of one slide at the coordinates, resized to ``out_size`` (w, h); items are
-    ``(index, uint8 HWC image or None, error text or None)`` so a failed read reaches the main process
-    as a cause, not as a worker traceback."""
-
-    def __init__(
-        self,
-        slide_path: str | Path,
-        coords: np.ndarray,
-        size0: float,
-        out_size: tuple[int, int],
-        mpp: float | None = None,
-        slide_id: str | None = None,
-    ) -> None:
-        self.slide_path = Path(slide_path)
-        self.coords = np.asarray(coords, dtype=np.int64)
-        self.size0 = float(size0)
-        self.out_size = (int(out_size[0]), int(out_size[1]))
-        self.mpp = mpp
-        self.slide_id = slide_id
-        self._slide: Slide | None = None
-
-    def __len__(self) -> int:
-        return len(self.coords)
-
-    def _open(self) -> Slide:
-        if self._slide is None:  # first use in this process (each worker opens its own handle)
-            self._slide = open_slide(self.slide_path, mpp=self.mpp, slide_id=self.slide_id)
-        return self._slide
-
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
-        x, y = self.coords[index]
-        try:
-            img = self._open().read_region(float(x), float(y), (self.size0, self.size0), self.out_size)
-        except MambamilError as exc:
-            return index, None, getattr(exc, "cause", str(exc))
-        except Exception as exc:
-            return index, None, f"{type(exc).__name__}: {exc}"
-        return index, img, None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_slide"] = None  # never ship an open handle to another process
-        return state
-
-    def close(self) -> None:
-        if self._slide is not None:
-            self._slide.close()
-            self._slide = None
-
-
-def collate_patches(items: list[tuple[int, np.ndarray | None, str | None]]) -> dict[str, Any]:
-    """Stack a batch as uint8 (B, H, W, 3); keep the first read error instead, if any."""
-    index = torch.tensor([i for i, _, _ in items], dtype=torch.int64)
-    for i, _, err in items:
-        if err is not None:
-            return {"index": index, "images": None, "error": (int(i), err)}
-    return {"index": index, "images": torch.from_numpy(np.stack([img for _, img, _ in items])), "error": None}
-
-
-def _worker_context() -> Any:
-    """Fork where the platform has it (fast; the dataset holds no open handle), else spawn."""
-    import multiprocessing as mp
-
-    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-
-
-@contextlib.contextmanager
-def _single_threaded_cv2() -> Iterator[None]:
-    """OpenCV with one thread while workers fork: each worker then resizes serially (no oversubscription).
-
-    A forked worker must never call ``cv2.setNumThreads`` itself: tearing down the thread pool it inherited
-    deadlocks. The parent's setting is restored once the workers exist.
-    """
-    prev = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(prev)
-
-
-def make_loader(dataset: PatchDataset, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
-    """Ordered batches of uint8 patches; ``num_workers`` processes read in parallel."""
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate_patches,
-        pin_memory=pin_memory,
-        prefetch_factor=4 if num_workers > 0 else None,
-        multiprocessing_context=_worker_context() if num_workers > 0 else None,
-    )
-
-
-def embed_batches(
-    encoder: Encoder,
-    batches: Iterator[dict[str, Any]],
-    n: int,
-    device: torch.device,
-    precision: str,
-    slide: Slide,
-    coords: np.ndarray,
-    out_dtype: np.dtype,
-    progress: bool = True,
-) -> np.ndarray:
-    """Run ``encoder`` over uint8 batches into an (n, D) array; read errors and non-finite output raise."""
-    feats = np.empty((n, encoder.dim), dtype=out_dtype)
-    done = np.zeros(n, dtype=bool)
-    with torch.inference_mode(), tqdm(total=n, unit="patch", desc=slide.slide_id, disable=not progress) as bar:
-        for batch in _guarded(batches, slide):
-            if batch["error"] is not None:
-                i, cause = batch["error"]
-                x, y = coords[i]
-                raise slide.error(f"reading patch {i} at level-0 ({x}, {y}) failed: {cause}")
-            x = encoder.preprocess(batch["images"].to(device, non_blocking=True))
-            with _autocast(device, precision):
-                out = encoder.model(x)
-            out = out.float()
-            if not bool(torch.isfinite(out).all()):
-                idx = batch["index"]
-                raise slide.error(
-                    f"encoder '{encoder.name}' gave non-finite features for patches {int(idx[0])}–{int(idx[-1])} "
-                    f"(precision {precision})"
-                )
-            idx = batch["index"].numpy()
-            feats[idx] = out.cpu().numpy().astype(out_dtype, copy=False)
-            done[idx] = True
-            bar.update(len(idx))
-    if not done.all():
-        raise slide.error(f"{int((~done).sum())} patches were never embedded (reader stopped early)")
-    return feats
-
-
 def _guarded(batches: Iterator[dict[str, Any]], slide: Slide) -> Iterator[dict[str, Any]]:
-    """Batches; a reader process that dies (killed, out of memory) becomes a one-line slide error."""
+    """Items; a reader process that dies (killed, out of memory) becomes a one-line slide error."""
     while True:
         try:
             batch = next(batches)
@@ -325,11 +196,13 @@ def extract_slide(
     progress: bool = True,
     force: bool = False,
     encoder: Encoder | None = None,
+    profile: bool = False,
 ) -> FeatureResult:
     """Embed every patch of one slide and write ``out_path`` atomically (layout in :mod:`mambamil.h5layout`).
 
     Skips the work when ``out_path`` exists with the same settings fingerprint (unless ``force``). A prebuilt
     ``encoder`` (same name/weights as ``settings``) saves rebuilding it across slides in one process.
+    ``profile`` times each stage of the data path into ``FeatureResult.profile``.
     """
     settings = settings or FeatureSettings.from_config()
     start = time.perf_counter()
@@ -367,20 +240,14 @@ def extract_slide(
                 settings.encoder, settings.weights, checkpoint_sha256=weights_sha or None, **settings.encoder_kwargs
             )
         encoder.model.to(device=device, memory_format=torch.channels_last)
-        h, w = encoder.spec.input_size
-        dataset = PatchDataset(slide_path, cf.coords, size0, (w, h), mpp=slide.mpp, slide_id=slide_id)
-        loader = make_loader(dataset, settings.batch_size, settings.num_workers, pin_memory=device.type == "cuda")
         out_dtype = np.dtype(np.float16 if settings.fp16_storage else np.float32)
-        try:
-            with _single_threaded_cv2():
-                batches = iter(loader)  # workers start here
-            feats = embed_batches(encoder, batches, n, device, precision, slide, cf.coords, out_dtype, progress)
-        finally:
-            dataset.close()
+        times = StageTimes() if profile else None
+        feats = _embed_slide(slide, cf.coords, size0, encoder, settings, device, precision, out_dtype, times, progress)
+        t_write = time.perf_counter()
         attrs = {
             **encoder.attrs(),
             "encoder_tag": settings.encoder_tag,
-            "resize": RESIZE,
+            "resize": DEVICE_RESIZE,
             "precision": precision,
             "device": device.type,
             "storage_dtype": str(out_dtype),
@@ -396,11 +263,76 @@ def extract_slide(
             "timm_version": _timm_version(),
         }
         write_features(out_path, feats, cf.coords, attrs, cf.attrs)
+        if times is not None:
+            times.main["write"] += time.perf_counter() - t_write
     seconds = time.perf_counter() - start
+    if times is not None:
+        times.wall = seconds
     log.info(
         "%s: %d patches → %d-d features in %.1f s (%.1f patches/s)", slide_id, n, encoder.dim, seconds, n / seconds
     )
-    return FeatureResult(slide_id, n, encoder.dim, seconds, False, out_path)
+    return FeatureResult(slide_id, n, encoder.dim, seconds, False, out_path, times)
+
+
+def _embed_slide(
+    slide: Slide,
+    coords: np.ndarray,
+    size0: float,
+    encoder: Encoder,
+    settings: FeatureSettings,
+    device: torch.device,
+    precision: str,
+    out_dtype: np.dtype,
+    times: StageTimes | None,
+    progress: bool,
+) -> np.ndarray:
+    """Every patch's features as an (N, D) host array (data path in :mod:`mambamil.features.datapath`)."""
+    h, w = encoder.spec.input_size
+    plan = plan_reads(slide, size0, (w, h))
+    blocks = plan_blocks(coords, plan.downsample)
+    dataset = BlockDataset(str(slide.path), coords, blocks, plan, slide.mpp, slide.slide_id, profile=times is not None)
+    workers = default_num_workers() if settings.num_workers is None else settings.num_workers
+    resize = DeviceResize(plan.handover_size, plan.out_size, encoder.spec.mean, encoder.spec.std, device)
+
+    def on_error(i: int, cause: str) -> None:
+        x, y = coords[i]
+        raise slide.error(f"reading patch {i} at level-0 ({x}, {y}) failed: {cause}")
+
+    torch_dtype = torch.float16 if out_dtype == np.float16 else torch.float32
+    try:
+        with (
+            torch.inference_mode(),
+            tqdm(total=len(coords), unit="patch", desc=slide.slide_id, disable=not progress) as bar,
+        ):
+            feats = embed_blocks(
+                encoder.model,
+                resize,
+                _guarded(iter(make_block_loader(dataset, workers)), slide),
+                len(coords),
+                encoder.dim,
+                settings.batch_size,
+                plan,
+                device,
+                lambda: _autocast(device, precision),
+                torch_dtype,
+                on_error,
+                times,
+                bar.update,
+            )
+            finite = torch.isfinite(feats).all(dim=1)
+            if not bool(finite.all()):
+                i = int(torch.nonzero(~finite)[0])
+                raise slide.error(
+                    f"encoder '{encoder.name}' gave non-finite features for {int((~finite).sum())} patches, "
+                    f"first #{i} (precision {precision})"
+                )
+            t0 = time.perf_counter()
+            host = feats.cpu().numpy()
+            if times is not None:
+                times.main["device_to_host"] += time.perf_counter() - t0
+    finally:
+        dataset.close()
+    return host
 
 
 def _timm_version() -> str:

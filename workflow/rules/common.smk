@@ -56,14 +56,17 @@ QC_SLIDES = RESULTS / "qc" / "slides.csv"
 QC_PATIENTS = RESULTS / "qc" / "patients.csv"
 
 
+def slide_files(slide_ids):
+    """The slide files of ``slide_ids`` as job inputs. In exclude mode a missing file is left out, so its job
+    records the slide as excluded ("file not found") instead of the whole workflow stopping; once the file
+    appears, it is newer than the stubs and the slide's jobs rerun."""
+    exclude = config["qc"]["on_bad_slide"] == "exclude" and not GENERATE_DEMO
+    return [SLIDE_PATHS[s] for s in slide_ids if not (exclude and not Path(SLIDE_PATHS[s]).exists())]
+
+
 def slide_input(wildcards):
-    """A slide file as a job input. In exclude mode a missing file is left out, so its tile job records the slide
-    as excluded ("file not found") instead of the whole workflow stopping; once the file appears, it is newer
-    than the stubs and the slide's jobs rerun."""
-    path = SLIDE_PATHS[wildcards.slide_id]
-    if config["qc"]["on_bad_slide"] == "exclude" and not GENERATE_DEMO and not Path(path).exists():
-        return []
-    return path
+    """The slide file of one ``{slide_id}`` job (see :func:`slide_files`)."""
+    return slide_files([wildcards.slide_id])
 
 
 def resource(rule_name, key, default):
@@ -90,8 +93,11 @@ def cli_options(section, names):
 
 
 def feature_options(section):
-    """The features config as CLI options (weights/kwargs/tag quoted; booleans as flags)."""
-    opts = [cli_options(section, ["encoder", "batch_size", "num_workers", "device", "precision"])]
+    """The features config as CLI options (weights/kwargs/tag quoted; booleans as flags). ``num_workers: null``
+    (one per core of the job) is left to the rule, which knows its threads."""
+    opts = [cli_options(section, ["encoder", "batch_size", "device", "precision"])]
+    if section["num_workers"] is not None:
+        opts.append(f"--num-workers {section['num_workers']}")
     if section["weights"] is not None:
         opts.append(f"--weights {shlex.quote(str(section['weights']))}")
     if section["encoder_kwargs"]:
@@ -100,6 +106,15 @@ def feature_options(section):
         opts.append(f"--tag {shlex.quote(section['tag'])}")
     opts.append("--fp16-storage" if section["fp16_storage"] else "--no-fp16-storage")
     return " ".join(opts)
+
+
+def feature_batches(slide_ids, slides_per_job):
+    """The slides of each features job: consecutive runs of ``slides_per_job`` slides in slide-sheet order.
+
+    Deterministic for a given sheet; appending slides to the sheet changes only the last batch, so a growing
+    cohort reruns at most one finished batch."""
+    ids = list(slide_ids)
+    return [ids[i : i + slides_per_job] for i in range(0, len(ids), slides_per_job)]
 
 
 # Training: every task × model × fold; heatmaps of one task and model.
