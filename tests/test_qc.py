@@ -22,6 +22,9 @@ from mambamil.qc import SlideExcludedError, read_stub
 
 DIM = 8
 
+#: the features stage builds its encoder once per job, before any slide: a tiny one with random weights
+ENCODER = ("--encoder", "timm:test_convnext", "--weights", "random", "--device", "cpu")
+
 
 def run(*args, capsys=None) -> tuple[int, str]:
     rc = main(["--quiet", *[str(a) for a in args]])
@@ -66,7 +69,9 @@ def test_blank_slide_is_excluded_through_every_stage(tmp_path: Path, capsys) -> 
         read_coords(tiles / "blank.h5")
 
     feats = tmp_path / "features" / "blank.h5"
-    rc, _ = run("features", slide, "--coords", tiles / "blank.h5", "--out", feats, "--on-bad-slide", "exclude")
+    rc, _ = run(
+        "features", slide, "--coords", tiles / "blank.h5", "--out", feats, *ENCODER, "--on-bad-slide", "exclude"
+    )
     assert rc == 0 and read_stub(feats).stage == "tile"  # the cause travels on
     order = tmp_path / "order" / "blank.npy"
     assert run("order", feats, "--out", order, "--on-bad-slide", "exclude")[0] == 0
@@ -93,10 +98,10 @@ def test_zero_byte_slide_and_empty_coords_are_excluded(tmp_path: Path, capsys) -
     slide = blank_slide(tmp_path / "s.tiff")
     coords = tmp_path / "c" / "s.h5"
     write_coords(coords, np.zeros((0, 2)), {"patch_size": 256, "target_mpp": 0.5, "patch_size_level0": 256}, [])
-    rc, err = run("features", slide, "--coords", coords, "--out", tmp_path / "f.h5", capsys=capsys)
+    rc, err = run("features", slide, "--coords", coords, "--out", tmp_path / "f.h5", *ENCODER, capsys=capsys)
     assert rc == 1 and "0 coordinates" in err and not (tmp_path / "f.h5").exists()
     out = tmp_path / "f" / "s.h5"
-    assert run("features", slide, "--coords", coords, "--out", out, "--on-bad-slide", "exclude")[0] == 0
+    assert run("features", slide, "--coords", coords, "--out", out, *ENCODER, "--on-bad-slide", "exclude")[0] == 0
     assert read_stub(out).stage == "features" and "0 coordinates" in read_stub(out).cause
 
 
