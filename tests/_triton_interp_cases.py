@@ -85,7 +85,7 @@ def saved_sizes(b: int = 1, d: int = 4, n: int = 16, L: int = 256, block_l: int 
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         call(triton_scan.selective_scan_triton, inp, ALL, block_d=4, block_l=block_l)
-    return {"saved": saved, "bdl": b * d * L, "bnl": b * n * L, "starts": b * d * n * (L // block_l + 1)}
+    return {"saved": saved, "bdl": b * d * L, "bnl": b * n * L, "starts": b * d * n * -(-L // block_l)}
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def test_interpreter_dispatch(interp):
 
 
 def test_interpreter_saves_no_per_state_tensors(interp):
-    """Saved for backward: the inputs (O(b*d*L + b*n*L)) and the chunk start states (b*d*n*(L/BLOCK_L + 1))."""
+    """Saved for backward: the inputs (O(b*d*L + b*n*L)) and the chunk end states (b*d*n*ceil(L/BLOCK_L))."""
     r = interp["memory"]
     assert r["starts"] in r["saved"]
     assert max(r["saved"]) <= max(r["bdl"], r["bnl"])

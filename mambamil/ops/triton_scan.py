@@ -13,8 +13,9 @@ The sequence is cut into chunks of ``BLOCK_L`` steps; every program owns one (ba
 ``h -> a h + b`` maps). Only decays in (0, 1] are multiplied; nothing is divided.
 
 forward   F1  every chunk from a zero state: its end state E and total decay P (products of its decays)
-          F2  a scan over the chunk axis (blocks of ``BLOCK_C`` chunks, state carried) gives every chunk's true
-              start state; these (batch*d*n*L/BLOCK_L floats) are all the backward keeps besides the inputs
+          F2  a scan over the chunk axis (blocks of ``BLOCK_C`` chunks, state carried, in place over E) gives
+              every chunk's true end state, i.e. the next chunk's start; these (batch*d*n*L/BLOCK_L floats) are
+              all the backward keeps besides the inputs
           F3  every chunk again from its true start state: y_t = C_t . h_t, + D u_t, * silu(z_t), stored
 backward  the adjoint ``lam_t = C_t g_t + a_{t+1} lam_{t+1}`` (g = dL/dy before gating) reversed in time:
           B1  every chunk from a zero adjoint after its end: its first adjoint and its decay product
@@ -118,7 +119,7 @@ def _scan_fwd_kernel(
     # chunk buffers are (batch, d, n, nc [+1]) with the chunk axis contiguous
     off_dn = pid_b * d * n + offs_d[:, None] * n + offs_n[None, :]
     if FINAL:
-        start = tl.load(start_ptr + off_dn * (nc + 1) + pid_c, mask=mdn, other=0.0)
+        start = tl.load(start_ptr + off_dn * nc + pid_c - 1, mask=mdn & (pid_c > 0), other=0.0)  # 0 for chunk 0
         h = acum * start[:, :, None] + bcum
         Ct = _load_nl(C_ptr, base_nl, offs_n, t, mnl, L)
         y = tl.sum(h * Ct[None, :, :], axis=1)
@@ -138,15 +139,12 @@ def _scan_fwd_kernel(
 
 @triton.jit
 def _chunk_scan_kernel(
-    P_ptr, E_ptr, out_ptr, total, nc, e_stride,
+    P_ptr, E_ptr, total, nc,
     REVERSE: tl.constexpr, BLOCK_DN: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """Scan x_c = P_c x_{c-1} + E_c over the chunk axis of (lanes, nc) P and (lanes, e_stride) E, x before = 0.
-
-    Forward: out[:, c + 1] = state after chunk c (out[:, 0] stays 0). REVERSE: x_c = P_c x_{c+1} + E_c,
-    out[:, c] = x_c (out[:, nc] stays 0); there ``out`` may be E itself (each block is read before it is
-    written, by the program that owns its lanes). ``out`` is (lanes, nc + 1).
-    """
+    """Scan x_c = P_c x_{c-1} + E_c (REVERSE: x_c = P_c x_{c+1} + E_c) over the chunk axis of (lanes, nc)
+    buffers from x = 0 outside, writing x_c over E_c in place (each block of chunks is read before it is
+    written, by the one program that owns its lanes)."""
     lanes = tl.program_id(0).to(tl.int64) * BLOCK_DN + tl.arange(0, BLOCK_DN)
     lmask = lanes < total
     cidx = tl.arange(0, BLOCK_C)
@@ -159,14 +157,13 @@ def _chunk_scan_kernel(
             c = i * BLOCK_C + cidx
         m = lmask[:, None] & (c < nc)[None, :]
         P = tl.load(P_ptr + lanes[:, None] * nc + c[None, :], mask=m, other=1.0)
-        E = tl.load(E_ptr + lanes[:, None] * e_stride + c[None, :], mask=m, other=0.0)
+        E = tl.load(E_ptr + lanes[:, None] * nc + c[None, :], mask=m, other=0.0)
         pc, ec = tl.associative_scan((P, E), 1, _combine, reverse=REVERSE)
         x = pc * carry[:, None] + ec
+        tl.store(E_ptr + lanes[:, None] * nc + c[None, :], x, mask=m)
         if REVERSE:
-            tl.store(out_ptr + lanes[:, None] * (nc + 1) + c[None, :], x, mask=m)
             carry = tl.sum(tl.where((cidx == 0)[None, :], x, 0.0), axis=1)
         else:
-            tl.store(out_ptr + lanes[:, None] * (nc + 1) + c[None, :] + 1, x, mask=m)
             carry = tl.sum(tl.where((cidx == BLOCK_C - 1)[None, :], x, 0.0), axis=1)
 
 
@@ -178,8 +175,7 @@ def _scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     FINAL: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
-    """B1 (FINAL=False): chunk-local first adjoint E (rows of nc + 1) and decay product P. B3 (FINAL=True): all
-    gradients.
+    """B1 (FINAL=False): chunk-local first adjoint E and decay product P. B3 (FINAL=True): all gradients.
 
     In B3 the per-program dA partial goes to P_ptr (the B1 buffer, free by then).
     """
@@ -211,7 +207,7 @@ def _scan_bwd_kernel(
     cg = Ct[None, :, :] * g[:, None, :]
     ap, lb = tl.associative_scan((a_next, cg), 2, _combine, reverse=True)
     if FINAL:
-        lam_carry = tl.load(lam_ptr + off_dn * (nc + 1) + pid_c + 1, mask=mdn, other=0.0)
+        lam_carry = tl.load(lam_ptr + off_dn * nc + pid_c + 1, mask=mdn & (pid_c + 1 < nc), other=0.0)
         lam = ap * lam_carry[:, :, None] + lb
         # h_{t-1}: scan of the steps shifted by one, the chunk's first element the identity (1, 0)
         t_prev = t - 1
@@ -224,7 +220,7 @@ def _scan_bwd_kernel(
         a_p = tl.exp(dl_p[:, None, :] * A[:, :, None])
         bu_p = (dl_p * u_p)[:, None, :] * B_p[None, :, :]
         acum, bcum = tl.associative_scan((a_p, bu_p), 2, _combine)
-        start = tl.load(start_ptr + off_dn * (nc + 1) + pid_c, mask=mdn, other=0.0)
+        start = tl.load(start_ptr + off_dn * nc + pid_c - 1, mask=mdn & (pid_c > 0), other=0.0)  # 0 for chunk 0
         h_prev = acum * start[:, :, None] + bcum
         # step t itself
         dl, x = _delta_tile(delta_ptr, bias_ptr, base_dl, offs_d, t, dmask, L, HAS_BIAS, SOFTPLUS)
@@ -262,7 +258,7 @@ def _scan_bwd_kernel(
     else:
         first = (tl_idx == 0)[None, None, :]
         tl.store(P_ptr + off_dn * nc + pid_c, tl.sum(tl.where(first, ap, 0.0), axis=2), mask=mdn)
-        tl.store(E_ptr + off_dn * (nc + 1) + pid_c, tl.sum(tl.where(first, lb, 0.0), axis=2), mask=mdn)
+        tl.store(E_ptr + off_dn * nc + pid_c, tl.sum(tl.where(first, lb, 0.0), axis=2), mask=mdn)
 
 
 def _flags(D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None, delta_softplus: bool) -> dict:
@@ -271,17 +267,12 @@ def _flags(D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None, delta_
 
 
 def _chunk_scan(P: Tensor, E: Tensor, reverse: bool) -> Tensor:
-    """Chunk-axis scan of (batch, d, n, nc) P and E.
-
-    Forward: into a new zero-initialised (batch, d, n, nc + 1). Reverse: E is (batch, d, n, nc + 1) with
-    E[..., nc] = 0 and is overwritten with the result (one buffer less in the backward).
-    """
-    b, d, n, nc = P.shape
-    out = E if reverse else P.new_zeros(b, d, n, nc + 1)
-    total = b * d * n
-    _chunk_scan_kernel[(triton.cdiv(total, BLOCK_DN),)](P, E, out, total, nc, E.shape[-1], REVERSE=reverse,
-                                                        BLOCK_DN=BLOCK_DN, BLOCK_C=BLOCK_C)  # fmt: skip
-    return out
+    """Chunk-axis scan of (batch, d, n, nc) buffers, in place in E: the state after every chunk (forward) or
+    the adjoint at every chunk's first step (reverse). Returns E."""
+    total = P.numel() // P.shape[-1]
+    _chunk_scan_kernel[(triton.cdiv(total, BLOCK_DN),)](P, E, total, P.shape[-1], REVERSE=reverse, BLOCK_DN=BLOCK_DN,
+                                                        BLOCK_C=BLOCK_C)  # fmt: skip
+    return E
 
 
 class TritonScanFn(torch.autograd.Function):
@@ -307,31 +298,31 @@ class TritonScanFn(torch.autograd.Function):
         grid = (nc, triton.cdiv(d, fwd_d), b)
         flags = _flags(D, z, delta_bias, delta_softplus)
         common = dict(d=d, n=n, L=L, nc=nc, BLOCK_D=fwd_d, NP=np2, BLOCK_L=block_l, num_warps=FWD_WARPS, **flags)
-        dummy = P  # stands for absent optional tensors (never read: their flag is off)
+        dummy = E  # stands for absent optional tensors (never read: their flag is off)
         args = (u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
-                dummy if delta_bias is None else delta_bias, out, P, E)  # fmt: skip
-        _scan_fwd_kernel[grid](*args, P, FINAL=False, **common)
-        starts = _chunk_scan(P, E, reverse=False)
-        del P, E
-        _scan_fwd_kernel[grid](*args[:9], starts, starts, starts, FINAL=True, **common)
-        last = starts[..., nc].clone()
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, starts)
+                dummy if delta_bias is None else delta_bias, out)  # fmt: skip
+        _scan_fwd_kernel[grid](*args, P, E, E, FINAL=False, **common)
+        ends = _chunk_scan(P, E, reverse=False)  # state after every chunk: chunk c starts from ends[c - 1]
+        del P  # freed before the output pass
+        _scan_fwd_kernel[grid](*args, ends, ends, ends, FINAL=True, **common)
+        last = ends[..., nc - 1].clone()
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ends)
         ctx.cfg = (flags, block_d, block_l)
         ctx.mark_non_differentiable(last)
         return out, last
 
     @staticmethod
     def backward(ctx, gout, _glast):  # type: ignore[override]
-        u, delta, A, B, C, D, z, delta_bias, starts = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, ends = ctx.saved_tensors
         flags, block_d, block_l = ctx.cfg
         block_d = block_d or BWD_BLOCK_D
         b, d, L = u.shape
         n = A.shape[1]
-        nc = starts.shape[-1] - 1
+        nc = ends.shape[-1]
         f32 = torch.float32
         gout = torch.zeros_like(u) if gout is None else gout.contiguous()
         P = u.new_empty(b, d, n, nc, dtype=f32)
-        E = u.new_zeros(b, d, n, nc + 1, dtype=f32)  # B1 fills [..., :nc]; B2 turns it into the adjoints
+        E = torch.empty_like(P)
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = None if z is None else torch.empty_like(z)
         dB32 = u.new_zeros(b, n, L, dtype=f32)
@@ -342,7 +333,7 @@ class TritonScanFn(torch.autograd.Function):
         np2 = triton.next_power_of_2(n)
         common = dict(d=d, n=n, L=L, nc=nc, BLOCK_D=block_d, NP=np2, BLOCK_L=block_l, num_warps=BWD_WARPS, **flags)
         ins = (u, delta, A, B, C, P if D is None else D, P if z is None else z, P if delta_bias is None else delta_bias,
-               gout, starts)  # fmt: skip
+               gout, ends)  # fmt: skip
         outs = (du, ddelta, P if dz is None else dz, dB32, dC32, dDp, dbp)
         _scan_bwd_kernel[grid](*ins, P, P, E, *outs, FINAL=False, **common)
         lam = _chunk_scan(P, E, reverse=True)  # in place: lam is E
@@ -398,7 +389,7 @@ def compile_kernels(arch: int = 90, dtype: str = "bf16", n: int = 16) -> dict[st
     out = {}
     for name, (fn, consts, warps) in variants.items():
         sig = {
-            a: "constexpr" if a in consts else "i32" if a in ("d", "n", "L", "nc", "total", "e_stride")
+            a: "constexpr" if a in consts else "i32" if a in ("d", "n", "L", "nc", "total")
             else f"*{dtype}" if a in io else "*fp32"
             for a in fn.arg_names
         }  # fmt: skip
