@@ -38,7 +38,7 @@ from mambamil.features.datapath import default_num_workers
 from mambamil.features.encoders import Encoder, create_encoder
 from mambamil.features.extract import FeatureSettings, _autocast, extract_slide, resolve_precision
 from mambamil.features.multi import SlideJob, extract_slides
-from mambamil.h5layout import read_coords, read_features
+from mambamil.h5layout import read_coords, read_features, write_coords
 from mambamil.slide import open_slide
 from mambamil.tiling import TilingSettings, tile_slide
 
@@ -224,11 +224,23 @@ def many_slides(tmp: Path, args: argparse.Namespace, settings: FeatureSettings, 
         subprocess.run([*cmd, "--out", str(tmp / "sep" / f"{j.slide_id}.h5"), *common], check=True)
     t_sep = time.perf_counter() - t0
     per_slide = (t_sep - t_one) / n_slides
+    # Fixed cost of each additional slide in one process: the same slides with one patch each.
+    one_patch = []
+    for j in jobs:
+        cf = read_coords(j.coords)
+        c1 = tmp / "one_patch" / f"{j.slide_id}.h5"
+        write_coords(c1, cf.coords[:1], cf.attrs, np.ones(1, np.float32))
+        one_patch.append(SlideJob(j.slide, c1, tmp / "one_patch_out" / f"{j.slide_id}.h5", j.slide_id))
+    extract_slides(one_patch[:1], settings, force=True, progress=False)  # warm-up
+    t0 = time.perf_counter()
+    extract_slides(one_patch, settings, force=True, progress=False)
+    fixed = (time.perf_counter() - t0) / n_slides
     return (
         f"| many small slides | slides | patches | s | patches/s |\n|---|---|---|---|---|\n"
         f"| one process (mambamil features S1 … S{n_slides}) | {n_slides} | {n} | {t_one:.2f} | {n / t_one:.1f} |\n"
         f"| one process per slide | {n_slides} | {n} | {t_sep:.2f} | {n / t_sep:.1f} |\n\n"
-        f"start-up saved per slide by one process: {per_slide:.2f} s"
+        f"start-up saved per slide by one process: {per_slide:.2f} s; fixed cost of each slide in one process "
+        f"(same slides, one patch each): {fixed:.2f} s"
     )
 
 

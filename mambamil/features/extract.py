@@ -292,6 +292,7 @@ def _embed_slide(
     blocks = plan_blocks(coords, plan.downsample)
     dataset = BlockDataset(str(slide.path), coords, blocks, plan, slide.mpp, slide.slide_id, profile=times is not None)
     workers = default_num_workers() if settings.num_workers is None else settings.num_workers
+    workers = 0 if len(blocks) <= 1 else min(workers, len(blocks))  # never start more readers than blocks
     resize = DeviceResize(plan.handover_size, plan.out_size, encoder.spec.mean, encoder.spec.std, device)
 
     def on_error(i: int, cause: str) -> None:
