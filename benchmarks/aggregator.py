@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from scan import _rss_bytes, machine  # type: ignore[import-not-found]
+from scan import _rss_bytes, machine, timed  # type: ignore[import-not-found]
 
 IN_DIM = 1024
 
@@ -65,11 +65,12 @@ def run_case(model_name: str, mode: str, n: int) -> dict:
 
 #: device of the GPU mode; ``--smoke`` runs that code path on CPU (tiny sizes, Triton interpreted) as a dry run
 DEV = "cuda"
+#: training-step precision of the GPU mode: fp32, the MIL stages' default (``training.precision``), or bf16
+PRECISION = "fp32"
 
 
 def gpu_case(model_name: str, backend: str | None, mode: str, n: int, reps: int, in_dim: int = IN_DIM, **kw) -> dict:
     """One GPU case in this process: warm-up on the same bag, then the median of ``reps`` timed steps."""
-    import statistics
 
     import torch
     import torch.nn.functional as F
@@ -90,27 +91,13 @@ def gpu_case(model_name: str, backend: str | None, mode: str, n: int, reps: int,
             with torch.inference_mode():
                 return model(x)["logits"]
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(DEV, dtype=torch.bfloat16, enabled=cuda):
+        with torch.autocast(DEV, dtype=torch.bfloat16, enabled=cuda and PRECISION == "bf16"):
             loss = F.cross_entropy(model(x)["logits"].float(), y)
         loss.backward()
         opt.step()
         return loss
 
-    step()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1e3)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else float("nan")
-    return {"ms": statistics.median(times), "peak_mb": peak}
+    return timed(step, reps, cuda)
 
 
 def main_cuda(sizes: list[int], infer_only: list[int], chunked_max: int, in_dim: int = IN_DIM, **kw) -> None:
@@ -123,7 +110,7 @@ def main_cuda(sizes: list[int], infer_only: list[int], chunked_max: int, in_dim:
     backends = [b for b in ("triton", "cuda", "chunked") if b in have]
     where = torch.cuda.get_device_name() if DEV == "cuda" else "CPU (smoke run: Triton interpreted, times meaningless)"
     print(f"# MambaMIL (srmamba, rate 10, 2 layers, {in_dim}-d input) on {where}; {machine()}")
-    print(f"# scan backends here: {', '.join(have)} (cuda = mamba-ssm's kernel); training steps in bf16 autocast")
+    print(f"# scan backends here: {', '.join(have)} (cuda = mamba-ssm's kernel); training steps in {PRECISION}")
     cases = []
     for n in sorted(set(sizes) | set(infer_only)):
         for mode in ("infer", "train"):
@@ -177,13 +164,15 @@ def main() -> None:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--chunked-max", type=int, default=100_000, help="cuda: largest bag run with the chunked scan")
     ap.add_argument("--smoke", action="store_true", help="dry run of --device cuda on CPU (needs TRITON_INTERPRET=1)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="cuda: training-step precision")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(run_case(args.child[0], args.child[1], int(args.child[2]))))
         return
+    global DEV, PRECISION
+    PRECISION = args.precision
     if args.smoke:
-        global DEV
         DEV = "cpu"
         main_cuda([20], [40], 20, in_dim=8, d_model=8)
         return

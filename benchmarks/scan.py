@@ -167,8 +167,6 @@ def _scan(inp: dict, backend: str):
 
 def cuda_time(backend: str, L: int, backward: bool, reps: int) -> dict:
     """Median ms of ``reps`` runs after one warm-up (compiles), and peak MB above the inputs."""
-    import statistics
-
     import torch
 
     cuda = DEV == "cuda"
@@ -181,19 +179,30 @@ def cuda_time(backend: str, L: int, backward: bool, reps: int) -> dict:
             torch.autograd.grad(y, list(inp.values()), gy)
 
     with torch.set_grad_enabled(backward):
-        once()
+        return timed(once, reps, cuda)
+
+
+def timed(fn, reps: int, cuda: bool) -> dict:
+    """Run ``fn`` once (warm-up: compiles, allocator), then ``reps`` times: median ms and peak MB above what was
+    allocated before the timed runs (CUDA only; NaN on CPU). Shared with benchmarks/aggregator.py."""
+    import statistics
+
+    import torch
+
+    fn()
+    base = 0
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
         if cuda:
             torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            once()
-            if cuda:
-                torch.cuda.synchronize()
-            times.append((time.perf_counter() - t0) * 1e3)
+        times.append((time.perf_counter() - t0) * 1e3)
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else float("nan")
     return {"ms": statistics.median(times), "peak_mb": peak}
 
