@@ -4,7 +4,10 @@
 # (default benchmarks/out/gpu). On the GPU machine, from the project root, with ../shared/device/prepare.sh
 # run beforehand on the workstation (it makes .device/):
 #     source .device/gpu_env.sh; bash benchmarks/gpu_check.sh            # ~2.5 min kernel build + ~5 min
-# Steps can be chosen: GPU_CHECK_STEPS="tests scan agg" (default: all three, in that order).
+# Steps can be chosen: GPU_CHECK_STEPS="tests scan agg" (default: those three, in that order). The features
+# stage (issue 11) is a fourth step, best run as a second call since one call may last at most 10 minutes:
+#     WITH_IMAGECODECS=1 ../shared/device/prepare.sh   # on the workstation: the demo slides need imagecodecs
+#     source .device/gpu_env.sh --no-mamba; GPU_CHECK_STEPS=features bash benchmarks/gpu_check.sh
 set -u
 OUT=${OUT:-benchmarks/out/gpu}
 mkdir -p "$OUT"
@@ -27,10 +30,13 @@ for step in $STEPS; do
              tests/test_triton_scan.py::test_available_backends_does_not_initialise_cuda >> "$OUT/tests.txt" 2>&1 ;;
     scan) timeout 200 "$PY" benchmarks/scan.py --device cuda > "$OUT/scan.txt" 2>&1 ;;
     agg) timeout 170 "$PY" benchmarks/aggregator.py --device cuda > "$OUT/aggregator.txt" 2>&1 ;;
+    features) timeout 420 "$PY" benchmarks/features.py --device cuda --precision bf16 --batch-size 256 \
+                --num-workers 15 --large-size 17216 12912 --n-small 12 --small-size 4608 3584 --check 256 \
+                --profile > "$OUT/features.txt" 2>&1 ;;
     *) echo "gpu_check: unknown step $step"; continue ;;
   esac
   rc=$?
   echo "gpu_check: $step rc=$rc in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/env.txt"
 done
 tail -n 5 "$OUT/tests.txt" 2>/dev/null
-tail -n 30 "$OUT/scan.txt" "$OUT/aggregator.txt" 2>/dev/null
+tail -n 30 "$OUT/scan.txt" "$OUT/aggregator.txt" "$OUT/features.txt" 2>/dev/null
