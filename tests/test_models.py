@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mambamil.errors import CheckpointError
 from mambamil.models import create_model, list_models, load_checkpoint, save_checkpoint
 from mambamil.models.mamba import BiMamba, Mamba, SRMamba, sr_reorder, sr_restore
 from mambamil.ops import selective_scan_reference
@@ -233,18 +234,33 @@ def test_load_checkpoint_errors(tmp_path):
     path = tmp_path / "bad.pt"
     torch.save(bad, path)
     meta = {"layer": "srmamba", "rate": 10, "task": "classification", "classes": ["a", "b", "c"]}
-    with pytest.raises(ValueError, match=r"bad\.pt.*missing keys.*conv1d_b.*unexpected keys.*extra") as e:
+    with pytest.raises(CheckpointError, match=r"bad\.pt.*missing keys.*conv1d_b.*unexpected keys.*extra") as e:
         load_checkpoint(path, original=meta)
     assert "\n" not in str(e.value)
     torch.save({"foo": torch.zeros(1)}, path)
-    with pytest.raises(ValueError, match="neither a mambamil checkpoint"):
+    with pytest.raises(CheckpointError, match=r"bad\.pt: neither a mambamil checkpoint"):
         load_checkpoint(path)
-    with pytest.raises(ValueError, match="not found"):
+    with pytest.raises(CheckpointError, match=r"missing\.pt: checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
+    # A project checkpoint whose config no longer builds a model: an error naming the file, not a bare ValueError.
+    good = save_checkpoint(tmp_path / "good.pt", create_model("mean", 4, 2))
+    obj = torch.load(good, weights_only=True)
+    torch.save({**obj, "config": {**obj["config"], "name": "clam"}, "model": "clam"}, path)
+    with pytest.raises(CheckpointError, match=r"bad\.pt: cannot rebuild its model 'clam'.*unknown model"):
+        load_checkpoint(path)
+    torch.save({**obj, "config": {**obj["config"], "nonsense": 1}}, path)
+    with pytest.raises(CheckpointError, match=r"bad\.pt: cannot rebuild its model 'mean'.*bad arguments"):
+        load_checkpoint(path)
+    obj["state_dict"] = {k: v[..., :1] for k, v in obj["state_dict"].items()}
+    torch.save(obj, path)
+    with pytest.raises(CheckpointError, match=r"bad\.pt: checkpoint shapes differ"):
+        load_checkpoint(path)
 
 
 def test_registry_and_errors():
     assert list_models() == ["abmil", "mambamil", "max", "mean", "transmil"]
+    assert type(create_model("max", 8, 2)).__name__ == "MaxMIL"
+    assert type(create_model("mean", 8, 2)).__name__ == "MeanMIL"
     with pytest.raises(ValueError, match="unknown model"):
         create_model("clam", 8, 2)
     with pytest.raises(ValueError, match="bad arguments"):
