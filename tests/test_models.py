@@ -289,3 +289,24 @@ def test_mambamil_on_cuda_matches_cpu():
         ref = m(x)["logits"]
         out = m.cuda()(x.cuda())["logits"].cpu()
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-4)
+
+
+def test_resolve_device_and_autocast_policies():
+    """One resolve_device for features and MIL stages; the MIL autocast accepts only fp32/bf16."""
+    from mambamil.device import encoder_autocast, mil_autocast, resolve_device, resolve_encoder_precision
+    from mambamil.errors import MambamilError
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(MambamilError, match="not a torch device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        for name in ("cuda", "cuda:1"):
+            with pytest.raises(MambamilError, match="CUDA is not available"):
+                resolve_device(name)
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown precision"):
+        mil_autocast(cpu, "fp16")
+    assert resolve_encoder_precision("bf16", cpu) == "fp32"
+    with mil_autocast(cpu, "bf16"), encoder_autocast(cpu, "fp16"):
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32

@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 from mambamil import __version__
 from mambamil.config import settings_from_config
+from mambamil.device import mil_autocast, resolve_device
 from mambamil.fileio import atomic_output, write_json
-from mambamil.inference import Standardized, autocast, load_trained, predict_dataset, resolve_device, unwrap
+from mambamil.inference import Standardized, load_trained, predict_dataset, unwrap
 from mambamil.models import create_model, save_checkpoint
 from mambamil.train.data import BagDataset, Sample, TaskSpec
 from mambamil.train.metrics import c_index, classification_metrics, nll_survival_loss
@@ -107,7 +108,7 @@ def _validation(model, dataset, objective, device, task, precision: str = "fp32"
     with torch.inference_mode():
         for i in range(len(dataset)):
             x, sample = dataset[i]
-            with autocast(device, precision):
+            with mil_autocast(device, precision):
                 out = model(x.to(device))
             losses.append(float(objective.loss(out, sample)))
             if task.kind == "survival":
@@ -194,7 +195,7 @@ def train_fold(
         losses = []
         for step, idx in enumerate(order):
             x, sample = data["train"][int(idx)]
-            with autocast(device, settings.precision):
+            with mil_autocast(device, settings.precision):
                 out = model(x.to(device))
             loss = objective.loss(out, sample)
             (loss / settings.grad_accum).backward()
