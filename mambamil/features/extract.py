@@ -92,11 +92,6 @@ class FeatureResult:
         return self.n_patches / self.seconds if self.seconds > 0 else float("nan")
 
 
-def output_path(results_dir: str | Path, slide_id: str, settings: FeatureSettings) -> Path:
-    """``<results>/features/<encoder_tag>/<slide_id>.h5``."""
-    return Path(results_dir) / "features" / settings.encoder_tag / f"{slide_id}.h5"
-
-
 # -- patch reader -----------------------------------------------------------------------------------------
 def _guarded(batches: Iterator[dict[str, Any]], slide: Slide) -> Iterator[dict[str, Any]]:
     """Items; a reader process that dies (killed, out of memory) becomes a one-line slide error."""
