@@ -95,8 +95,9 @@ class Objective:
         device = out["logits"].device
         y = torch.tensor([sample.label], device=device)
         if self.task.kind == "classification":
-            weight = self.weight.to(device) if self.weight is not None else None
-            return F.cross_entropy(out["logits"].float(), y, weight=weight)
+            loss = F.cross_entropy(out["logits"].float(), y)
+            # One bag per step: weight=... with mean reduction would divide the class weight out again.
+            return loss * self.weight.to(device)[y[0]] if self.weight is not None else loss
         event = torch.tensor([sample.event], device=device)
         return nll_survival_loss(out["hazards"].float(), out["S"].float(), y, event, self.alpha)
 
