@@ -34,9 +34,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mambamil import demo
+from mambamil.device import encoder_autocast, resolve_encoder_precision
 from mambamil.features.datapath import default_num_workers
 from mambamil.features.encoders import Encoder, create_encoder
-from mambamil.features.extract import FeatureSettings, _autocast, extract_slide, resolve_precision
+from mambamil.features.extract import FeatureSettings, extract_slide
 from mambamil.features.multi import SlideJob, extract_slides
 from mambamil.h5layout import read_coords, read_features, write_coords
 from mambamil.slide import open_slide
@@ -104,7 +105,7 @@ def old_path(slide: Path, coords: Path, enc: Encoder, device: torch.device, n: i
 def encoder_only(enc: Encoder, device: torch.device, batch: int, precision: str, seconds: float = 5.0) -> float:
     """Patches/s of the model alone on normalised batches already on the device, with our autocast."""
     x = torch.randn(batch, 3, *enc.spec.input_size, device=device).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), _autocast(device, resolve_precision(precision, device)):
+    with torch.inference_mode(), encoder_autocast(device, resolve_encoder_precision(precision, device)):
         enc.model(x)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()

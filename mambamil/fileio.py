@@ -51,9 +51,3 @@ def write_png(path: str | Path, rgb: Any) -> None:
     with atomic_output(path) as tmp:
         if not cv2.imwrite(str(tmp), rgb[..., ::-1]):
             raise OSError(f"could not write {path}")
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Write text atomically."""
-    with atomic_output(path) as tmp:
-        tmp.write_text(text)

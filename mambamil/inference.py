@@ -14,7 +14,6 @@ this module, so a slide gets the same scores whichever path draws it:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from mambamil.device import mil_autocast, resolve_device
 from mambamil.errors import InputFileError, MambamilError
 from mambamil.fileio import atomic_output
 from mambamil.models import load_checkpoint
@@ -33,28 +33,8 @@ from mambamil.train.data import BagDataset, TaskSpec
 
 log = logging.getLogger(__name__)
 
-#: Compute precisions of the MIL stages (training, validation, prediction); fp32 is what MambaMIL used.
-PRECISIONS = ("fp32", "bf16")
 #: Orders an inference path may be told to use: the order stage's methods, or the bag as stored.
 ORDER_CHOICES = (*METHODS, STORED)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MambamilError("device 'cuda' requested but no CUDA device is available")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA when ``precision`` is ``bf16``; fp32 otherwise (CPU always computes in fp32)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
-    if device.type == "cuda" and precision == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class Standardized(torch.nn.Module):
@@ -222,11 +202,11 @@ def forward(
     model.eval()
     x = x.to(device)
     if not gradients:
-        with torch.inference_mode(), autocast(device, precision):
+        with torch.inference_mode(), mil_autocast(device, precision):
             out = model(x)
         return {k: v.float().cpu() for k, v in out.items() if isinstance(v, torch.Tensor)}, None
     xg = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad(), autocast(device, precision):
+    with torch.enable_grad(), mil_autocast(device, precision):
         out = model(xg)
         (grad,) = torch.autograd.grad(_explained_target(out), xg)
     gxi = (grad.float() * xg.detach()).sum(dim=-1).cpu()

@@ -44,7 +44,7 @@ def test_smoothing_spreads_within_tissue_only() -> None:
     assert (smooth[40:, :, 0] == 255).all()  # rows below the patches stay background
 
 
-def test_memory_is_bounded_on_a_huge_slide(monkeypatch) -> None:
+def test_memory_is_bounded_on_a_huge_slide() -> None:
     """200k patches on a 100k × 80k px slide: no array at slide resolution (that would be 24 GB)."""
     rng = np.random.default_rng(0)
     coords = np.stack([rng.integers(0, 100_000 - 256, 200_000), rng.integers(0, 80_000 - 256, 200_000)], axis=1)
@@ -58,7 +58,25 @@ def test_memory_is_bounded_on_a_huge_slide(monkeypatch) -> None:
     output_bytes = img.nbytes
     assert peak < output_bytes + 250 * 2**20, f"peak {peak / 2**20:.0f} MiB"
     assert (img != 255).any(axis=2).mean() > 0.5  # 200k patches cover most of the slide
-    assert heatmaps.BAND_ROWS * 6250 * 4 * 2 < 250 * 2**20  # the per-band buffers fit the bound
+
+
+def test_bands_are_invisible(monkeypatch) -> None:
+    """Rendering in bands of a few rows (patches and smoothing halos crossing band edges) gives the one-band image:
+    exactly without smoothing; with it up to the Gaussian tail beyond the 3-sigma halo (a few levels, rarely)."""
+    rng = np.random.default_rng(1)
+    coords = rng.integers(0, 4096 - 256, (300, 2))
+    values = rng.random(300)
+    for settings in (HeatmapSettings(mpp=16.0), HeatmapSettings(mpp=16.0, smooth_um=64)):
+        monkeypatch.setattr(heatmaps, "BAND_ROWS", 10**6)
+        whole = render_heatmap(coords, values, 256, (4096, 3072), 1.0, settings)
+        monkeypatch.setattr(heatmaps, "BAND_ROWS", 7)
+        banded = render_heatmap(coords, values, 256, (4096, 3072), 1.0, settings)
+        assert whole.shape == banded.shape == (192, 256, 3)
+        diff = np.abs(whole.astype(int) - banded.astype(int))
+        if settings.smooth_um == 0:
+            assert (diff == 0).all()
+        else:
+            assert diff.max() <= 4 and (diff > 1).mean() < 0.01
 
 
 def test_geojson_patch_squares_match_coordinates() -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mambamil.errors import CheckpointError
 from mambamil.models import create_model, list_models, load_checkpoint, save_checkpoint
 from mambamil.models.mamba import BiMamba, Mamba, SRMamba, sr_reorder, sr_restore
 from mambamil.ops import selective_scan_reference
@@ -233,18 +234,33 @@ def test_load_checkpoint_errors(tmp_path):
     path = tmp_path / "bad.pt"
     torch.save(bad, path)
     meta = {"layer": "srmamba", "rate": 10, "task": "classification", "classes": ["a", "b", "c"]}
-    with pytest.raises(ValueError, match=r"bad\.pt.*missing keys.*conv1d_b.*unexpected keys.*extra") as e:
+    with pytest.raises(CheckpointError, match=r"bad\.pt.*missing keys.*conv1d_b.*unexpected keys.*extra") as e:
         load_checkpoint(path, original=meta)
     assert "\n" not in str(e.value)
     torch.save({"foo": torch.zeros(1)}, path)
-    with pytest.raises(ValueError, match="neither a mambamil checkpoint"):
+    with pytest.raises(CheckpointError, match=r"bad\.pt: neither a mambamil checkpoint"):
         load_checkpoint(path)
-    with pytest.raises(ValueError, match="not found"):
+    with pytest.raises(CheckpointError, match=r"missing\.pt: checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
+    # A project checkpoint whose config no longer builds a model: an error naming the file, not a bare ValueError.
+    good = save_checkpoint(tmp_path / "good.pt", create_model("mean", 4, 2))
+    obj = torch.load(good, weights_only=True)
+    torch.save({**obj, "config": {**obj["config"], "name": "clam"}, "model": "clam"}, path)
+    with pytest.raises(CheckpointError, match=r"bad\.pt: cannot rebuild its model 'clam'.*unknown model"):
+        load_checkpoint(path)
+    torch.save({**obj, "config": {**obj["config"], "nonsense": 1}}, path)
+    with pytest.raises(CheckpointError, match=r"bad\.pt: cannot rebuild its model 'mean'.*bad arguments"):
+        load_checkpoint(path)
+    obj["state_dict"] = {k: v[..., :1] for k, v in obj["state_dict"].items()}
+    torch.save(obj, path)
+    with pytest.raises(CheckpointError, match=r"bad\.pt: checkpoint shapes differ"):
+        load_checkpoint(path)
 
 
 def test_registry_and_errors():
     assert list_models() == ["abmil", "mambamil", "max", "mean", "transmil"]
+    assert type(create_model("max", 8, 2)).__name__ == "MaxMIL"
+    assert type(create_model("mean", 8, 2)).__name__ == "MeanMIL"
     with pytest.raises(ValueError, match="unknown model"):
         create_model("clam", 8, 2)
     with pytest.raises(ValueError, match="bad arguments"):
@@ -273,3 +289,24 @@ def test_mambamil_on_cuda_matches_cpu():
         ref = m(x)["logits"]
         out = m.cuda()(x.cuda())["logits"].cpu()
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-4)
+
+
+def test_resolve_device_and_autocast_policies():
+    """One resolve_device for features and MIL stages; the MIL autocast accepts only fp32/bf16."""
+    from mambamil.device import encoder_autocast, mil_autocast, resolve_device, resolve_encoder_precision
+    from mambamil.errors import MambamilError
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(MambamilError, match="not a torch device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        for name in ("cuda", "cuda:1"):
+            with pytest.raises(MambamilError, match="CUDA is not available"):
+                resolve_device(name)
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown precision"):
+        mil_autocast(cpu, "fp16")
+    assert resolve_encoder_precision("bf16", cpu) == "fp32"
+    with mil_autocast(cpu, "bf16"), encoder_autocast(cpu, "fp16"):
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32

@@ -55,3 +55,29 @@ def test_weighted_sampling_groups_survival_by_bin_and_event() -> None:
     np.testing.assert_array_equal(groups, [1, 0, 7])
     classes = sampling_groups(samples, TaskSpec("c", "classification", classes=("a", "b", "c", "d")))
     np.testing.assert_array_equal(classes, [0, 0, 3])
+
+
+def test_balanced_class_weights_change_the_loss_and_gradient() -> None:
+    """One bag per step: ``balanced`` weights scale each bag's loss (and gradient) by its class weight, so the
+    rare class counts more; a mean-reduced weighted cross-entropy over one bag would cancel them."""
+    import torch
+
+    from mambamil.train.engine import Objective
+
+    task = TaskSpec("subtype", "classification", classes=("a", "b"))
+    train = [Sample(str(i), str(i), [str(i)], label=int(i == 0)) for i in range(4)]  # 3 x "a", 1 x "b"
+    logits = torch.tensor([[0.3, -0.2]])
+
+    def loss_and_grad(class_weights: str, sample: Sample) -> tuple[float, torch.Tensor]:
+        objective = Objective(task, TrainSettings.from_config(class_weights=class_weights), train)
+        x = logits.clone().requires_grad_(True)
+        loss = objective.loss({"logits": x}, sample)
+        loss.backward()
+        return float(loss), x.grad
+
+    for sample, weight in ((train[0], 4 / (2 * 1)), (train[1], 4 / (2 * 3))):  # n / (n_classes * count)
+        plain, g_plain = loss_and_grad("none", sample)
+        weighted, g_weighted = loss_and_grad("balanced", sample)
+        assert weighted == pytest.approx(weight * plain)
+        assert torch.allclose(g_weighted, weight * g_plain)
+        assert weighted != pytest.approx(plain)

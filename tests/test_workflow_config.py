@@ -129,7 +129,9 @@ def test_gpu_rules_get_the_gpu_env_and_a_gpu_request(tmp_path: Path) -> None:
     assert gpu_rules, "config.yaml resources declare no GPU-capable rule"
     rules = _rules(tmp_path, resources={name: {"gpu": 1} for name in gpu_rules})
     for resource_name in gpu_rules:
-        for name in _rules_of(rules, resource_name):  # features runs as batch rules features_batch<i>
+        names = _rules_of(rules, resource_name)  # features runs as batch rules features_batch<i>
+        assert names, f"config.yaml resources.{resource_name} asks for a GPU but configures no rule"
+        for name in names:
             assert rules[name]["gpu"] == 1, f"rule {name} does not pass config resources.{name}.gpu to `resources: gpu`"
             assert rules[name]["conda"].endswith("envs/mambamil-gpu.yaml"), (
                 f"rule {name} asks for a GPU but uses {rules[name]['conda']}; declare  conda: conda_env({name!r})"
@@ -137,7 +139,9 @@ def test_gpu_rules_get_the_gpu_env_and_a_gpu_request(tmp_path: Path) -> None:
     assert _rules_of(rules, "features"), "no features rule"
     cpu = _rules(tmp_path / "cpu")
     for resource_name in gpu_rules:
-        for name in _rules_of(cpu, resource_name):
+        names = _rules_of(cpu, resource_name)
+        assert names, f"config.yaml resources.{resource_name} configures no rule without a GPU"
+        for name in names:
             assert cpu[name]["conda"].endswith("envs/mambamil.yaml"), f"rule {name} without a GPU uses the GPU env"
 
 

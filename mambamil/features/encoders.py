@@ -235,8 +235,8 @@ def state_dict_sha256(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a checkpoint file (unwraps ``state_dict``/``model`` and DDP ``module.`` prefixes)."""
+def load_encoder_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """An encoder's state dict from a weights file (unwraps ``state_dict``/``model`` and DDP ``module.`` prefixes)."""
     path = Path(path)
     if not path.exists():
         raise InputFileError(path, "checkpoint not found")
@@ -302,7 +302,7 @@ def create_encoder(name: str, weights: str | None, checkpoint_sha256: str | None
     elif kind == HUB:
         built = builder(True, **kwargs)
     else:
-        state = load_checkpoint(weights)  # type: ignore[arg-type]
+        state = load_encoder_weights(weights)  # type: ignore[arg-type]
         path = str(Path(weights).resolve())  # type: ignore[arg-type]
         file_hash = checkpoint_sha256 or file_sha256(path)
         built = builder(False, **kwargs)

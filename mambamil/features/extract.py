@@ -14,7 +14,6 @@ resolution, coordinates' hash, precision, storage dtype).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -29,7 +28,8 @@ import torch
 from tqdm import tqdm
 
 from mambamil.config import settings_from_config
-from mambamil.errors import InputFileError, MambamilError
+from mambamil.device import encoder_autocast, resolve_device, resolve_encoder_precision
+from mambamil.errors import InputFileError
 from mambamil.features import RANDOM, encoder_tag
 from mambamil.features.datapath import (
     DEVICE_RESIZE,
@@ -92,42 +92,7 @@ class FeatureResult:
         return self.n_patches / self.seconds if self.seconds > 0 else float("nan")
 
 
-def output_path(results_dir: str | Path, slide_id: str, settings: FeatureSettings) -> Path:
-    """``<results>/features/<encoder_tag>/<slide_id>.h5``."""
-    return Path(results_dir) / "features" / settings.encoder_tag / f"{slide_id}.h5"
-
-
-# -- device and precision ---------------------------------------------------------------------------------
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; asking for CUDA without one is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise MambamilError(f"device {device!r}: not a torch device (use auto, cpu, cuda or cuda:N)") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MambamilError(f"device {device!r}: CUDA is not available on this machine (use --device cpu or auto)")
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """Autocast dtype actually used: ``fp32`` on CPU; on CUDA ``auto`` → bf16 where supported, else fp16."""
-    if device.type != "cuda":
-        if precision not in ("auto", "fp32"):
-            log.info("precision %s applies on CUDA only; computing in fp32 on %s", precision, device)
-        return "fp32"
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return precision
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    if device.type == "cuda" and precision in ("bf16", "fp16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-    return contextlib.nullcontext()
-
-
+# -- patch reader -----------------------------------------------------------------------------------------
 def _guarded(batches: Iterator[dict[str, Any]], slide: Slide) -> Iterator[dict[str, Any]]:
     """Items; a reader process that dies (killed, out of memory) becomes a one-line slide error."""
     while True:
@@ -220,7 +185,7 @@ def extract_slide(
             raise InputFileError(ckpt, "checkpoint not found" if not ckpt.exists() else "checkpoint is not a file")
         weights_sha = encoder.weights_sha256 if encoder is not None else file_sha256(ckpt)
     device = resolve_device(settings.device)
-    precision = resolve_precision(settings.precision, device)
+    precision = resolve_encoder_precision(settings.precision, device)
     fingerprint = json.dumps(settings_fingerprint(settings, cf, weights_sha, precision), sort_keys=True)
 
     if out_path.exists() and not force:
@@ -314,7 +279,7 @@ def _embed_slide(
                 settings.batch_size,
                 plan,
                 device,
-                lambda: _autocast(device, precision),
+                lambda: encoder_autocast(device, precision),
                 torch_dtype,
                 on_error,
                 times,

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mambamil.batch import run_guarded
+from mambamil.device import resolve_device
 from mambamil.errors import MambamilError
 from mambamil.features.encoders import create_encoder
-from mambamil.features.extract import FeatureResult, FeatureSettings, extract_slide, resolve_device
+from mambamil.features.extract import FeatureResult, FeatureSettings, extract_slide
 from mambamil.qc import QCOutcome, run_slide_stage
 from mambamil.sheets import read_slide_sheet
 

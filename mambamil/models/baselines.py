@@ -17,12 +17,14 @@ Attention outputs (all (1, N)):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mambamil.models.common import MILModel, as_bag, make_output, xavier_init
+from mambamil.models.registry import register_model
 
 
 def _fc(in_dim: int, hidden: int, dropout: float) -> nn.Sequential:
@@ -171,4 +173,28 @@ class TransMIL(MILModel):
         return make_output(logits, cls_logits[:, :, 1 : N + 1].mean(1), a, self.task)
 
 
-__all__ = ["ABMIL", "MaxMIL", "MeanMIL", "TransMIL"]
+@register_model
+def abmil(**kw: Any) -> MILModel:
+    """Gated-attention ABMIL (kwargs: dropout, hidden, attn_dim)."""
+    return ABMIL(**kw)
+
+
+@register_model
+def transmil(**kw: Any) -> MILModel:
+    """TransMIL with exact attention (kwargs: dropout, dim, heads)."""
+    return TransMIL(**kw)
+
+
+@register_model(name="mean")
+def mean_pool(**kw: Any) -> MILModel:
+    """Mean pooling, registered as ``"mean"`` (kwargs: dropout, hidden)."""
+    return MeanMIL(**kw)
+
+
+@register_model(name="max")
+def max_pool(**kw: Any) -> MILModel:
+    """Max pooling, registered as ``"max"`` (kwargs: dropout, hidden)."""
+    return MaxMIL(**kw)
+
+
+__all__ = ["ABMIL", "MaxMIL", "MeanMIL", "TransMIL", "abmil", "max_pool", "mean_pool", "transmil"]

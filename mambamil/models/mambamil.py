@@ -23,6 +23,8 @@ about one extra forward pass.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mambamil.models.common import MILModel, as_bag, make_output, xavier_init
 from mambamil.models.mamba import BiMamba, Mamba, SRMamba
+from mambamil.models.registry import register_model
 
 LAYERS = {"srmamba": SRMamba, "bimamba": BiMamba, "mamba": Mamba}
 
@@ -125,5 +128,10 @@ def original_config(state_dict: dict[str, Tensor]) -> dict:
     }
 
 
-__all__ = ["LAYERS", "MambaMIL", "original_config"]
-_ = (BiMamba, Mamba)
+@register_model
+def mambamil(**kw: Any) -> MILModel:
+    """MambaMIL (kwargs: layer srmamba|bimamba|mamba, rate, n_layers, dropout, d_model, init, act)."""
+    return MambaMIL(**kw)
+
+
+__all__ = ["LAYERS", "MambaMIL", "mambamil", "original_config"]

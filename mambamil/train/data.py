@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,6 @@ class Sample:
     label: int = -1  # class index, or survival time bin
     time: float = float("nan")
     event: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def survival_bin_edges(times: np.ndarray, events: np.ndarray, n_bins: int) -> np.ndarray:

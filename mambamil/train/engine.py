@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 from mambamil import __version__
 from mambamil.config import settings_from_config
+from mambamil.device import mil_autocast, resolve_device
 from mambamil.fileio import atomic_output, write_json
-from mambamil.inference import Standardized, autocast, load_trained, predict_dataset, resolve_device, unwrap
+from mambamil.inference import Standardized, load_trained, predict_dataset, unwrap
 from mambamil.models import create_model, save_checkpoint
 from mambamil.train.data import BagDataset, Sample, TaskSpec
 from mambamil.train.metrics import c_index, classification_metrics, nll_survival_loss
@@ -94,8 +95,9 @@ class Objective:
         device = out["logits"].device
         y = torch.tensor([sample.label], device=device)
         if self.task.kind == "classification":
-            weight = self.weight.to(device) if self.weight is not None else None
-            return F.cross_entropy(out["logits"].float(), y, weight=weight)
+            loss = F.cross_entropy(out["logits"].float(), y)
+            # One bag per step: weight=... with mean reduction would divide the class weight out again.
+            return loss * self.weight.to(device)[y[0]] if self.weight is not None else loss
         event = torch.tensor([sample.event], device=device)
         return nll_survival_loss(out["hazards"].float(), out["S"].float(), y, event, self.alpha)
 
@@ -107,7 +109,7 @@ def _validation(model, dataset, objective, device, task, precision: str = "fp32"
     with torch.inference_mode():
         for i in range(len(dataset)):
             x, sample = dataset[i]
-            with autocast(device, precision):
+            with mil_autocast(device, precision):
                 out = model(x.to(device))
             losses.append(float(objective.loss(out, sample)))
             if task.kind == "survival":
@@ -194,7 +196,7 @@ def train_fold(
         losses = []
         for step, idx in enumerate(order):
             x, sample = data["train"][int(idx)]
-            with autocast(device, settings.precision):
+            with mil_autocast(device, settings.precision):
                 out = model(x.to(device))
             loss = objective.loss(out, sample)
             (loss / settings.grad_accum).backward()
