@@ -24,7 +24,7 @@ coords = np.stack([rng.integers(0, w - 256, n), rng.integers(0, h - 256, n)], 1)
 values = rng.random(n)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
-settings = HeatmapSettings(mpp=mpp_out)
+settings = HeatmapSettings.from_config(mpp=mpp_out)
 if mode == "banded":
     img = render_heatmap(coords, values, 256, (w, h), 0.25, settings)
 else:

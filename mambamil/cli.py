@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mambamil import __version__
+from mambamil.config import add_section_options, json_object, section_from_args
 from mambamil.errors import MambamilError
 
 log = logging.getLogger("mambamil")
@@ -63,7 +64,7 @@ def _add_tile(sub: argparse._SubParsersAction) -> None:
         description="Segment the tissue of one slide and lay a patch grid at a target resolution. Writes "
         "OUT/<slide_id>.h5 (patch coordinates), OUT/<slide_id>.tissue.geojson (tissue polygons, level-0 px, "
         "QuPath-importable) and OUT/<slide_id>.preview.png. Settings come from the schema defaults, then the "
-        "config's 'tiling' section (--config), then the options given here.",
+        "config's 'tiling' section (--config), then --settings, then the options given here.",
     )
     p.add_argument("slide", type=Path, nargs="*", help="slide file(s) (anything OpenSlide reads); or use --sheet")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -73,40 +74,17 @@ def _add_tile(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--sheet", type=Path, help="slide sheet CSV instead of SLIDE arguments (its mpp column applies)")
     p.add_argument("--shard", help="with --sheet: i/k tiles rows i, i+k, i+2k, … (0 <= i < k)")
-    p.add_argument("--config", type=Path, help="config.yaml whose 'tiling' section gives the settings")
-    g = p.add_argument_group("tiling settings (override the config)")
-    g.add_argument("--target-mpp", type=float, help="patch resolution in µm/px (0.5 ≈ 20×)")
-    g.add_argument("--patch-size", type=int, help="patch edge in pixels at --target-mpp")
-    g.add_argument("--overlap", type=float, help="fraction of a patch shared with its neighbour, in [0, 1)")
-    g.add_argument("--tissue-threshold", type=float, help="minimum tissue fraction of a kept patch")
-    g.add_argument("--seg-mpp", type=float, help="resolution of tissue segmentation in µm/px")
-    g.add_argument("--saturation-threshold", help="HSV saturation threshold 0–255, or 'otsu'")
-    g.add_argument("--min-saturation", type=int, help="floor under the Otsu threshold (0–255)")
-    g.add_argument("--median-blur", type=int, help="median filter size in pixels at --seg-mpp")
-    g.add_argument("--close-um", type=float, help="morphological closing kernel in µm")
-    g.add_argument("--min-tissue-area-um2", type=float, help="drop tissue regions smaller than this (µm²)")
-    g.add_argument("--min-hole-area-um2", type=float, help="fill holes smaller than this (µm²)")
-    g.add_argument("--preview-max-px", type=int, help="longest edge of the preview PNG")
+    add_section_options(p, "tiling")
     _add_on_bad_slide(p)
     p.set_defaults(func=_run_tile)
 
 
 def _run_tile(args: argparse.Namespace) -> int:
-    from dataclasses import fields
-
     from mambamil.batch import run_guarded
-    from mambamil.config import config_section
     from mambamil.qc import QCOutcome, run_slide_stage
     from mambamil.tiling import TilingSettings, output_paths, tile_slide
 
-    overrides = {f.name: getattr(args, f.name) for f in fields(TilingSettings)}
-    sat = overrides["saturation_threshold"]
-    if sat is not None and sat != "otsu":
-        try:
-            overrides["saturation_threshold"] = int(sat)
-        except ValueError as exc:
-            raise MambamilError(f"--saturation-threshold must be an integer or 'otsu', got {sat!r}") from exc
-    settings = TilingSettings.from_config(config_section("tiling", args.config, **overrides))
+    settings = TilingSettings.from_config(section_from_args(args, "tiling"))
     jobs = _tile_jobs(args)
     failed = []
     for slide, slide_id, mpp in jobs:
@@ -188,7 +166,7 @@ def _add_order(sub: argparse._SubParsersAction) -> None:
     p.add_argument("features", type=Path, help="feature (or coordinates) H5 of one slide")
     p.add_argument("--method", choices=["raster", "snake", "hilbert", "random"], default="hilbert")
     p.add_argument("--out", type=Path, required=True, help="output .npy file")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random control (default: %(default)s)")
+    add_section_options(p, "order")
     _add_on_bad_slide(p)
     p.set_defaults(func=_run_order)
 
@@ -198,11 +176,13 @@ def _run_order(args: argparse.Namespace) -> int:
     from mambamil.order import slide_order, write_order
     from mambamil.qc import QCOutcome, run_slide_stage
 
+    seed = section_from_args(args, "order")["seed"]
+
     def work() -> int:
         bag = read_bag(args.features)
         if bag.coords is None:
             raise MambamilError(f"{args.features}: the bag has no coordinates, so it cannot be ordered")
-        perm = slide_order(bag.coords, bag.attrs, args.method, args.seed, args.features.stem)
+        perm = slide_order(bag.coords, bag.attrs, args.method, seed, args.features.stem)
         write_order(args.out, perm)
         return len(perm)
 
@@ -214,13 +194,9 @@ def _run_order(args: argparse.Namespace) -> int:
 
 
 # -- splits / train / evaluate / predict --------------------------------------------------------------------
-def _spec(text: str) -> dict:
-    import json
-
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise MambamilError(f"--spec is not valid JSON ({exc})") from exc
+def _add_spec(p: argparse.ArgumentParser, what: str) -> None:
+    """``--settings``: the JSON object the workflow computes for one task (``--spec``: its former name)."""
+    p.add_argument("--settings", "--spec", dest="spec", type=json_object, metavar="JSON", required=True, help=what)
 
 
 def _cohort(args: argparse.Namespace, spec: dict):
@@ -264,8 +240,10 @@ def _drop_excluded(args: argparse.Namespace, features: dict, labels):
 def _add_cohort_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", type=Path, required=True, help="label sheet CSV")
     p.add_argument("--features-dir", type=Path, required=True, help="folder of <slide_id>.h5 feature files")
-    p.add_argument(
-        "--spec", required=True, help="JSON with task_name, task, training (and model_name, model for train)"
+    _add_spec(
+        p,
+        "JSON with task_name, task, training (the validated 'training' section with the task's overrides) "
+        "and for train order_seed, model_name and model",
     )
     p.add_argument("--qc", type=Path, help="QC table (results/qc/slides.csv); its excluded slides are left out")
 
@@ -286,7 +264,7 @@ def _add_splits(sub: argparse._SubParsersAction) -> None:
 def _run_splits(args: argparse.Namespace) -> int:
     from mambamil.train.splits import make_splits, write_splits
 
-    spec = _spec(args.spec)
+    spec = args.spec
     task, samples, _, _, _ = _cohort(args, spec)
     t = spec["training"]
     splits = make_splits(samples, task, t["folds"], t["val_fraction"], t["seed"])
@@ -316,7 +294,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from mambamil.train.engine import TrainSettings, train_fold
     from mambamil.train.splits import check_splits, read_splits
 
-    spec = _spec(args.spec)
+    spec = args.spec
     task, samples, meta, features, orders = _cohort(args, spec)
     settings = TrainSettings.from_config(spec["training"])
     splits = read_splits(args.splits)
@@ -358,7 +336,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "c-index and Kaplan–Meier curves of predicted high/low risk with a log-rank p-value for survival.",
     )
     p.add_argument("predictions", type=Path, nargs="+", help="test_predictions.csv of each fold")
-    p.add_argument("--spec", required=True, help="JSON with task_name and task")
+    _add_spec(p, "JSON with task_name and task (and model_name, shown in titles)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=_run_evaluate)
 
@@ -367,7 +345,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from mambamil.train.data import TaskSpec
     from mambamil.train.evaluate import evaluate_folds
 
-    spec = _spec(args.spec)
+    spec = args.spec
     task = TaskSpec.from_config(spec["task_name"], spec["task"])
     title = f"{task.name} — {spec.get('model_name', '')}"
     result = evaluate_folds(args.predictions, task.kind, list(task.classes), args.out, title)
@@ -470,11 +448,7 @@ def _add_heatmap(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--slide-id", help="id for output names (default: the slide file name)")
     p.add_argument("--slide-mpp", type=float, help="µm/px override of the slide")
-    p.add_argument("--mpp", type=float, default=8.0, help="heatmap resolution in µm/px (default: %(default)s)")
-    p.add_argument("--cmap", default="jet", help="matplotlib colormap (default: %(default)s)")
-    p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity over the slide (default: %(default)s)")
-    p.add_argument("--smooth-um", type=float, default=0.0, help="Gaussian smoothing sigma in µm (default: off)")
-    p.add_argument("--top-k", type=int, default=12, help="patches in the top/bottom montages (default: %(default)s)")
+    add_section_options(p, "heatmaps")
     _add_order_override(p)
     _add_original_args(p)
     p.set_defaults(func=_run_heatmap)
@@ -483,11 +457,17 @@ def _add_heatmap(sub: argparse._SubParsersAction) -> None:
 def _run_heatmap(args: argparse.Namespace) -> int:
     from mambamil.heatmaps import HeatmapSettings, heatmap_slide
 
-    if args.mpp <= 0 or not 0 <= args.alpha <= 1 or args.top_k < 0:
-        raise MambamilError("--mpp must be > 0, --alpha in [0, 1] and --top-k >= 0")
-    settings = HeatmapSettings(args.mpp, args.cmap, args.alpha, args.smooth_um, args.top_k, args.order)
+    settings = HeatmapSettings.from_config(section_from_args(args, "heatmaps"))
     summary = heatmap_slide(
-        args.slide, args.features, args.checkpoint, args.out, settings, args.slide_id, args.slide_mpp, _original(args)
+        args.slide,
+        args.features,
+        args.checkpoint,
+        args.out,
+        settings,
+        args.slide_id,
+        args.slide_mpp,
+        _original(args),
+        order=args.order,
     )
     print(f"{summary['slide_id']}: {summary['n_patches']} patches, maps {summary['scores']} → {args.out}")
     return 0
@@ -504,7 +484,7 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
         "A rerun whose output already matches the settings is skipped. Several slides (or a slide sheet, "
         "optionally one --shard of it) run in one process with the encoder built once; a bad slide is reported "
         "on one line and the others finish (exit 1 at the end). Settings come from the schema defaults, "
-        "then the config's 'features' section (--config), then the options given here.",
+        "then the config's 'features' section (--config), then --settings, then the options given here.",
     )
     p.add_argument(
         "slide", type=Path, nargs="*", help="slide file(s) (the ones the coordinates were made from); or use --sheet"
@@ -520,25 +500,8 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--out-dir", type=Path, help="with --sheet: output folder for <slide_id>.h5")
     m.add_argument("--shard", help="with --sheet: i/k runs rows i, i+k, i+2k, … (0 <= i < k)")
     p.add_argument("--profile", action="store_true", help="time each stage of the data path and print a table")
-    p.add_argument("--config", type=Path, help="config.yaml whose 'features' section gives the settings")
     p.add_argument("--force", action="store_true", help="recompute even if the output matches the settings")
-    g = p.add_argument_group("feature settings (override the config)")
-    g.add_argument("--encoder", help="resnet50_trunc or timm:<model name>")
-    g.add_argument(
-        "--weights", help="local checkpoint path (loaded strictly), 'hub' (download; online only) or 'random'"
-    )
-    g.add_argument("--encoder-kwargs", help="JSON object of extra timm.create_model arguments")
-    g.add_argument("--tag", help="encoder tag recorded in the output (default: from encoder and weights)")
-    g.add_argument("--batch-size", type=int, help="patches per forward pass")
-    g.add_argument(
-        "--num-workers", type=int, help="reader processes (0: read in the main process; default: the job's cores - 1)"
-    )
-    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="autocast dtype on CUDA")
-    g.add_argument(
-        "--fp16-storage", action=argparse.BooleanOptionalAction, default=None, help="store features as float16"
-    )
-    g.add_argument("--torch-threads", type=int, help="intra-op threads of the model on CPU")
+    add_section_options(p, "features")
     _add_on_bad_slide(p)
     p.set_defaults(func=_run_features)
 
@@ -563,20 +526,10 @@ def _feature_jobs(args: argparse.Namespace) -> list:
 
 
 def _run_features(args: argparse.Namespace) -> int:
-    import json
-    from dataclasses import fields
-
-    from mambamil.config import config_section
     from mambamil.features.extract import FeatureSettings
     from mambamil.features.multi import extract_slides
 
-    overrides = {f.name: getattr(args, f.name, None) for f in fields(FeatureSettings)}
-    if args.encoder_kwargs is not None:
-        try:
-            overrides["encoder_kwargs"] = json.loads(args.encoder_kwargs)
-        except json.JSONDecodeError as exc:
-            raise MambamilError(f"--encoder-kwargs is not valid JSON ({exc})") from exc
-    settings = FeatureSettings.from_config(config_section("features", args.config, **overrides))
+    settings = FeatureSettings.from_config(section_from_args(args, "features"))
     jobs = _feature_jobs(args)
 
     def report(outcome) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
+import json
+from collections.abc import Callable, Collection
 from dataclasses import fields
 from importlib import resources
 from pathlib import Path
@@ -90,11 +93,14 @@ def default_section(name: str) -> dict[str, Any]:
     return validate_config({"slides": "", "labels": ""}, source="defaults")[name]
 
 
-def config_section(name: str, config_path: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
-    """One validated config section: schema defaults, then the config file's section, then non-None overrides
-    (e.g. CLI options). Errors name the key path, as for the whole file."""
+def config_section(
+    name: str, config_path: str | Path | None = None, settings: dict[str, Any] | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """One validated config section: schema defaults, then the config file's section, then ``settings`` (the
+    section as the workflow computed it), then non-None overrides (e.g. CLI options). Errors name the key path,
+    as for the whole file."""
     section = load_config(config_path)[name] if config_path else {}
-    merged = {**section, **{k: v for k, v in overrides.items() if v is not None}}
+    merged = {**section, **(settings or {}), **{k: v for k, v in overrides.items() if v is not None}}
     return validate_config({"slides": "", "labels": "", name: merged}, source=f"{name} options")[name]
 
 
@@ -123,3 +129,139 @@ def task_training(config: dict[str, Any], task: str) -> dict[str, Any]:
 def task_model(config: dict[str, Any], task: str, model: str) -> dict[str, Any]:
     """A model's options as ``task`` uses them: the ``models`` entry, then the task's ``model_kwargs``."""
     return {**config["models"][model], **(config["tasks"][task].get("model_kwargs") or {})}
+
+
+# -- CLI options from the schema ------------------------------------------------------------------------------
+#: Keys of a settings section that only the workflow reads (which jobs it makes), never a verb: the verbs have
+#: no option for them, the settings dataclasses no field, and the rules leave them out of ``--settings`` (so
+#: changing them reruns no job for that reason).
+WORKFLOW_ONLY: dict[str, dict[str, str]] = {
+    "features": {"slides_per_job": "how many slides one workflow job embeds"},
+    "order": {"methods": "which order files the workflow makes; the verb computes one --method"},
+    "heatmaps": {
+        "task": "which task's checkpoints the workflow draws (the verb takes --checkpoint)",
+        "model": "which model's checkpoints the workflow draws (the verb takes --checkpoint)",
+    },
+}
+
+
+def section_properties(section: str) -> dict[str, dict[str, Any]]:
+    """The schema properties of one config section (name → property schema)."""
+    return _schema_and_validator()[0]["properties"][section]["properties"]
+
+
+def verb_settings(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` of a section without its workflow-only keys: what a rule passes to its verb."""
+    return {k: v for k, v in values.items() if k not in WORKFLOW_ONLY.get(section, {})}
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """An argparse type: JSON text of an object (a usage error, on one line, otherwise)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+_SCALARS: dict[str, Callable[[str], Any]] = {"integer": int, "number": float, "string": str, "object": json_object}
+_METAVARS = {"integer": "N", "number": "X", "string": "TEXT"}
+
+
+def _kinds(prop: dict[str, Any]) -> list[str]:
+    """The non-null JSON types a property allows (over its ``oneOf`` alternatives, if any)."""
+    types = [
+        t
+        for alt in prop.get("oneOf", [prop])
+        for t in (alt["type"] if isinstance(alt["type"], list) else [alt["type"]])
+    ]
+    return [t for t in types if t != "null"]
+
+
+def _converter(prop: dict[str, Any]) -> Callable[[str], Any]:
+    """Text → value for one (non-boolean) schema property; ``oneOf`` tries each alternative in turn.
+    Ranges and patterns are left to the schema validation of the merged section (errors name the key path)."""
+    alternatives = prop.get("oneOf", [prop])
+
+    def convert(text: str) -> Any:
+        for alt in alternatives:
+            kind = _kinds(alt)[0]
+            try:
+                value = _SCALARS[kind](text)
+            except argparse.ArgumentTypeError:
+                if len(alternatives) == 1:
+                    raise
+                continue
+            except ValueError as exc:
+                if len(alternatives) == 1:
+                    raise argparse.ArgumentTypeError(f"invalid {kind} value: {text!r}") from exc
+                continue
+            if "enum" not in alt or value in alt["enum"]:
+                return value
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected {_expected(alternatives)}")
+
+    return convert
+
+
+def _expected(alternatives: list[dict[str, Any]]) -> str:
+    return " or ".join("|".join(map(str, a["enum"])) if "enum" in a else str(a["type"]) for a in alternatives)
+
+
+def _option_kwargs(prop: dict[str, Any]) -> dict[str, Any]:
+    """argparse keyword arguments for one schema property (type, nargs, choices, action)."""
+    kind = prop.get("type")
+    if kind == "boolean":
+        return {"action": argparse.BooleanOptionalAction}
+    if kind == "array":
+        items = prop["items"]
+        return {"nargs": "+", "type": _converter(items), **({"choices": items["enum"]} if "enum" in items else {})}
+    if kind == "string" and "enum" in prop:
+        return {"choices": prop["enum"]}
+    if kind == "object":
+        return {"type": json_object, "metavar": "JSON"}
+    kinds = _kinds(prop)
+    return {"type": _converter(prop), "metavar": _METAVARS[kinds[0]] if len(kinds) == 1 else "VALUE"}
+
+
+def _help(prop: dict[str, Any]) -> str:
+    """The schema description plus its default, escaped for argparse's %-formatting."""
+    text = " ".join(prop["description"].split())
+    if "default" in prop:
+        default = prop["default"]
+        text += f" (default: {default if isinstance(default, str) else json.dumps(default)})"
+    return text.replace("%", "%%")
+
+
+def add_section_options(parser: argparse.ArgumentParser, section: str, skip: Collection[str] = ()) -> None:
+    """The settings options of a verb, all from the ``section`` of the schema: ``--config`` (the config file whose
+    section applies), ``--settings`` (the section as JSON, as the workflow passes it) and one ``--kebab-name``
+    option per property but ``skip`` and the workflow-only keys, typed, described and defaulted by the schema.
+    Every option defaults to None, so :func:`section_from_args` tells what was given."""
+    group = parser.add_argument_group(
+        f"'{section}' settings",
+        f"each from the config schema; schema defaults < --config FILE's '{section}' section < --settings < "
+        "the options below",
+    )
+    group.add_argument("--config", type=Path, help=f"config.yaml whose '{section}' section gives the settings")
+    group.add_argument(
+        "--settings",
+        type=json_object,
+        metavar="JSON",
+        help=f"the '{section}' section as a JSON object (the workflow passes the validated section)",
+    )
+    skipped = set(skip) | set(WORKFLOW_ONLY.get(section, {}))
+    names = [name for name in section_properties(section) if name not in skipped]
+    for name in names:
+        prop = section_properties(section)[name]
+        flag = "--" + name.replace("_", "-")
+        group.add_argument(flag, dest=name, default=None, help=_help(prop), **_option_kwargs(prop))
+    parser.set_defaults(section_options=tuple(names))
+
+
+def section_from_args(args: argparse.Namespace, section: str) -> dict[str, Any]:
+    """The validated ``section`` a verb runs with: schema defaults, ``--config``'s section, ``--settings``, then
+    the section's options given on the command line."""
+    given = {name: getattr(args, name) for name in args.section_options}
+    return config_section(section, args.config, args.settings, **given)

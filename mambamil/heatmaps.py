@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 
+from mambamil.config import settings_from_config
 from mambamil.errors import InputFileError
 from mambamil.fileio import atomic_output, write_json, write_png
 from mambamil.inference import bag_outputs, load_bag, load_ensemble
@@ -44,12 +45,18 @@ BAND_ROWS = 512
 
 @dataclass(frozen=True)
 class HeatmapSettings:
-    mpp: float = 8.0
-    cmap: str = "jet"
-    alpha: float = 0.5
-    smooth_um: float = 0.0
-    top_k: int = 12
-    order: str | None = None  # None: the order stored in the checkpoint (an override warns)
+    """The ``heatmaps`` section of the config; defaults live in the schema only (use :meth:`from_config`)."""
+
+    mpp: float
+    cmap: str
+    alpha: float
+    smooth_um: float
+    top_k: int
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any] | None = None, **overrides: Any) -> HeatmapSettings:
+        """Settings from a (validated) ``heatmaps`` config section, then non-None keyword overrides."""
+        return settings_from_config(cls, "heatmaps", section, **overrides)
 
 
 def rank_percentiles(scores: np.ndarray) -> np.ndarray:
@@ -185,12 +192,14 @@ def heatmap_slide(
     mpp: float | None = None,
     original: dict[str, Any] | None = None,
     device: str = "cpu",
+    order: str | None = None,
 ) -> dict[str, Any]:
     """All heatmap outputs of one slide (see the module docstring). ``original`` gives the metadata of original
-    MambaMIL state dicts. Returns a summary with the slide's prediction."""
-    settings = settings or HeatmapSettings()
+    MambaMIL state dicts; ``order`` overrides the sequence order stored in the checkpoint (None: the stored one;
+    an override warns). Returns a summary with the slide's prediction."""
+    settings = settings or HeatmapSettings.from_config()
     out_dir = Path(out_dir)
-    ensemble = load_ensemble([Path(c) for c in checkpoints], device, original, settings.order)
+    ensemble = load_ensemble([Path(c) for c in checkpoints], device, original, order)
     bag = load_bag(features_path, ensemble.in_dim, slide_id=Path(features_path).stem)
     if bag.coords is None:
         raise InputFileError(features_path, "the bag has no patch coordinates, so it cannot be drawn on the slide")

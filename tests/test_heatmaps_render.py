@@ -20,23 +20,25 @@ def test_rank_percentiles() -> None:
 def test_render_places_patches_and_follows_resolution() -> None:
     coords = np.array([[0, 0], [512, 0], [0, 512]])
     values = np.array([1.0, 0.0, 0.5])
-    settings = HeatmapSettings(mpp=4.0, cmap="gray", alpha=1.0)
+    settings = HeatmapSettings.from_config(mpp=4.0, cmap="gray", alpha=1.0)
     img = render_heatmap(coords, values, 256, (2048, 1024), 0.5, settings)
     assert img.shape == (128, 256, 3)  # 2048 × 0.5 / 4 = 256 px wide
     assert (img[:32, :32] == 255).all()  # value 1 → white in gray
     assert (img[:32, 64:96] == 0).all()  # value 0 → black
     assert abs(int(img[70, 10, 0]) - 128) <= 1
     assert (img[100:, 100:] == 255).all()  # no patch → background
-    coarse = render_heatmap(coords, values, 256, (2048, 1024), 0.5, HeatmapSettings(mpp=8.0))
+    coarse = render_heatmap(coords, values, 256, (2048, 1024), 0.5, HeatmapSettings.from_config(mpp=8.0))
     assert coarse.shape == (64, 128, 3)
 
 
 def test_smoothing_spreads_within_tissue_only() -> None:
     coords = np.array([[x, 0] for x in range(0, 2048, 256)])
     values = np.r_[np.ones(4), np.zeros(4)]
-    sharp = render_heatmap(coords, values, 256, (2048, 512), 1.0, HeatmapSettings(mpp=8, cmap="gray", alpha=1))
+    sharp = render_heatmap(
+        coords, values, 256, (2048, 512), 1.0, HeatmapSettings.from_config(mpp=8, cmap="gray", alpha=1)
+    )
     smooth = render_heatmap(
-        coords, values, 256, (2048, 512), 1.0, HeatmapSettings(mpp=8, cmap="gray", alpha=1, smooth_um=64)
+        coords, values, 256, (2048, 512), 1.0, HeatmapSettings.from_config(mpp=8, cmap="gray", alpha=1, smooth_um=64)
     )
     edge = 128  # output column of the 1 → 0 step
     assert sharp[10, edge - 1, 0] == 255 and sharp[10, edge + 1, 0] == 0
@@ -49,7 +51,7 @@ def test_memory_is_bounded_on_a_huge_slide() -> None:
     rng = np.random.default_rng(0)
     coords = np.stack([rng.integers(0, 100_000 - 256, 200_000), rng.integers(0, 80_000 - 256, 200_000)], axis=1)
     values = rng.random(200_000)
-    settings = HeatmapSettings(mpp=4.0)  # slide at 0.25 µm/px → 6250 × 5000 px output (94 MB RGB)
+    settings = HeatmapSettings.from_config(mpp=4.0)  # slide at 0.25 µm/px → 6250 × 5000 px output (94 MB RGB)
     tracemalloc.start()
     img = render_heatmap(coords, values, 256, (100_000, 80_000), 0.25, settings)
     _, peak = tracemalloc.get_traced_memory()
@@ -66,7 +68,7 @@ def test_bands_are_invisible(monkeypatch) -> None:
     rng = np.random.default_rng(1)
     coords = rng.integers(0, 4096 - 256, (300, 2))
     values = rng.random(300)
-    for settings in (HeatmapSettings(mpp=16.0), HeatmapSettings(mpp=16.0, smooth_um=64)):
+    for settings in (HeatmapSettings.from_config(mpp=16.0), HeatmapSettings.from_config(mpp=16.0, smooth_um=64)):
         monkeypatch.setattr(heatmaps, "BAND_ROWS", 10**6)
         whole = render_heatmap(coords, values, 256, (4096, 3072), 1.0, settings)
         monkeypatch.setattr(heatmaps, "BAND_ROWS", 7)

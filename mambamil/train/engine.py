@@ -50,8 +50,8 @@ class TrainSettings:
     val_fraction: float
     order: str
     standardize_features: bool
-    precision: str = "fp32"
-    monitor: str = "auto"
+    precision: str
+    monitor: str
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None = None, **overrides: Any) -> TrainSettings:
