@@ -7,7 +7,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from mambamil import demo
-from mambamil.config import task_model, task_training
+from mambamil.config import task_model, task_training, verb_settings
 from mambamil.features import encoder_tag
 from mambamil.qc import EXCLUDED, exclusion_report, read_qc_table
 from mambamil.sheets import read_label_sheet, read_slide_sheet
@@ -87,25 +87,13 @@ def conda_env(rule_name):
     return "../../envs/mambamil.yaml"
 
 
-def cli_options(section, names):
-    """Config values as CLI options: {'target_mpp': 0.5} → '--target-mpp 0.5'."""
-    return " ".join(f"--{n.replace('_', '-')} {section[n]}" for n in names)
-
-
-def feature_options(section):
-    """The features config as CLI options (weights/kwargs/tag quoted; booleans as flags). ``num_workers: null``
-    (one per core of the job) is left to the rule, which knows its threads."""
-    opts = [cli_options(section, ["encoder", "batch_size", "device", "precision"])]
-    if section["num_workers"] is not None:
-        opts.append(f"--num-workers {section['num_workers']}")
-    if section["weights"] is not None:
-        opts.append(f"--weights {shlex.quote(str(section['weights']))}")
-    if section["encoder_kwargs"]:
-        opts.append(f"--encoder-kwargs {shlex.quote(json.dumps(section['encoder_kwargs']))}")
-    if section["tag"]:
-        opts.append(f"--tag {shlex.quote(section['tag'])}")
-    opts.append("--fp16-storage" if section["fp16_storage"] else "--no-fp16-storage")
-    return " ".join(opts)
+def settings_option(section):
+    """The one way settings reach a verb from the workflow, ``--settings JSON``: shell-quoted, keys sorted so
+    the params (and so Snakemake's rerun check) change only when the settings do. ``section``: a config section
+    name (passed validated, without its workflow-only keys), or the object itself (task_spec)."""
+    if isinstance(section, str):
+        section = verb_settings(section, config[section])
+    return f"--settings {shlex.quote(json.dumps(section, sort_keys=True))}"
 
 
 def feature_batches(slide_ids, slides_per_job):
@@ -130,7 +118,7 @@ HEATMAP_MODEL = config["heatmaps"].get("model") or (MODELS[0] if MODELS else Non
 
 
 def task_spec(task, model=None):
-    """The JSON the splits/train/evaluate commands take: the task, its training settings (with the task's own
+    """The settings the splits/train/evaluate commands take: the task, its training settings (with the task's own
     overrides), the order stage's seed (stored in checkpoints for inference) and the model (with the task's
     model_kwargs)."""
     task_section = {k: v for k, v in config["tasks"][task].items() if k not in ("training", "model_kwargs")}
@@ -142,7 +130,7 @@ def task_spec(task, model=None):
     }
     if model is not None:
         spec.update(model_name=model, model=task_model(config, task, model))
-    return json.dumps(spec, sort_keys=True)
+    return spec
 
 
 def task_folds(task):

@@ -20,7 +20,7 @@ for _batch, _ids in enumerate(feature_batches(SLIDE_IDS, config["features"]["sli
             slides=" ".join(shlex.quote(str(SLIDE_PATHS[s])) for s in _ids),
             slide_ids=" ".join(shlex.quote(s) for s in _ids),
             qc=QC_OPTION,
-            options=feature_options(config["features"]),
+            settings=settings_option("features"),
             workers=lambda wc, threads: (
                 "" if config["features"]["num_workers"] is not None else f"--num-workers {max(0, threads - 1)}"
             ),
@@ -35,5 +35,5 @@ for _batch, _ids in enumerate(feature_batches(SLIDE_IDS, config["features"]["sli
             conda_env("features")
         shell:
             "python -m mambamil --quiet features {params.slides} --coords {input.coords:q} "
-            "--out {output.features:q} --slide-id {params.slide_ids} {params.options} {params.workers} "
+            "--out {output.features:q} --slide-id {params.slide_ids} {params.settings} {params.workers} "
             "--torch-threads {threads} {params.qc} > {log:q} 2>&1"

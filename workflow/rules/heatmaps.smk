@@ -18,7 +18,7 @@ rule heatmap:
     params:
         out_dir=lambda wc, output: Path(output.scores).parent,
         mpp=lambda wc: f"--slide-mpp {SLIDE_MPP[wc.slide_id]}" if wc.slide_id in SLIDE_MPP else "",
-        options=lambda wc: cli_options(config["heatmaps"], ["mpp", "cmap", "alpha", "smooth_um", "top_k"]),
+        settings=settings_option("heatmaps"),
     log:
         LOGS / "heatmap" / "{slide_id}.log",
     threads: 1
@@ -30,4 +30,4 @@ rule heatmap:
     shell:
         "python -m mambamil --threads {threads} heatmap {input.slide:q} --features {input.features:q} "
         "--checkpoint {input.checkpoint:q} --out {params.out_dir:q} --slide-id {wildcards.slide_id} "
-        "{params.mpp} {params.options} > {log:q} 2>&1"
+        "{params.mpp} {params.settings} > {log:q} 2>&1"

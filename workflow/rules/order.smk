@@ -7,7 +7,7 @@ rule order:
     output:
         order=FEATURES_DIR / "order" / "{method}" / "{slide_id}.npy",
     params:
-        seed=config["order"]["seed"],
+        settings=settings_option("order"),
         qc=QC_OPTION,
     log:
         LOGS / "order" / "{method}" / "{slide_id}.log",
@@ -20,5 +20,5 @@ rule order:
     conda:
         "../../envs/mambamil.yaml"
     shell:
-        "python -m mambamil order {input.features:q} --method {wildcards.method} --seed {params.seed} "
+        "python -m mambamil order {input.features:q} --method {wildcards.method} {params.settings} "
         "--out {output.order:q} {params.qc} > {log:q} 2>&1"

@@ -1,18 +1,4 @@
 # Stage 1 — tile: tissue segmentation and the patch grid, one job per slide (mambamil/tiling.py).
-TILING_OPTIONS = [
-    "target_mpp",
-    "patch_size",
-    "overlap",
-    "tissue_threshold",
-    "seg_mpp",
-    "saturation_threshold",
-    "min_saturation",
-    "median_blur",
-    "close_um",
-    "min_tissue_area_um2",
-    "min_hole_area_um2",
-    "preview_max_px",
-]
 
 
 rule tile:
@@ -26,7 +12,7 @@ rule tile:
         slide=lambda wc: SLIDE_PATHS[wc.slide_id],
         out_dir=lambda wc, output: Path(output.coords).parent,
         mpp=lambda wc: f"--mpp {SLIDE_MPP[wc.slide_id]}" if wc.slide_id in SLIDE_MPP else "",
-        options=cli_options(config["tiling"], TILING_OPTIONS),
+        settings=settings_option("tiling"),
         qc=QC_OPTION,
     log:
         LOGS / "tile" / "{slide_id}.log",
@@ -38,4 +24,4 @@ rule tile:
         "../../envs/mambamil.yaml"
     shell:
         "python -m mambamil tile {params.slide:q} --out {params.out_dir:q} --slide-id {wildcards.slide_id} "
-        "{params.mpp} {params.options} {params.qc} > {log:q} 2>&1"
+        "{params.mpp} {params.settings} {params.qc} > {log:q} 2>&1"

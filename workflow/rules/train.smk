@@ -10,7 +10,7 @@ checkpoint splits:
         splits=RESULTS / "splits" / "{task}.csv",
     params:
         features_dir=lambda wc, input: Path(input.features[0]).parent,
-        spec=lambda wc: task_spec(wc.task),
+        settings=lambda wc: settings_option(task_spec(wc.task)),
     log:
         LOGS / "splits" / "{task}.log",
     threads: 1
@@ -21,7 +21,7 @@ checkpoint splits:
         "../../envs/mambamil.yaml"
     shell:
         "python -m mambamil --threads {threads} splits --labels {input.labels:q} --features-dir {params.features_dir:q} "
-        "--spec {params.spec:q} --qc {input.qc:q} --out {output.splits:q} > {log:q} 2>&1"
+        "{params.settings} --qc {input.qc:q} --out {output.splits:q} > {log:q} 2>&1"
 
 
 rule train:
@@ -47,7 +47,7 @@ rule train:
         features_dir=lambda wc, input: Path(input.features[0]).parent,
         order_dir=lambda wc, input: Path(input.orders[0]).parent,
         out_dir=lambda wc, output: Path(output.checkpoint).parent,
-        spec=lambda wc: task_spec(wc.task, wc.model),
+        settings=lambda wc: settings_option(task_spec(wc.task, wc.model)),
     log:
         LOGS / "train" / "{task}" / "{model}" / "fold_{fold}.log",
     wildcard_constraints:
@@ -62,7 +62,7 @@ rule train:
     shell:
         "python -m mambamil --threads {threads} train --labels {input.labels:q} --features-dir {params.features_dir:q} "
         "--order-dir {params.order_dir:q} --splits {input.splits:q} --fold {wildcards.fold} "
-        "--spec {params.spec:q} --qc {input.qc:q} --out {params.out_dir:q} > {log:q} 2>&1"
+        "{params.settings} --qc {input.qc:q} --out {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -84,7 +84,7 @@ rule evaluate:
         ),
     params:
         out_dir=lambda wc, output: Path(output.metrics).parent,
-        spec=lambda wc: task_spec(wc.task, wc.model),
+        settings=lambda wc: settings_option(task_spec(wc.task, wc.model)),
     log:
         LOGS / "evaluate" / "{task}" / "{model}.log",
     threads: 1
@@ -94,7 +94,7 @@ rule evaluate:
     conda:
         "../../envs/mambamil.yaml"
     shell:
-        "python -m mambamil --threads {threads} evaluate {input.predictions:q} --spec {params.spec:q} --out {params.out_dir:q} "
+        "python -m mambamil --threads {threads} evaluate {input.predictions:q} {params.settings} --out {params.out_dir:q} "
         "> {log:q} 2>&1"
 
 
