@@ -57,7 +57,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
             feats = root / "features" / f"S{i:02d}.h5"
             out = root / "order" / method / f"S{i:02d}.npy"
             run("order", feats, "--method", method, "--seed", ORDER_SEED, "--out", out)
-        common = ["--labels", root / "labels.csv", "--features-dir", root / "features", "--spec", spec(method)]
+        common = ["--labels", root / "labels.csv", "--features-dir", root / "features", "--settings", spec(method)]
         run("splits", *common, "--out", root / "splits.csv")
         run("train", *common, "--order-dir", root / "order" / method, "--splits", root / "splits.csv", "--fold", 0,
             "--out", root / "models" / method)  # fmt: skip

@@ -52,7 +52,7 @@ def run(*args: str) -> None:
 
 
 def train_and_evaluate(root: Path, task: str, out: Path, folds=range(FOLDS)) -> None:
-    common = ["--labels", root / "demo" / "labels.csv", "--features-dir", root / "features", "--spec", spec(task)]
+    common = ["--labels", root / "demo" / "labels.csv", "--features-dir", root / "features", "--settings", spec(task)]
     run("splits", *common, "--out", root / "splits" / f"{task}.csv")
     for fold in folds:
         run(
@@ -68,7 +68,7 @@ def train_and_evaluate(root: Path, task: str, out: Path, folds=range(FOLDS)) -> 
             out / f"fold_{fold}",
         )
     preds = [out / f"fold_{f}" / "test_predictions.csv" for f in folds]
-    run("evaluate", *preds, "--spec", spec(task), "--out", out / "evaluation")
+    run("evaluate", *preds, "--settings", spec(task), "--out", out / "evaluation")
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +241,7 @@ def test_class_weights_and_weighted_sampler_train(cohort: Path, tmp_path: Path) 
     run(
         "train",
         *common,
-        "--spec",
+        "--settings",
         s,
         "--splits",
         cohort / "splits" / "subtype.csv",

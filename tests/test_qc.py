@@ -238,7 +238,7 @@ def test_splits_and_train_leave_out_qc_excluded_slides(tmp_path: Path, caplog) -
     table.loc[8, ["status", "stage", "cause"]] = ["excluded", "tile", "no tissue found"]
     table.to_csv(qc, index=False)
     splits = tmp_path / "splits.csv"
-    common = ["--labels", labels, "--features-dir", feats, "--spec", spec()]
+    common = ["--labels", labels, "--features-dir", feats, "--settings", spec()]
     rc = main(["splits", *map(str, common), "--qc", str(qc), "--out", str(splits)])
     assert rc == 0
     assert "slide s9 EXCLUDED by QC (tile: no tissue found)" in caplog.text and "['p9']" in caplog.text
@@ -261,7 +261,7 @@ def test_one_class_training_fold_and_all_censored_are_clear_errors(tmp_path: Pat
         labels,
         "--features-dir",
         feats,
-        "--spec",
+        "--settings",
         spec(),
         "--out",
         tmp_path / "s.csv",
@@ -276,7 +276,7 @@ def test_one_class_training_fold_and_all_censored_are_clear_errors(tmp_path: Pat
         labels,
         "--features-dir",
         feats,
-        "--spec",
+        "--settings",
         spec("survival"),
         "--out",
         tmp_path / "s.csv",
