@@ -199,6 +199,13 @@ def _add_spec(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--settings", "--spec", dest="spec", type=json_object, metavar="JSON", required=True, help=what)
 
 
+def _task_settings(args: argparse.Namespace) -> dict:
+    """The ``--settings`` of splits/train/evaluate, its ``training`` validated over the schema defaults."""
+    from mambamil.config import config_section
+
+    return {**args.spec, "training": config_section("training", settings=args.spec.get("training"))}
+
+
 def _cohort(args: argparse.Namespace, spec: dict):
     """Samples of the spec's task from the label sheet and the feature files present in --features-dir."""
     from mambamil.sheets import read_label_sheet
@@ -264,7 +271,7 @@ def _add_splits(sub: argparse._SubParsersAction) -> None:
 def _run_splits(args: argparse.Namespace) -> int:
     from mambamil.train.splits import make_splits, write_splits
 
-    spec = args.spec
+    spec = _task_settings(args)
     task, samples, _, _, _ = _cohort(args, spec)
     t = spec["training"]
     splits = make_splits(samples, task, t["folds"], t["val_fraction"], t["seed"])
@@ -294,7 +301,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from mambamil.train.engine import TrainSettings, train_fold
     from mambamil.train.splits import check_splits, read_splits
 
-    spec = args.spec
+    spec = _task_settings(args)
     task, samples, meta, features, orders = _cohort(args, spec)
     settings = TrainSettings.from_config(spec["training"])
     splits = read_splits(args.splits)
@@ -345,7 +352,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from mambamil.train.data import TaskSpec
     from mambamil.train.evaluate import evaluate_folds
 
-    spec = args.spec
+    spec = _task_settings(args)
     task = TaskSpec.from_config(spec["task_name"], spec["task"])
     title = f"{task.name} — {spec.get('model_name', '')}"
     result = evaluate_folds(args.predictions, task.kind, list(task.classes), args.out, title)

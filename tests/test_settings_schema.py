@@ -213,3 +213,10 @@ def test_spec_is_an_alias_of_settings() -> None:
     for flag in ("--settings", "--spec"):
         args = parser.parse_args(["evaluate", "p.csv", flag, '{"task_name": "t"}', "--out", "o"])
         assert args.spec == {"task_name": "t"}
+
+
+def test_task_settings_are_validated(tmp_path: Path, capsys) -> None:
+    settings = json.dumps({"task_name": "t", "task": {"type": "survival"}, "training": {"folds": 1}})
+    assert main(["evaluate", "p.csv", "--settings", settings, "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "training.folds" in err, err
