@@ -96,8 +96,9 @@ def _run_tile(args: argparse.Namespace) -> int:
 
     from mambamil.batch import run_guarded
     from mambamil.config import config_section
+    from mambamil.paths import tile_outputs
     from mambamil.qc import QCOutcome, run_slide_stage
-    from mambamil.tiling import TilingSettings, output_paths, tile_slide
+    from mambamil.tiling import TilingSettings, tile_slide
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TilingSettings)}
     sat = overrides["saturation_threshold"]
@@ -115,7 +116,7 @@ def _run_tile(args: argparse.Namespace) -> int:
             return run_slide_stage(
                 "tile",
                 slide_id,
-                output_paths(args.out, slide_id).values(),
+                tile_outputs(args.out, slide_id).values(),
                 [slide],
                 args.on_bad_slide,
                 lambda: tile_slide(slide, args.out, settings, slide_id, mpp),
@@ -225,6 +226,7 @@ def _spec(text: str) -> dict:
 
 def _cohort(args: argparse.Namespace, spec: dict):
     """Samples of the spec's task from the label sheet and the feature files present in --features-dir."""
+    from mambamil.paths import order_file
     from mambamil.sheets import read_label_sheet
     from mambamil.train.data import TaskSpec, build_samples
 
@@ -238,7 +240,7 @@ def _cohort(args: argparse.Namespace, spec: dict):
     samples, meta = build_samples(labels, features, task, training["level"], training["on_missing"])
     orders = {}
     if args.order_dir:
-        orders = {sid: Path(args.order_dir) / f"{sid}.npy" for sid in features}
+        orders = {sid: order_file(args.order_dir, sid) for sid in features}
     return task, samples, meta, features, orders
 
 
@@ -631,6 +633,7 @@ def _add_qc(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_qc(args: argparse.Namespace) -> int:
+    from mambamil.paths import qc_tables
     from mambamil.qc import collect_qc, exclusion_report, write_table
     from mambamil.sheets import read_slide_sheet
 
@@ -638,8 +641,9 @@ def _run_qc(args: argparse.Namespace) -> int:
     cases = dict(zip(sheet["slide_id"], sheet["case_id"].astype(str), strict=True))
     files = {sid: [Path(p.format(slide_id=sid)) for p in args.stage_file] for sid in cases}
     slides, patients = collect_qc(cases, files)
-    write_table(args.out / "slides.csv", slides)
-    write_table(args.out / "patients.csv", patients)
+    tables = qc_tables(args.out)
+    write_table(tables["slides"], slides)
+    write_table(tables["patients"], patients)
     report = exclusion_report(slides)
     print(report or f"QC: all {len(slides)} slides usable")
     return 0
