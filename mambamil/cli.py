@@ -81,8 +81,9 @@ def _add_tile(sub: argparse._SubParsersAction) -> None:
 
 def _run_tile(args: argparse.Namespace) -> int:
     from mambamil.batch import run_guarded
+    from mambamil.paths import tile_outputs
     from mambamil.qc import QCOutcome, run_slide_stage
-    from mambamil.tiling import TilingSettings, output_paths, tile_slide
+    from mambamil.tiling import TilingSettings, tile_slide
 
     settings = TilingSettings.from_config(section_from_args(args, "tiling"))
     jobs = _tile_jobs(args)
@@ -93,7 +94,7 @@ def _run_tile(args: argparse.Namespace) -> int:
             return run_slide_stage(
                 "tile",
                 slide_id,
-                output_paths(args.out, slide_id).values(),
+                tile_outputs(args.out, slide_id).values(),
                 [slide],
                 args.on_bad_slide,
                 lambda: tile_slide(slide, args.out, settings, slide_id, mpp),
@@ -208,6 +209,7 @@ def _task_settings(args: argparse.Namespace) -> dict:
 
 def _cohort(args: argparse.Namespace, spec: dict):
     """Samples of the spec's task from the label sheet and the feature files present in --features-dir."""
+    from mambamil.paths import order_file
     from mambamil.sheets import read_label_sheet
     from mambamil.train.data import TaskSpec, build_samples
 
@@ -221,7 +223,7 @@ def _cohort(args: argparse.Namespace, spec: dict):
     samples, meta = build_samples(labels, features, task, training["level"], training["on_missing"])
     orders = {}
     if args.order_dir:
-        orders = {sid: Path(args.order_dir) / f"{sid}.npy" for sid in features}
+        orders = {sid: order_file(args.order_dir, sid) for sid in features}
     return task, samples, meta, features, orders
 
 
@@ -591,6 +593,7 @@ def _add_qc(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_qc(args: argparse.Namespace) -> int:
+    from mambamil.paths import qc_tables
     from mambamil.qc import collect_qc, exclusion_report, write_table
     from mambamil.sheets import read_slide_sheet
 
@@ -598,8 +601,9 @@ def _run_qc(args: argparse.Namespace) -> int:
     cases = dict(zip(sheet["slide_id"], sheet["case_id"].astype(str), strict=True))
     files = {sid: [Path(p.format(slide_id=sid)) for p in args.stage_file] for sid in cases}
     slides, patients = collect_qc(cases, files)
-    write_table(args.out / "slides.csv", slides)
-    write_table(args.out / "patients.csv", patients)
+    tables = qc_tables(args.out)
+    write_table(tables["slides"], slides)
+    write_table(tables["patients"], patients)
     report = exclusion_report(slides)
     print(report or f"QC: all {len(slides)} slides usable")
     return 0

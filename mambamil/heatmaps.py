@@ -35,6 +35,7 @@ from mambamil.config import settings_from_config
 from mambamil.errors import InputFileError
 from mambamil.fileio import atomic_output, write_json, write_png
 from mambamil.inference import bag_outputs, load_bag, load_ensemble
+from mambamil.paths import heatmap_outputs
 from mambamil.slide import Slide, open_slide
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,6 @@ def heatmap_slide(
     MambaMIL state dicts; ``order`` overrides the sequence order stored in the checkpoint (None: the stored one;
     an override warns). Returns a summary with the slide's prediction."""
     settings = settings or HeatmapSettings.from_config()
-    out_dir = Path(out_dir)
     ensemble = load_ensemble([Path(c) for c in checkpoints], device, original, order)
     bag = load_bag(features_path, ensemble.in_dim, slide_id=Path(features_path).stem)
     if bag.coords is None:
@@ -211,25 +211,26 @@ def heatmap_slide(
     with open_slide(slide_path, mpp=mpp, slide_id=slide_id) as slide:
         size0 = float(bag.attrs.get("patch_size_level0") or bag.attrs["patch_size"])
         sid = slide.slide_id
+        files = heatmap_outputs(out_dir, sid, tuple(scores))
         table = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1]})
         written = {}
         for name, raw in scores.items():
             pct = rank_percentiles(raw)
             table[name], table[f"{name}_percentile"] = raw, pct
             img = render_heatmap(coords, pct, size0, slide.dimensions, slide.mpp, settings, background=slide)
-            written[name] = out_dir / f"{sid}.{name}.png"
+            written[name] = files[name]
             write_png(written[name], add_colour_bar(img, settings.cmap, name))
         main = "attention" if "attention" in scores else next(iter(scores))
         ranked = np.argsort(-table[main].to_numpy(), kind="stable")
         k = min(settings.top_k, len(ranked))
         for name, idx in (("top", ranked[:k]), ("bottom", ranked[::-1][:k])):
             montage = patch_montage(slide, coords[idx], table[main].to_numpy()[idx], size0)
-            write_png(out_dir / f"{sid}.{name}.png", montage)
-        with atomic_output(out_dir / f"{sid}.scores.csv") as tmp:
+            write_png(files[name], montage)
+        with atomic_output(files["scores"]) as tmp:
             table.to_csv(tmp, index=False)
         measures = {c: table[c].to_numpy() for c in table.columns if c not in ("x", "y")}
-        write_json(out_dir / f"{sid}.patches.geojson", patches_feature_collection(coords, size0, measures), indent=None)
-        write_json(out_dir / f"{sid}.prediction.json", result.prediction)
+        write_json(files["geojson"], patches_feature_collection(coords, size0, measures), indent=None)
+        write_json(files["prediction"], result.prediction)
     return {
         "slide_id": sid,
         "n_patches": len(coords),

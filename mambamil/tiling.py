@@ -23,6 +23,7 @@ from mambamil.config import settings_from_config
 from mambamil.fileio import write_json, write_png
 from mambamil.geometry import Polygon, mask_polygons, polygons_to_feature_collection, polygons_to_mask
 from mambamil.h5layout import write_coords
+from mambamil.paths import tile_outputs
 from mambamil.slide import Slide, open_slide
 
 log = logging.getLogger(__name__)
@@ -81,15 +82,6 @@ class TileResult:
     tissue_area_mm2: float
     seconds: float
     outputs: dict[str, Path]
-
-
-def output_paths(out_dir: str | Path, slide_id: str) -> dict[str, Path]:
-    out_dir = Path(out_dir)
-    return {
-        "coords": out_dir / f"{slide_id}.h5",
-        "tissue": out_dir / f"{slide_id}.tissue.geojson",
-        "preview": out_dir / f"{slide_id}.preview.png",
-    }
 
 
 def segment_tissue(slide: Slide, settings: TilingSettings) -> TissueMask:
@@ -207,7 +199,7 @@ def tile_slide(
                 f"at {settings.patch_size} px × {settings.target_mpp} µm/px"
             )
         choice = slide.level_for_mpp(settings.target_mpp)
-        paths = output_paths(out_dir, slide.slide_id)
+        paths = tile_outputs(out_dir, slide.slide_id)
         write_json(paths["tissue"], polygons_to_feature_collection(tissue.polygons, tissue.scale, "Tissue"))
         preview = draw_preview(slide, tissue, grid, settings)
         write_png(paths["preview"], preview)

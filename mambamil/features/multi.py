@@ -18,6 +18,7 @@ from mambamil.device import resolve_device
 from mambamil.errors import MambamilError
 from mambamil.features.encoders import create_encoder
 from mambamil.features.extract import FeatureResult, FeatureSettings, extract_slide
+from mambamil.paths import feature_file, tile_outputs
 from mambamil.qc import QCOutcome, run_slide_stage
 from mambamil.sheets import read_slide_sheet
 
@@ -54,7 +55,7 @@ def jobs_from_sheet(sheet: str | Path, coords_dir: str | Path, out_dir: str | Pa
     """A job per row of the slide sheet: ``<coords_dir>/<slide_id>.h5`` → ``<out_dir>/<slide_id>.h5``."""
     rows = read_slide_sheet(sheet)
     return [
-        SlideJob(Path(p), Path(coords_dir) / f"{sid}.h5", Path(out_dir) / f"{sid}.h5", sid)
+        SlideJob(Path(p), tile_outputs(coords_dir, sid)["coords"], feature_file(out_dir, sid), sid)
         for sid, p in zip(rows["slide_id"], rows["path"], strict=True)
     ]
 

@@ -22,6 +22,7 @@ from mambamil.device import mil_autocast, resolve_device
 from mambamil.fileio import atomic_output, write_json
 from mambamil.inference import Standardized, load_trained, predict_dataset, unwrap
 from mambamil.models import create_model, save_checkpoint
+from mambamil.paths import fold_outputs
 from mambamil.train.data import BagDataset, Sample, TaskSpec
 from mambamil.train.metrics import c_index, classification_metrics, nll_survival_loss
 from mambamil.train.plots import loss_curves
@@ -146,7 +147,7 @@ def train_fold(
 
     ``order`` ({"method", "seed"}) is the order stage's setting behind ``order_files``, stored in the checkpoint
     so inference recomputes the same sequences; without order files bags are read as stored."""
-    out_dir = Path(out_dir)
+    outputs = fold_outputs(out_dir)
     seed_everything(settings.seed * 1000 + fold)
     device = resolve_device(settings.device)
     rows = splits[splits["fold"] == fold]
@@ -213,7 +214,7 @@ def train_fold(
         is_best = epoch + 1 >= min(settings.min_epochs, settings.epochs) and score > best_score
         if is_best:
             best_score, best_epoch = score, epoch
-            save_checkpoint(out_dir / "checkpoint.pt", unwrap(model), {**extra, "epoch": epoch, "val_loss": val_loss})
+            save_checkpoint(outputs["checkpoint"], unwrap(model), {**extra, "epoch": epoch, "val_loss": val_loss})
         history.append(
             {
                 "epoch": epoch,
@@ -228,13 +229,13 @@ def train_fold(
             log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
             break
     history_df = pd.DataFrame(history)
-    with atomic_output(out_dir / "log.csv") as tmp:
+    with atomic_output(outputs["log_csv"]) as tmp:
         history_df.to_csv(tmp, index=False)
-    loss_curves(history_df, out_dir / "curves.png", monitor if monitor in history_df else "val_loss")
-    best_model, _ = load_trained(out_dir / "checkpoint.pt")
+    loss_curves(history_df, outputs["curves"], monitor if monitor in history_df else "val_loss")
+    best_model, _ = load_trained(outputs["checkpoint"])
     preds = predict_dataset([best_model.to(device)], data["test"], device, task, settings.precision)
     preds.insert(0, "fold", fold)
-    with atomic_output(out_dir / "test_predictions.csv") as tmp:
+    with atomic_output(outputs["predictions"]) as tmp:
         preds.to_csv(tmp, index=False)
     summary = {
         "task": task.name,
@@ -247,7 +248,7 @@ def train_fold(
         "n_val": len(data["val"]),
         "n_test": len(data["test"]),
     }
-    write_json(out_dir / "summary.json", summary)
+    write_json(outputs["summary"], summary)
     return summary
 
 

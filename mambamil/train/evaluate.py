@@ -14,6 +14,7 @@ import pandas as pd
 from mambamil.errors import InputFileError
 from mambamil.fileio import atomic_output, write_json
 from mambamil.inference import probability_column
+from mambamil.paths import evaluation_outputs
 from mambamil.train.metrics import classification_metrics, survival_metrics
 from mambamil.train.plots import km_plot, roc_plot
 
@@ -31,7 +32,6 @@ def evaluate_folds(
     """Read each fold's ``test_predictions.csv`` and write ``metrics.json`` (per fold + summary),
     ``predictions.csv`` (all test predictions with their fold) and ``test_curves.png`` (ROC curves for
     subtyping, Kaplan–Meier curves of predicted risk groups for survival)."""
-    out_dir = Path(out_dir)
     frames = []
     for path in prediction_files:
         if not Path(path).exists():
@@ -48,10 +48,11 @@ def evaluate_folds(
         summary[key] = {"mean": float(np.nanmean(values)), "std": float(np.nanstd(values)), "folds": values.tolist()}
     pooled = _metrics(preds, kind, classes)
     result = {"kind": kind, "n_folds": len(per_fold), "summary": summary, "pooled": pooled, "per_fold": per_fold}
-    write_json(out_dir / "metrics.json", result)
-    with atomic_output(out_dir / "predictions.csv") as tmp:
+    outputs = evaluation_outputs(out_dir)
+    write_json(outputs["metrics"], result)
+    with atomic_output(outputs["predictions"]) as tmp:
         preds.to_csv(tmp, index=False)
-    curves = out_dir / "test_curves.png"
+    curves = outputs["curves"]
     if kind == "classification":
         probs = preds[[probability_column(c) for c in classes]].to_numpy()
         roc_plot(preds["target"].to_numpy(), probs, classes, curves, title)

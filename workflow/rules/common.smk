@@ -6,7 +6,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from mambamil import demo
+from mambamil import demo, paths
 from mambamil.config import task_model, task_training, verb_settings
 from mambamil.features import encoder_tag
 from mambamil.qc import EXCLUDED, exclusion_report, read_qc_table
@@ -20,11 +20,24 @@ validate(config, "../schemas/config.schema.yaml")
 shell.prefix(f'set -euo pipefail; export PYTHONPATH="{workflow.basedir}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; ')
 
 RESULTS = Path(config["results"])
-LOGS = RESULTS / "logs"
+LOGS = paths.logs_dir(RESULTS)
 SLIDE_SHEET = Path(config["slides"])
-FEATURES_DIR = RESULTS / "features" / encoder_tag(
-    config["features"]["encoder"], config["features"]["weights"], config["features"]["tag"]
+TILES_DIR = paths.tiles_dir(RESULTS)
+FEATURES_DIR = paths.features_dir(
+    RESULTS, encoder_tag(config["features"]["encoder"], config["features"]["weights"], config["features"]["tag"])
 )
+# Every output path, as a pattern with wildcards, from the one function that names it (mambamil/paths.py); the
+# CLI verbs write the same names into the folders the rules give them.
+TILE = paths.tile_outputs(TILES_DIR, "{slide_id}")
+FEATURES = paths.feature_file(FEATURES_DIR, "{slide_id}")
+ORDER = paths.order_file(paths.order_dir(FEATURES_DIR, "{method}"), "{slide_id}")
+QC = paths.qc_tables(paths.qc_dir(RESULTS))
+SPLITS = paths.splits_file(RESULTS, "{task}")
+FOLD = paths.fold_outputs(paths.fold_dir(RESULTS, "{task}", "{model}", "{fold}"))
+EVALUATION = paths.evaluation_outputs(paths.evaluation_dir(RESULTS, "{task}", "{model}"))
+SUMMARY = paths.summary_file(RESULTS)
+HEATMAP = paths.heatmap_outputs(paths.heatmap_dir(RESULTS, "{slide_id}"), "{slide_id}")
+HEATMAPS_INDEX = paths.heatmaps_index(RESULTS)
 DEMO = config.get("demo_cohort") or None
 DEMO_DIR = Path(DEMO["dir"]) if DEMO else None
 
@@ -52,8 +65,6 @@ wildcard_constraints:
 
 # Slide-level QC (README "Bad slides and QC"): what the per-slide stages do with a bad slide, and the tables.
 QC_OPTION = f"--on-bad-slide {config['qc']['on_bad_slide']}"
-QC_SLIDES = RESULTS / "qc" / "slides.csv"
-QC_PATIENTS = RESULTS / "qc" / "patients.csv"
 
 
 def slide_files(slide_ids):
@@ -150,19 +161,19 @@ def test_fold_checkpoint(wildcards):
     folds = splits.loc[(splits["case_id"] == case) & (splits["split"] == "test"), "fold"].tolist()
     if not folds:
         raise ValueError(f"slide {wildcards.slide_id}: patient {case} is in no test fold of {HEATMAP_TASK}")
-    return RESULTS / "models" / HEATMAP_TASK / HEATMAP_MODEL / f"fold_{folds[0]}" / "checkpoint.pt"
+    return expand(FOLD["checkpoint"], task=HEATMAP_TASK, model=HEATMAP_MODEL, fold=folds[0])
 
 
 def all_targets():
-    targets = expand(RESULTS / "tiles" / "{slide_id}.h5", slide_id=SLIDE_IDS)
-    targets += expand(FEATURES_DIR / "{slide_id}.h5", slide_id=SLIDE_IDS)
-    targets += expand(FEATURES_DIR / "order" / "{method}" / "{slide_id}.npy", method=ORDER_METHODS, slide_id=SLIDE_IDS)
+    targets = expand(TILE["coords"], slide_id=SLIDE_IDS)
+    targets += expand(FEATURES, slide_id=SLIDE_IDS)
+    targets += expand(ORDER, method=ORDER_METHODS, slide_id=SLIDE_IDS)
     if TASKS and MODELS:
-        targets.append(RESULTS / "evaluation" / "summary.csv")
-    targets.append(QC_SLIDES)
+        targets.append(SUMMARY)
+    targets.append(QC["slides"])
     if HEATMAP_TASK and HEATMAP_MODEL:
         # Heatmaps follow the splits (a checkpoint): only slides that passed QC and were tested (qc.smk).
-        targets.append(RESULTS / "heatmaps" / "index.csv")
+        targets.append(HEATMAPS_INDEX)
     return targets
 
 
@@ -174,15 +185,15 @@ def tested_heatmaps(wildcards):
     splits = pd.read_csv(checkpoints.splits.get(task=HEATMAP_TASK).output.splits, dtype={"case_id": str})
     tested = set(splits.loc[splits["split"] == "test", "case_id"])
     labels = read_label_sheet(config["labels"])
-    qc = read_qc_table(QC_SLIDES)
+    qc = read_qc_table(QC["slides"])
     usable = set(qc.loc[qc["status"] != EXCLUDED, "slide_id"])
     slides = [s for s in SLIDE_IDS if s in usable and s in labels.index and labels.loc[s, "case_id"] in tested]
-    return expand(RESULTS / "heatmaps" / "{slide_id}" / "{slide_id}.attention.png", slide_id=slides)
+    return expand(HEATMAP["attention"], slide_id=slides)
 
 
 def print_qc_summary():
     """The excluded slides, printed at the end of every run (README "Bad slides and QC")."""
-    if QC_SLIDES.exists():
-        text = exclusion_report(read_qc_table(QC_SLIDES))
+    if QC["slides"].exists():
+        text = exclusion_report(read_qc_table(QC["slides"]))
         if text:
-            print(f"\n{text}\n(full table: {QC_SLIDES})", file=sys.stderr)
+            print(f"\n{text}\n(full table: {QC['slides']})", file=sys.stderr)

@@ -11,11 +11,11 @@ for _batch, _ids in enumerate(feature_batches(SLIDE_IDS, config["features"]["sli
             f"features_batch{_batch}"
         input:
             slides=[p for s in _ids for p in slide_files([s])],
-            coords=[RESULTS / "tiles" / f"{s}.h5" for s in _ids],
+            coords=expand(TILE["coords"], slide_id=_ids),
             # A local checkpoint is an input, so replacing it reruns the stage.
             weights=[] if config["features"]["weights"] in (None, "random", "hub") else [config["features"]["weights"]],
         output:
-            features=[FEATURES_DIR / f"{s}.h5" for s in _ids],
+            features=expand(FEATURES, slide_id=_ids),
         params:
             slides=" ".join(shlex.quote(str(SLIDE_PATHS[s])) for s in _ids),
             slide_ids=" ".join(shlex.quote(s) for s in _ids),

@@ -4,19 +4,19 @@
 rule heatmap:
     input:
         slide=lambda wc: SLIDE_PATHS[wc.slide_id],
-        features=FEATURES_DIR / "{slide_id}.h5",
+        features=FEATURES,
         checkpoint=test_fold_checkpoint,
     output:
         attention=report(
-            RESULTS / "heatmaps" / "{slide_id}" / "{slide_id}.attention.png",
+            HEATMAP["attention"],
             category="Heatmaps",
             labels={"slide": "{slide_id}", "map": "attention"},
         ),
-        gradxinput=RESULTS / "heatmaps" / "{slide_id}" / "{slide_id}.gradxinput.png",
-        scores=RESULTS / "heatmaps" / "{slide_id}" / "{slide_id}.scores.csv",
-        geojson=RESULTS / "heatmaps" / "{slide_id}" / "{slide_id}.patches.geojson",
+        gradxinput=HEATMAP["gradxinput"],
+        scores=HEATMAP["scores"],
+        geojson=HEATMAP["geojson"],
     params:
-        out_dir=lambda wc, output: Path(output.scores).parent,
+        out_dir=lambda wc: paths.heatmap_dir(RESULTS, wc.slide_id),
         mpp=lambda wc: f"--slide-mpp {SLIDE_MPP[wc.slide_id]}" if wc.slide_id in SLIDE_MPP else "",
         settings=settings_option("heatmaps"),
     log:

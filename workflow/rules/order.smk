@@ -3,9 +3,9 @@
 
 rule order:
     input:
-        features=FEATURES_DIR / "{slide_id}.h5",
+        features=FEATURES,
     output:
-        order=FEATURES_DIR / "order" / "{method}" / "{slide_id}.npy",
+        order=ORDER,
     params:
         settings=settings_option("order"),
         qc=QC_OPTION,

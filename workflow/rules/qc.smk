@@ -3,23 +3,19 @@
 rule qc:
     input:
         slides=config["slides"],
-        tiles=expand(RESULTS / "tiles" / "{slide_id}.h5", slide_id=SLIDE_IDS),
-        features=expand(FEATURES_DIR / "{slide_id}.h5", slide_id=SLIDE_IDS),
-        orders=expand(FEATURES_DIR / "order" / TRAIN_ORDER / "{slide_id}.npy", slide_id=SLIDE_IDS),
+        tiles=expand(TILE["coords"], slide_id=SLIDE_IDS),
+        features=expand(FEATURES, slide_id=SLIDE_IDS),
+        orders=expand(ORDER, method=TRAIN_ORDER, slide_id=SLIDE_IDS),
     output:
-        slides=report(QC_SLIDES, category="QC", labels={"table": "slides"}),
-        patients=report(QC_PATIENTS, category="QC", labels={"table": "patients"}),
+        slides=report(QC["slides"], category="QC", labels={"table": "slides"}),
+        patients=report(QC["patients"], category="QC", labels={"table": "patients"}),
     params:
         # A function, so Snakemake does not expand the {slide_id} placeholders that `mambamil qc` fills in.
         stage_files=lambda wc: " ".join(
             f"--stage-file {shlex.quote(str(p))}"
-            for p in (
-                RESULTS / "tiles" / "{slide_id}.h5",
-                FEATURES_DIR / "{slide_id}.h5",
-                FEATURES_DIR / "order" / TRAIN_ORDER / "{slide_id}.npy",
-            )
+            for p in (TILE["coords"], FEATURES, paths.order_file(paths.order_dir(FEATURES_DIR, TRAIN_ORDER), "{slide_id}"))
         ),
-        out_dir=lambda wc, output: Path(output.slides).parent,
+        out_dir=paths.qc_dir(RESULTS),
     log:
         LOGS / "qc.log",
     localrule: True
@@ -32,9 +28,9 @@ rule qc:
 rule heatmaps_index:
     input:
         heatmaps=tested_heatmaps,
-        qc=QC_SLIDES,
+        qc=QC["slides"],
     output:
-        index=RESULTS / "heatmaps" / "index.csv",
+        index=HEATMAPS_INDEX,
     params:
         slide_ids=SLIDE_IDS,
     log:

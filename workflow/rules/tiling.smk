@@ -5,12 +5,10 @@ rule tile:
     input:
         slide=slide_input,
     output:
-        coords=RESULTS / "tiles" / "{slide_id}.h5",
-        tissue=RESULTS / "tiles" / "{slide_id}.tissue.geojson",
-        preview=RESULTS / "tiles" / "{slide_id}.preview.png",
+        **TILE,
     params:
         slide=lambda wc: SLIDE_PATHS[wc.slide_id],
-        out_dir=lambda wc, output: Path(output.coords).parent,
+        out_dir=TILES_DIR,
         mpp=lambda wc: f"--mpp {SLIDE_MPP[wc.slide_id]}" if wc.slide_id in SLIDE_MPP else "",
         settings=settings_option("tiling"),
         qc=QC_OPTION,

@@ -4,12 +4,12 @@
 checkpoint splits:
     input:
         labels=config["labels"],
-        qc=QC_SLIDES,
-        features=expand(FEATURES_DIR / "{slide_id}.h5", slide_id=SLIDE_IDS),
+        qc=QC["slides"],
+        features=expand(FEATURES, slide_id=SLIDE_IDS),
     output:
-        splits=RESULTS / "splits" / "{task}.csv",
+        splits=SPLITS,
     params:
-        features_dir=lambda wc, input: Path(input.features[0]).parent,
+        features_dir=FEATURES_DIR,
         settings=lambda wc: settings_option(task_spec(wc.task)),
     log:
         LOGS / "splits" / "{task}.log",
@@ -27,26 +27,24 @@ checkpoint splits:
 rule train:
     input:
         labels=config["labels"],
-        qc=QC_SLIDES,
-        splits=RESULTS / "splits" / "{task}.csv",
-        features=expand(FEATURES_DIR / "{slide_id}.h5", slide_id=SLIDE_IDS),
-        orders=lambda wc: expand(
-            FEATURES_DIR / "order" / task_training(config, wc.task)["order"] / "{slide_id}.npy", slide_id=SLIDE_IDS
-        ),
+        qc=QC["slides"],
+        splits=SPLITS,
+        features=expand(FEATURES, slide_id=SLIDE_IDS),
+        orders=lambda wc: expand(ORDER, method=task_training(config, wc.task)["order"], slide_id=SLIDE_IDS),
     output:
-        checkpoint=RESULTS / "models" / "{task}" / "{model}" / "fold_{fold}" / "checkpoint.pt",
-        predictions=RESULTS / "models" / "{task}" / "{model}" / "fold_{fold}" / "test_predictions.csv",
-        log_csv=RESULTS / "models" / "{task}" / "{model}" / "fold_{fold}" / "log.csv",
+        checkpoint=FOLD["checkpoint"],
+        predictions=FOLD["predictions"],
+        log_csv=FOLD["log_csv"],
         curves=report(
-            RESULTS / "models" / "{task}" / "{model}" / "fold_{fold}" / "curves.png",
+            FOLD["curves"],
             category="Training curves",
             subcategory="{task} / {model}",
             labels={"task": "{task}", "model": "{model}", "fold": "{fold}"},
         ),
     params:
-        features_dir=lambda wc, input: Path(input.features[0]).parent,
-        order_dir=lambda wc, input: Path(input.orders[0]).parent,
-        out_dir=lambda wc, output: Path(output.checkpoint).parent,
+        features_dir=FEATURES_DIR,
+        order_dir=lambda wc: paths.order_dir(FEATURES_DIR, task_training(config, wc.task)["order"]),
+        out_dir=lambda wc: paths.fold_dir(RESULTS, wc.task, wc.model, wc.fold),
         settings=lambda wc: settings_option(task_spec(wc.task, wc.model)),
     log:
         LOGS / "train" / "{task}" / "{model}" / "fold_{fold}.log",
@@ -67,23 +65,18 @@ rule train:
 
 rule evaluate:
     input:
-        predictions=lambda wc: expand(
-            RESULTS / "models" / "{task}" / "{model}" / "fold_{fold}" / "test_predictions.csv",
-            task=wc.task,
-            model=wc.model,
-            fold=task_folds(wc.task),
-        ),
+        predictions=lambda wc: expand(FOLD["predictions"], task=wc.task, model=wc.model, fold=task_folds(wc.task)),
     output:
-        metrics=RESULTS / "evaluation" / "{task}" / "{model}" / "metrics.json",
-        predictions=RESULTS / "evaluation" / "{task}" / "{model}" / "predictions.csv",
+        metrics=EVALUATION["metrics"],
+        predictions=EVALUATION["predictions"],
         curves=report(
-            RESULTS / "evaluation" / "{task}" / "{model}" / "test_curves.png",
+            EVALUATION["curves"],
             category="Evaluation",
             subcategory="{task}",
             labels={"task": "{task}", "model": "{model}"},
         ),
     params:
-        out_dir=lambda wc, output: Path(output.metrics).parent,
+        out_dir=lambda wc: paths.evaluation_dir(RESULTS, wc.task, wc.model),
         settings=lambda wc: settings_option(task_spec(wc.task, wc.model)),
     log:
         LOGS / "evaluate" / "{task}" / "{model}.log",
@@ -100,10 +93,12 @@ rule evaluate:
 
 rule summary:
     input:
-        metrics=[RESULTS / "evaluation" / t / m / "metrics.json" for t in TASKS for m in MODELS],
-        qc=QC_SLIDES,
+        metrics=[expand(EVALUATION["metrics"], task=t, model=m)[0] for t in TASKS for m in MODELS],
+        qc=QC["slides"],
     output:
-        summary=report(RESULTS / "evaluation" / "summary.csv", category="Evaluation"),
+        summary=report(SUMMARY, category="Evaluation"),
+    params:
+        runs=[(t, m) for t in TASKS for m in MODELS],
     log:
         LOGS / "summary.log",
     localrule: True

@@ -10,7 +10,7 @@ from mambamil.train.evaluate import summary_table
 snakemake = snakemake  # noqa: F821 (injected by Snakemake)
 with open(snakemake.log[0], "w") as log:
     sys.stderr = log
-    files = {(Path(p).parent.parent.name, Path(p).parent.name): Path(p) for p in snakemake.input.metrics}
+    files = {tuple(run): Path(p) for run, p in zip(snakemake.params.runs, snakemake.input.metrics, strict=True)}
     table = summary_table(files)
     qc = read_qc_table(snakemake.input.qc)
     for key, value in qc_counts(qc).items():  # how many slides/patients the study used (README "Bad slides and QC")

@@ -1,0 +1,46 @@
+"""The results layout has one home (mambamil/paths.py): the rules and the CLI verbs take every output path from it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mambamil import paths
+from mambamil.cli import main
+
+RULES = Path(__file__).resolve().parents[1] / "workflow" / "rules"
+
+
+def test_rules_type_no_output_path_of_their_own() -> None:
+    """A path under the results folder written out in a rule (``RESULTS / "tiles" / ...``, ``"{slide_id}.h5"``)
+    would be a second copy of a fact of mambamil/paths.py."""
+    checked = 0
+    for smk in sorted(RULES.glob("*.smk")):
+        text = smk.read_text(encoding="utf-8")
+        if smk.name == "demo.smk":  # the demo cohort's own files (mambamil/demo.py), not the results layout
+            continue
+        checked += 1
+        assert not re.search(r"RESULTS\s*/", text), f"{smk.name} builds a path under RESULTS by hand"
+        assert not re.search(r"\.(h5|npy|csv|png|json|geojson|pt)\"", text), f"{smk.name} names an output file"
+    assert checked >= 6
+
+
+def test_results_layout_round_trip() -> None:
+    results = Path("res")
+    features = paths.features_dir(results, "enc")
+    assert paths.feature_file(features, "s1") == Path("res/features/enc/s1.h5")
+    assert paths.order_file(paths.order_dir(features, "hilbert"), "s1") == Path("res/features/enc/order/hilbert/s1.npy")
+    fold = paths.fold_outputs(paths.fold_dir(results, "subtype", "mambamil", 2))
+    assert fold["checkpoint"] == Path("res/models/subtype/mambamil/fold_2/checkpoint.pt")
+    heat = paths.heatmap_outputs(paths.heatmap_dir(results, "s1"), "s1")
+    assert heat["attention"] == Path("res/heatmaps/s1/s1.attention.png")
+    # every file name of one folder is distinct
+    for files in (fold, heat, paths.tile_outputs(results, "s1"), paths.evaluation_outputs(results)):
+        assert len(set(files.values())) == len(files)
+
+
+def test_tile_verb_writes_the_layout(demo_cohort: Path, tmp_path: Path) -> None:
+    slide = sorted((demo_cohort / "slides").glob("*.tif*"))[0]
+    assert main(["--quiet", "tile", str(slide), "--out", str(tmp_path), "--slide-id", "s1", "--seg-mpp", "16"]) == 0
+    expected = set(paths.tile_outputs(tmp_path, "s1").values())
+    assert {p for p in tmp_path.iterdir() if not p.name.startswith(".")} == expected
