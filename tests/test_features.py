@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from test_h5layout import documented_attrs
 
 from mambamil import demo
 from mambamil.cli import main
@@ -70,6 +71,15 @@ def test_real_slide_features(real_features: Path, real_coords: Path) -> None:
     assert bag.coords_meta == read_coords(real_coords).meta
     with h5py.File(real_features, "r") as f:  # CLAM/TRIDENT readers find the tile stage's attributes on coords
         assert f["coords"].attrs["patch_level"] == 0 and f["coords"].attrs["patch_size"] == 256
+
+
+def test_written_attributes_are_the_documented_ones(real_coords: Path, real_features: Path) -> None:
+    with h5py.File(real_coords, "r") as c, h5py.File(real_features, "r") as f:
+        assert set(c["coords"].attrs) == documented_attrs("coords")
+        assert set(f["features"].attrs) == documented_attrs("features")
+        for k, v in c["coords"].attrs.items():  # the feature file's coords carry the tile stage's, unchanged
+            copied = np.asarray(f["coords"].attrs[k])
+            assert np.array_equal(copied, v) and copied.dtype == np.asarray(v).dtype, k
 
 
 def test_batched_workers_equal_one_by_one(real_slide: Path, real_features: Path, real_coords: Path) -> None:
