@@ -44,7 +44,7 @@ import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import h5py
 import numpy as np
@@ -73,7 +73,7 @@ class _Attrs:
         return {**self.extra, **{k: v for k, v in values.items() if v is not None}}
 
     @classmethod
-    def from_attrs(cls, mapping: Mapping[str, Any], path: str | Path, strict: bool = True) -> Any:
+    def from_attrs(cls, mapping: Mapping[str, Any], path: str | Path, strict: bool = True) -> Self:
         """The record of the attributes ``mapping`` (as h5py gives them) read from ``path``; with ``strict``, an
         :class:`InputFileError` naming the file when one of ``REQUIRED`` is missing."""
         values = {k: _attr_value(v) for k, v in mapping.items()}

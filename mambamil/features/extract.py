@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,6 @@ from mambamil.features.encoders import RANDOM_SEED, Encoder, create_encoder, fil
 from mambamil.h5layout import (
     FEATURES_FORMAT_VERSION,
     CoordsFile,
-    FeatureAttrs,
     read_coords,
     read_feature_attrs,
     write_features,
@@ -216,8 +215,8 @@ def extract_slide(
         times = StageTimes() if profile else None
         feats = _embed_slide(slide, cf.coords, size0, encoder, settings, device, precision, out_dtype, times, progress)
         t_write = time.perf_counter()
-        meta = FeatureAttrs(
-            **encoder.attrs(),
+        meta = replace(
+            encoder.attrs(),
             encoder_tag=settings.encoder_tag,
             resize=DEVICE_RESIZE,
             precision=precision,
