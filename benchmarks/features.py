@@ -56,7 +56,7 @@ class ClamBag(Dataset):
 
         cf = read_coords(coords_path)
         self.slide_path, self.coords = str(slide_path), cf.coords
-        self.level, self.size = int(cf.attrs["patch_level"]), int(cf.attrs["patch_size"])
+        self.level, self.size = int(cf.meta.patch_level), cf.patch_size
         self.tf = transforms.Compose([transforms.Resize(224), transforms.ToTensor(), transforms.Normalize(mean, std)])
         self._wsi = None
 
@@ -93,7 +93,7 @@ def old_path(slide: Path, coords: Path, enc: Encoder, device: torch.device, n: i
     cf = read_coords(coords)
     h, w = enc.spec.input_size
     out = []
-    with open_slide(slide, mpp=cf.attrs["slide_mpp"]) as s, torch.inference_mode():
+    with open_slide(slide, mpp=cf.meta.slide_mpp) as s, torch.inference_mode():
         size0 = cf.patch_size * cf.target_mpp / s.mpp
         for i in range(0, min(n, len(cf.coords)), batch):
             imgs = [s.read_region(float(x), float(y), (size0, size0), (w, h)) for x, y in cf.coords[i : i + batch]]
@@ -230,7 +230,7 @@ def many_slides(tmp: Path, args: argparse.Namespace, settings: FeatureSettings, 
     for j in jobs:
         cf = read_coords(j.coords)
         c1 = tmp / "one_patch" / f"{j.slide_id}.h5"
-        write_coords(c1, cf.coords[:1], cf.attrs, np.ones(1, np.float32))
+        write_coords(c1, cf.coords[:1], cf.meta, np.ones(1, np.float32))
         one_patch.append(SlideJob(j.slide, c1, tmp / "one_patch_out" / f"{j.slide_id}.h5", j.slide_id))
     extract_slides(one_patch[:1], settings, force=True, progress=False)  # warm-up
     t0 = time.perf_counter()

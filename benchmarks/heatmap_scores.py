@@ -61,7 +61,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for n in sizes:
         x = torch.randn(n, 1024)
-        bag = Bag("b", None, x, None, {})  # type: ignore[arg-type]
+        bag = Bag("b", None, x, None, None)  # type: ignore[arg-type]
         ensemble = Ensemble(members, task, 1024, torch.device("cpu"))
         t_two, (att2, gxi2) = timed(lambda x=x: two_passes(models, x), repeats)
         t_one, res = timed(lambda bag=bag, ensemble=ensemble: bag_outputs(ensemble, bag, gradients=True), repeats)

@@ -183,7 +183,7 @@ def _run_order(args: argparse.Namespace) -> int:
         bag = read_bag(args.features)
         if bag.coords is None:
             raise MambamilError(f"{args.features}: the bag has no coordinates, so it cannot be ordered")
-        perm = slide_order(bag.coords, bag.attrs, args.method, seed, args.features.stem)
+        perm = slide_order(bag.coords, bag.coords_meta, args.method, seed, args.features.stem)
         write_order(args.out, perm)
         return len(perm)
 

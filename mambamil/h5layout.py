@@ -5,7 +5,8 @@ Coordinates file (tile stage), ``tiles/<slide_id>.h5``::
     /coords  int64 (N, 2)  level-0 top-left (x, y) of each patch, row-major grid order
         attrs: target_mpp, patch_size (px at target_mpp), patch_size_level0, slide_mpp, mpp_source,
                level0_dim (w, h), patch_level, downsample (ds_x, ds_y), level_dim (w, h of patch_level),
-               overlap, step_level0, tissue_threshold, name (slide_id), slide_path, mambamil_version
+               downsampled_level_dim (CLAM's name for level_dim), overlap, step_level0, tissue_threshold,
+               name (slide_id), slide_path, mambamil_version
     /tissue_fraction  float32 (N,)  tissue fraction of each kept patch
 
 CLAM and TRIDENT readers find the attributes they expect on ``coords`` (``patch_level``, ``patch_size``,
@@ -18,16 +19,20 @@ Feature file (features stage), ``features/<encoder_tag>/<slide_id>.h5``::
         attrs: encoder, encoder_tag, encoder_kwargs (JSON), feature_dim, weights ("random" | "hub" |
                "checkpoint"), weights_path, weights_sha256 (SHA-256 of the checkpoint file, "" otherwise),
                state_dict_sha256 (SHA-256 of the loaded parameters), random_weights (bool), warning (set when
-               the weights are random), input_size (h, w), mean, std, interpolation, precision, device,
-               storage_dtype, slide_id, target_mpp, patch_size, patch_size_level0, slide_mpp,
-               settings_json (what a rerun compares to decide whether to skip), mambamil_version,
-               torch_version, timm_version
+               the weights are random), input_size (h, w), mean, std, resize (the patch resize method),
+               precision, device, storage_dtype, slide_id, target_mpp, patch_size, patch_size_level0,
+               read_size_level0 (px read at level 0), slide_mpp, coords_file, settings_json (what a rerun
+               compares to decide whether to skip), mambamil_version, torch_version, timm_version
     /coords    int64 (N, 2)  level-0 top-left (x, y), identical to the tile stage's coords (same order)
         attrs: the tile stage's coords attributes, copied unchanged
 
 CLAM (``h5_files/<slide>.h5``: ``features`` (N, 1024), ``coords`` (N, 2)) and TRIDENT
 (``features_<encoder>/<slide>.h5``: the same two datasets, coords attributes from its patcher) read the two
 datasets by name, so they read these files too; :func:`read_bag` reads theirs (and CLAM ``.pt`` bags).
+
+:class:`CoordsAttrs` and :class:`FeatureAttrs` are these attribute lists as typed records; their ``to_attrs`` and
+``from_attrs`` are the only code that knows the names on disk (attributes they do not name, such as TRIDENT's
+``target_magnification``, are kept in ``extra``).
 
 A QC stub (:mod:`mambamil.qc`) at either path marks an excluded slide; every reader here refuses it, and every bag
 reader refuses empty, non-finite and all-zero bags (:func:`check_bag_values`).
@@ -36,9 +41,10 @@ reader refuses empty, non-finite and all-zero bags (:func:`check_bag_values`).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import h5py
 import numpy as np
@@ -49,25 +55,123 @@ from mambamil.fileio import atomic_output
 from mambamil.qc import refuse_stub
 
 
+# -- attribute records ------------------------------------------------------------------------------------
+class _Attrs:
+    """A dataclass whose fields are the attributes of one dataset, named as on disk (see the module docstring).
+
+    Every field is optional (foreign CLAM/TRIDENT files carry few or none); ``REQUIRED`` names those a mambamil
+    file must have. Attributes without a field are kept in ``extra`` so nothing read is lost when written again.
+    """
+
+    DATASET: ClassVar[str]
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
+    extra: dict[str, Any]
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The attributes to write: ``extra`` and every field that is set (``None`` is not written)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}  # type: ignore[arg-type]
+        return {**self.extra, **{k: v for k, v in values.items() if v is not None}}
+
+    @classmethod
+    def from_attrs(cls, mapping: Mapping[str, Any], path: str | Path, strict: bool = True) -> Self:
+        """The record of the attributes ``mapping`` (as h5py gives them) read from ``path``; with ``strict``, an
+        :class:`InputFileError` naming the file when one of ``REQUIRED`` is missing."""
+        values = {k: _attr_value(v) for k, v in mapping.items()}
+        missing = [k for k in cls.REQUIRED if k not in values] if strict else []
+        if missing:
+            raise InputFileError(path, f"'{cls.DATASET}' lacks attributes {missing}")
+        names = {f.name for f in fields(cls)} - {"extra"}  # type: ignore[arg-type]
+        known = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+        return cls(**known, extra={k: v for k, v in values.items() if k not in names})
+
+
+@dataclass(frozen=True)
+class CoordsAttrs(_Attrs):
+    """The attributes of a coordinates file's ``coords`` (copied unchanged onto a feature file's ``coords``)."""
+
+    DATASET: ClassVar[str] = "coords"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("patch_size", "target_mpp", "patch_size_level0")
+    target_mpp: float | None = None
+    patch_size: int | None = None  # px at target_mpp (CLAM, TRIDENT: px at patch_level)
+    patch_size_level0: float | None = None
+    slide_mpp: float | None = None
+    mpp_source: str | None = None
+    level0_dim: tuple[int, int] | None = None
+    patch_level: int | None = None
+    downsample: tuple[float, float] | None = None
+    level_dim: tuple[int, int] | None = None
+    downsampled_level_dim: tuple[int, int] | None = None
+    overlap: float | None = None
+    step_level0: float | None = None
+    tissue_threshold: float | None = None
+    name: str | None = None
+    slide_path: str | None = None
+    mambamil_version: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FeatureAttrs(_Attrs):
+    """The attributes of a feature file's ``features`` dataset: provenance of the embeddings."""
+
+    DATASET: ClassVar[str] = "features"
+
+    encoder: str | None = None
+    encoder_tag: str | None = None
+    encoder_kwargs: str | None = None  # JSON
+    feature_dim: int | None = None
+    weights: str | None = None  # "random" | "hub" | "checkpoint"
+    weights_path: str | None = None
+    weights_sha256: str | None = None
+    state_dict_sha256: str | None = None
+    random_weights: bool | None = None
+    warning: str | None = None
+    input_size: tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    resize: str | None = None
+    precision: str | None = None
+    device: str | None = None
+    storage_dtype: str | None = None
+    slide_id: str | None = None
+    target_mpp: float | None = None
+    patch_size: int | None = None
+    patch_size_level0: float | None = None
+    read_size_level0: float | None = None
+    slide_mpp: float | None = None
+    coords_file: str | None = None
+    settings_json: str | None = None
+    mambamil_version: str | None = None
+    torch_version: str | None = None
+    timm_version: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _write_attrs(ds: h5py.Dataset, record: _Attrs | None) -> None:
+    for key, value in (record.to_attrs() if record is not None else {}).items():
+        ds.attrs[key] = _clean_attr(value)
+
+
+# -- coordinates ------------------------------------------------------------------------------------------
 @dataclass
 class CoordsFile:
     """The content of a tile-stage coordinates file."""
 
     coords: np.ndarray  # (N, 2) int64 level-0 (x, y)
-    attrs: dict[str, Any]
+    meta: CoordsAttrs
     tissue_fraction: np.ndarray | None = None
 
     @property
     def patch_size(self) -> int:
-        return int(self.attrs["patch_size"])
+        return int(self.meta.patch_size)  # type: ignore[arg-type]
 
     @property
     def target_mpp(self) -> float:
-        return float(self.attrs["target_mpp"])
+        return float(self.meta.target_mpp)  # type: ignore[arg-type]
 
     @property
     def patch_size_level0(self) -> float:
-        return float(self.attrs["patch_size_level0"])
+        return float(self.meta.patch_size_level0)  # type: ignore[arg-type]
 
 
 def _clean_attr(value: Any) -> Any:
@@ -78,13 +182,11 @@ def _clean_attr(value: Any) -> Any:
     return value
 
 
-def write_coords(path: str | Path, coords: np.ndarray, attrs: dict[str, Any], tissue_fraction: np.ndarray) -> None:
-    """Write a coordinates file atomically."""
+def write_coords(path: str | Path, coords: np.ndarray, meta: CoordsAttrs, tissue_fraction: np.ndarray) -> None:
+    """Write a coordinates file atomically (``mambamil_version`` set to this version)."""
     coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
-        ds = f.create_dataset("coords", data=coords)
-        for key, value in {**attrs, "mambamil_version": __version__}.items():
-            ds.attrs[key] = _clean_attr(value)
+        _write_attrs(f.create_dataset("coords", data=coords), replace(meta, mambamil_version=__version__))
         f.create_dataset("tissue_fraction", data=np.asarray(tissue_fraction, dtype=np.float32))
 
 
@@ -102,16 +204,13 @@ def read_coords(path: str | Path) -> CoordsFile:
                 raise InputFileError(path, "no 'coords' dataset: not a tile-stage coordinates file")
             ds = f["coords"]
             coords = np.asarray(ds[()], dtype=np.int64)
-            attrs = {k: _attr_value(v) for k, v in ds.attrs.items()}
+            attrs = dict(ds.attrs)
             tissue = np.asarray(f["tissue_fraction"][()]) if "tissue_fraction" in f else None
     except OSError as exc:
         raise InputFileError(path, f"not a readable HDF5 file ({exc})") from exc
     if coords.ndim != 2 or coords.shape[1] != 2:
         raise InputFileError(path, f"'coords' has shape {coords.shape}, expected (N, 2)")
-    missing = [k for k in ("patch_size", "target_mpp", "patch_size_level0") if k not in attrs]
-    if missing:
-        raise InputFileError(path, f"'coords' lacks attributes {missing}")
-    return CoordsFile(coords=coords, attrs=attrs, tissue_fraction=tissue)
+    return CoordsFile(coords=coords, meta=CoordsAttrs.from_attrs(attrs, path), tissue_fraction=tissue)
 
 
 def _attr_value(value: Any) -> Any:
@@ -127,17 +226,22 @@ def _attr_value(value: Any) -> Any:
 # -- features ---------------------------------------------------------------------------------------------
 FEATURES_FORMAT = "mambamil.features"
 FEATURES_FORMAT_VERSION = 1
+#: Attributes by which a foreign feature file is recognised as TRIDENT's.
+TRIDENT_ATTRS = frozenset({"savetodir", "target_magnification", "level0_magnification"})
 
 
 @dataclass
 class Bag:
-    """A bag of patch embeddings: ``features`` (N, D), level-0 ``coords`` (N, 2) or None when unknown."""
+    """A bag of patch embeddings: ``features`` (N, D), level-0 ``coords`` (N, 2) or None when unknown, and the
+    attributes of either dataset (None when the file has none, as CLAM's)."""
 
     features: np.ndarray
     coords: np.ndarray | None
-    attrs: dict[str, Any]
+    coords_meta: CoordsAttrs | None
+    feature_meta: FeatureAttrs | None
     source: str  # "mambamil" | "clam" | "trident" | "pt"
     path: Path | None = None
+    coords_from: Path | None = None  # a ``.pt`` bag's coordinates file (CLAM's sibling ``h5_files/``)
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -151,10 +255,11 @@ def write_features(
     path: str | Path,
     features: np.ndarray,
     coords: np.ndarray,
-    feature_attrs: dict[str, Any],
-    coords_attrs: dict[str, Any] | None = None,
+    feature_meta: FeatureAttrs,
+    coords_meta: CoordsAttrs | None = None,
 ) -> None:
-    """Write a feature file atomically (layout in this module's docstring)."""
+    """Write a feature file atomically (layout in this module's docstring; ``mambamil_version`` of ``features``
+    set to this version, ``coords_meta`` written unchanged)."""
     features = np.asarray(features)
     coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
     if features.ndim != 2 or features.shape[0] != coords.shape[0]:
@@ -162,23 +267,17 @@ def write_features(
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FEATURES_FORMAT
         f.attrs["format_version"] = FEATURES_FORMAT_VERSION
-        ds = f.create_dataset("features", data=features)
-        for key, value in {**feature_attrs, "mambamil_version": __version__}.items():
-            ds.attrs[key] = _clean_attr(value)
-        cs = f.create_dataset("coords", data=coords)
-        for key, value in (coords_attrs or {}).items():
-            cs.attrs[key] = _clean_attr(value)
+        _write_attrs(f.create_dataset("features", data=features), replace(feature_meta, mambamil_version=__version__))
+        _write_attrs(f.create_dataset("coords", data=coords), coords_meta)
 
 
-def read_feature_attrs(path: str | Path) -> dict[str, Any] | None:
+def read_feature_attrs(path: str | Path) -> tuple[FeatureAttrs, int] | None:
     """The ``features`` attributes and row count of a mambamil feature file, or None if it is not one."""
     try:
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != FEATURES_FORMAT or "features" not in f:
                 return None
-            attrs = {k: _attr_value(v) for k, v in f["features"].attrs.items()}
-            attrs["n_rows"] = int(f["features"].shape[0])
-            return attrs
+            return FeatureAttrs.from_attrs(f["features"].attrs, path), int(f["features"].shape[0])
     except (OSError, KeyError):
         return None
 
@@ -191,24 +290,22 @@ def read_features(path: str | Path) -> Bag:
         with h5py.File(path, "r") as f:
             if "features" not in f:
                 raise InputFileError(path, f"no 'features' dataset (datasets: {sorted(f.keys())})")
-            fds = f["features"]
-            features = np.asarray(fds[()])
-            attrs: dict[str, Any] = {}
-            coords = None
-            if "coords" in f:
-                coords = np.asarray(f["coords"][()])
-                attrs.update({k: _attr_value(v) for k, v in f["coords"].attrs.items()})
-            attrs.update({k: _attr_value(v) for k, v in fds.attrs.items()})
-            root = {k: _attr_value(v) for k, v in f.attrs.items()}
+            features = np.asarray(f["features"][()])
+            feature_attrs = dict(f["features"].attrs)
+            coords = np.asarray(f["coords"][()]) if "coords" in f else None
+            coords_attrs = dict(f["coords"].attrs) if "coords" in f else {}
+            mambamil = f.attrs.get("format") == FEATURES_FORMAT
     except OSError as exc:
         raise InputFileError(path, f"not a readable HDF5 file ({exc})") from exc
-    if root.get("format") == FEATURES_FORMAT:
+    if mambamil:
         source = "mambamil"
-    elif "savetodir" in attrs or "target_magnification" in attrs or "level0_magnification" in attrs:
+    elif TRIDENT_ATTRS & (feature_attrs.keys() | coords_attrs.keys()):
         source = "trident"
     else:
         source = "clam"
-    return _checked_bag(path, features, coords, attrs, source)
+    coords_meta = CoordsAttrs.from_attrs(coords_attrs, path, strict=False) if coords_attrs else None
+    feature_meta = FeatureAttrs.from_attrs(feature_attrs, path, strict=False) if feature_attrs else None
+    return _checked_bag(path, features, coords, coords_meta, feature_meta, source)
 
 
 def read_pt_bag(path: str | Path) -> Bag:
@@ -233,13 +330,16 @@ def read_pt_bag(path: str | Path) -> Bag:
         features = obj
     else:
         raise InputFileError(path, f"expected a tensor (N, D), found {type(obj).__name__}")
-    coords, attrs = None, {}
     sibling = path.parent.parent / "h5_files" / f"{path.stem}.h5"
+    h5 = None
     if sibling.exists():
         with contextlib.suppress(InputFileError):
             h5 = read_features(sibling)
-            coords, attrs = h5.coords, {**h5.attrs, "coords_from": str(sibling)}
-    return _checked_bag(path, features, coords, attrs, "pt")
+    if h5 is None:
+        return _checked_bag(path, features, None, None, None, "pt")
+    bag = _checked_bag(path, features, h5.coords, h5.coords_meta, h5.feature_meta, "pt")
+    bag.coords_from = sibling
+    return bag
 
 
 def read_bag(path: str | Path) -> Bag:
@@ -274,7 +374,12 @@ def _existing(path: str | Path, what: str) -> Path:
 
 
 def _checked_bag(
-    path: Path, features: np.ndarray, coords: np.ndarray | None, attrs: dict[str, Any], source: str
+    path: Path,
+    features: np.ndarray,
+    coords: np.ndarray | None,
+    coords_meta: CoordsAttrs | None,
+    feature_meta: FeatureAttrs | None,
+    source: str,
 ) -> Bag:
     if features.ndim == 3 and features.shape[0] == 1:  # (1, N, D) as some pipelines save it
         features = features[0]
@@ -289,7 +394,7 @@ def _checked_bag(
             raise InputFileError(path, f"{len(features)} feature rows but {len(coords)} coords")
         coords = coords.astype(np.int64, copy=False)
     check_bag_values(path, features)
-    return Bag(features=features, coords=coords, attrs=attrs, source=source, path=path)
+    return Bag(features, coords, coords_meta, feature_meta, source, path)
 
 
 def _row_list(rows: np.ndarray, limit: int = 5) -> str:

@@ -209,7 +209,10 @@ def heatmap_slide(
         name: v for name, v in (("attention", result.attention), ("gradxinput", result.gradxinput)) if v is not None
     }
     with open_slide(slide_path, mpp=mpp, slide_id=slide_id) as slide:
-        size0 = float(bag.attrs.get("patch_size_level0") or bag.attrs["patch_size"])
+        meta = bag.coords_meta
+        size0 = float((meta and (meta.patch_size_level0 or meta.patch_size)) or 0)
+        if not size0:
+            raise InputFileError(features_path, "the bag's coords carry no patch size, so it cannot be drawn")
         sid = slide.slide_id
         files = heatmap_outputs(out_dir, sid, tuple(scores))
         table = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1]})

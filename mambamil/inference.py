@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,9 @@ from mambamil.fileio import atomic_output
 from mambamil.models import load_checkpoint
 from mambamil.order import METHODS, STORED, slide_order
 from mambamil.train.data import BagDataset, TaskSpec
+
+if TYPE_CHECKING:
+    from mambamil.h5layout import CoordsAttrs
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +154,13 @@ def load_ensemble(
 
 @dataclass
 class Bag:
-    """One slide's bag as stored: features (N, D) float32, level-0 coords (N, 2) or None, file attributes."""
+    """One slide's bag as stored: features (N, D) float32, level-0 coords (N, 2) or None, coords attributes."""
 
     slide_id: str
     path: Path
     features: torch.Tensor
     coords: np.ndarray | None
-    attrs: dict[str, Any]
+    coords_meta: CoordsAttrs | None
 
 
 def load_bag(path: str | Path, in_dim: int | None = None, slide_id: str | None = None) -> Bag:
@@ -171,7 +174,7 @@ def load_bag(path: str | Path, in_dim: int | None = None, slide_id: str | None =
     if in_dim is not None and feats.shape[1] != in_dim:
         raise InputFileError(path, f"feature dimension {feats.shape[1]} does not match the checkpoint's {in_dim}")
     coords = np.asarray(bag.coords) if bag.coords is not None else None
-    return Bag(slide_id or path.stem, path, feats, coords, dict(bag.attrs))
+    return Bag(slide_id or path.stem, path, feats, coords, bag.coords_meta)
 
 
 def sequence_order(bag: Bag, order: tuple[str, int]) -> np.ndarray:
@@ -183,7 +186,7 @@ def sequence_order(bag: Bag, order: tuple[str, int]) -> np.ndarray:
         raise InputFileError(
             bag.path, f"the model reads bags in {method} order but this bag has no coordinates (use --order stored)"
         )
-    return slide_order(bag.coords, bag.attrs, method, seed, bag.slide_id)
+    return slide_order(bag.coords, bag.coords_meta, method, seed, bag.slide_id)
 
 
 def _explained_target(out: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mambamil.errors import InputFileError
 from mambamil.fileio import atomic_output
 from mambamil.qc import refuse_stub
+
+if TYPE_CHECKING:
+    from mambamil.h5layout import CoordsAttrs
 
 METHODS = ("raster", "snake", "hilbert", "random")
 
@@ -76,10 +80,10 @@ def order_permutation(coords: np.ndarray, method: str, step: float | None = None
     return np.lexsort(keys).astype(np.int64)  # last key is primary
 
 
-def bag_permutation(coords: np.ndarray, attrs: dict, method: str, seed: int = 0) -> np.ndarray:
+def bag_permutation(coords: np.ndarray, meta: CoordsAttrs | None, method: str, seed: int = 0) -> np.ndarray:
     """The order of a bag from its coordinates; the grid step comes from the tile stage's ``step_level0``
     attribute when present, else from the coordinate spacing."""
-    step = attrs.get("step_level0")
+    step = meta.step_level0 if meta is not None else None
     return order_permutation(coords, method, float(step) if step else None, seed)
 
 
@@ -92,10 +96,10 @@ def slide_seed(seed: int, slide_id: str) -> int:
 STORED = "stored"
 
 
-def slide_order(coords: np.ndarray, attrs: dict, method: str, seed: int, slide_id: str) -> np.ndarray:
+def slide_order(coords: np.ndarray, meta: CoordsAttrs | None, method: str, seed: int, slide_id: str) -> np.ndarray:
     """The sequence of one slide's bag for ``method`` and the order stage's ``seed``: what the order stage writes
     and what inference recomputes (the ``random`` control draws with :func:`slide_seed` of the slide id)."""
-    return bag_permutation(coords, attrs, method, slide_seed(seed, slide_id))
+    return bag_permutation(coords, meta, method, slide_seed(seed, slide_id))
 
 
 def window_spread(coords: np.ndarray, perm: np.ndarray, window: int = 16, step: float | None = None) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import numpy as np
 from mambamil.config import settings_from_config
 from mambamil.fileio import write_json, write_png
 from mambamil.geometry import Polygon, mask_polygons, polygons_to_feature_collection, polygons_to_mask
-from mambamil.h5layout import write_coords
+from mambamil.h5layout import CoordsAttrs, write_coords
 from mambamil.paths import tile_outputs
 from mambamil.slide import Slide, open_slide
 
@@ -204,22 +204,24 @@ def tile_slide(
         preview = draw_preview(slide, tissue, grid, settings)
         write_png(paths["preview"], preview)
         ds = choice.downsample
-        attrs = {
-            **{k: v for k, v in asdict(settings).items() if k in ("target_mpp", "patch_size", "overlap")},
-            "patch_size_level0": round(grid.patch_size_level0),
-            "step_level0": grid.step_level0,
-            "tissue_threshold": settings.tissue_threshold,
-            "slide_mpp": slide.mpp,
-            "mpp_source": slide.mpp_source,
-            "level0_dim": slide.dimensions,
-            "patch_level": choice.level,
-            "downsample": (ds, ds),
-            "level_dim": slide.level_dimensions[choice.level],
-            "downsampled_level_dim": slide.level_dimensions[choice.level],
-            "name": slide.slide_id,
-            "slide_path": str(Path(slide_path).resolve()),
-        }
-        write_coords(paths["coords"], grid.coords, attrs, grid.tissue_fraction)
+        meta = CoordsAttrs(
+            target_mpp=settings.target_mpp,
+            patch_size=settings.patch_size,
+            overlap=settings.overlap,
+            patch_size_level0=round(grid.patch_size_level0),
+            step_level0=grid.step_level0,
+            tissue_threshold=settings.tissue_threshold,
+            slide_mpp=slide.mpp,
+            mpp_source=slide.mpp_source,
+            level0_dim=slide.dimensions,
+            patch_level=choice.level,
+            downsample=(ds, ds),
+            level_dim=slide.level_dimensions[choice.level],
+            downsampled_level_dim=slide.level_dimensions[choice.level],
+            name=slide.slide_id,
+            slide_path=str(Path(slide_path).resolve()),
+        )
+        write_coords(paths["coords"], grid.coords, meta, grid.tissue_fraction)
         tissue_mm2 = float(tissue.mask.sum()) * (tissue.scale * slide.mpp) ** 2 / 1e6
         seconds = time.perf_counter() - start
         log.info(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from test_h5layout import documented_attrs
 
 from mambamil import demo
 from mambamil.cli import main
@@ -59,22 +61,32 @@ def test_real_slide_features(real_features: Path, real_coords: Path) -> None:
     assert np.isfinite(bag.features).all()
     assert np.array_equal(bag.coords, coords) and bag.coords.dtype == np.int64
     assert bag.features.std(axis=0).max() > 1e-4  # patches differ
-    a = bag.attrs
-    assert a["encoder"] == TINY and a["weights"] == "random" and a["random_weights"]
-    assert "RANDOM" in a["warning"]
-    assert a["input_size"] == [160, 160] and a["mean"] == [0.5, 0.5, 0.5] and a["std"] == [0.5, 0.5, 0.5]
-    assert a["target_mpp"] == 0.5 and a["patch_size"] == 256 and a["feature_dim"] == 64
-    assert a["slide_id"] == "CMU-1-Small-Region" and a["mambamil_version"]
-    assert len(a["state_dict_sha256"]) == 64
+    a = bag.feature_meta
+    assert a.encoder == TINY and a.weights == "random" and a.random_weights
+    assert "RANDOM" in a.warning
+    assert a.input_size == (160, 160) and a.mean == (0.5, 0.5, 0.5) and a.std == (0.5, 0.5, 0.5)
+    assert a.target_mpp == 0.5 and a.patch_size == 256 and a.feature_dim == 64
+    assert a.slide_id == "CMU-1-Small-Region" and a.mambamil_version and not a.extra
+    assert len(a.state_dict_sha256) == 64
+    assert bag.coords_meta == read_coords(real_coords).meta
     with h5py.File(real_features, "r") as f:  # CLAM/TRIDENT readers find the tile stage's attributes on coords
         assert f["coords"].attrs["patch_level"] == 0 and f["coords"].attrs["patch_size"] == 256
+
+
+def test_written_attributes_are_the_documented_ones(real_coords: Path, real_features: Path) -> None:
+    with h5py.File(real_coords, "r") as c, h5py.File(real_features, "r") as f:
+        assert set(c["coords"].attrs) == documented_attrs("coords")
+        assert set(f["features"].attrs) == documented_attrs("features")
+        for k, v in c["coords"].attrs.items():  # the feature file's coords carry the tile stage's, unchanged
+            copied = np.asarray(f["coords"].attrs[k])
+            assert np.array_equal(copied, v) and copied.dtype == np.asarray(v).dtype, k
 
 
 def test_batched_workers_equal_one_by_one(real_slide: Path, real_features: Path, real_coords: Path) -> None:
     batched = read_features(real_features).features
     cf = read_coords(real_coords)
     enc = create_encoder(TINY, "random")
-    with open_slide(real_slide, mpp=cf.attrs["slide_mpp"]) as s, torch.inference_mode():
+    with open_slide(real_slide, mpp=cf.meta.slide_mpp) as s, torch.inference_mode():
         size0 = cf.patch_size * cf.target_mpp / s.mpp
         for i, (x, y) in enumerate(cf.coords[:12]):  # 12 patches span two batches of 8
             img = s.read_region(float(x), float(y), (size0, size0), (160, 160))
@@ -94,7 +106,7 @@ def test_deterministic_and_resumable(real_slide: Path, real_coords: Path, real_f
     # fp16 storage changes the output: recomputed.
     res = extract_slide(real_slide, real_coords, again, _settings(fp16_storage=True), progress=False)
     half = read_features(again)
-    assert not res.skipped and half.features.dtype == np.float16 and half.attrs["storage_dtype"] == "float16"
+    assert not res.skipped and half.features.dtype == np.float16 and half.feature_meta.storage_dtype == "float16"
     np.testing.assert_allclose(half.features, read_features(real_features).features, rtol=2e-3, atol=2e-3)
     # A corrupt existing output is recomputed, not trusted.
     again.write_bytes(b"garbage")
@@ -198,7 +210,7 @@ def test_reads_clam_trident_and_pt_bags(tmp_path: Path) -> None:
         cs = f.create_dataset("coords", data=coords)
         cs.attrs.update({"patch_size": 256, "target_magnification": 20, "level0_magnification": 40})
     bag = read_bag(trident)
-    assert bag.source == "trident" and bag.dim == 16 and bag.attrs["target_magnification"] == 20
+    assert bag.source == "trident" and bag.dim == 16 and bag.coords_meta.extra["target_magnification"] == 20
 
     lone = tmp_path / "lone.pt"  # TRIDENT's .pt holds a numpy array; no coords anywhere
     torch.save(feats[:, :8], lone)
@@ -237,7 +249,7 @@ def test_bad_bags(tmp_path: Path, content, cause: str) -> None:
 def _coords_variant(real_coords: Path, out: Path, coords=None, **attrs) -> Path:
     cf = read_coords(real_coords)
     c = cf.coords if coords is None else coords
-    write_coords(out, c, {**cf.attrs, **attrs}, np.ones(len(c), np.float32))
+    write_coords(out, c, replace(cf.meta, **attrs), np.ones(len(c), np.float32))
     return out
 
 

@@ -121,7 +121,7 @@ def test_many_slides_one_bad(demo_cohort: Path, tiles: dict[str, Path], tmp_path
     assert outs[0].exists() and outs[2].exists() and not outs[1].exists()
     for sid, out in ((a, outs[0]), (b, outs[2])):
         bag = read_features(out)
-        assert bag.attrs["slide_id"] == sid and len(bag.features) == len(read_coords(tiles[sid]).coords)
+        assert bag.feature_meta.slide_id == sid and len(bag.features) == len(read_coords(tiles[sid]).coords)
     # Same call again: the good slides are up to date (skipped), the bad one fails again.
     assert main(argv) == 1
     assert capsys.readouterr().out.count("up to date") == 2

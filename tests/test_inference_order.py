@@ -14,7 +14,7 @@ import torch
 
 from mambamil.cli import main
 from mambamil.config import default_section
-from mambamil.h5layout import write_features
+from mambamil.h5layout import CoordsAttrs, FeatureAttrs, write_features
 from mambamil.inference import bag_outputs, checkpoint_order, load_bag, load_ensemble
 from mambamil.models import load_checkpoint
 from mambamil.order import read_order
@@ -48,8 +48,8 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cells = rng.choice(8 * 11, size=n, replace=False)
         coords = np.stack([(cells % 8) * 256, (cells // 8) * 256], axis=1)
         feats = rng.normal(size=(n, DIM)).astype(np.float32) + (0.8 * tumor) * (coords[:, :1] < 700)
-        attrs = {"patch_size": 256, "patch_size_level0": 256, "step_level0": 256}
-        write_features(root / "features" / f"{sid}.h5", feats, coords, attrs, attrs)
+        meta = CoordsAttrs(patch_size=256, patch_size_level0=256, step_level0=256)
+        write_features(root / "features" / f"{sid}.h5", feats, coords, FeatureAttrs(patch_size=256), meta)
         rows.append({"case_id": f"P{i:02d}", "slide_id": sid, "label": "tumor" if tumor else "normal"})
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
     for method in ("random", "hilbert"):

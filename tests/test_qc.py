@@ -15,7 +15,7 @@ from mambamil import demo
 from mambamil.cli import main
 from mambamil.config import default_section
 from mambamil.errors import InputFileError
-from mambamil.h5layout import read_bag, read_coords, write_coords, write_features
+from mambamil.h5layout import CoordsAttrs, FeatureAttrs, read_bag, read_coords, write_coords, write_features
 from mambamil.models import create_model, save_checkpoint
 from mambamil.order import read_order
 from mambamil.qc import SlideExcludedError, read_stub
@@ -40,7 +40,13 @@ def blank_slide(path: Path) -> Path:
 def bag_file(path: Path, features: np.ndarray) -> Path:
     n = len(features)
     coords = np.stack([np.arange(n) * 256, np.zeros(n)], axis=1)
-    write_features(path, features.astype(np.float32), coords, {"feature_dim": features.shape[1]}, {"patch_size": 256})
+    write_features(
+        path,
+        features.astype(np.float32),
+        coords,
+        FeatureAttrs(feature_dim=features.shape[1]),
+        CoordsAttrs(patch_size=256),
+    )
     return path
 
 
@@ -97,7 +103,7 @@ def test_zero_byte_slide_and_empty_coords_are_excluded(tmp_path: Path, capsys) -
     # An empty bag (0 patches) reaching features: excluded, or a one-line error in stop mode.
     slide = blank_slide(tmp_path / "s.tiff")
     coords = tmp_path / "c" / "s.h5"
-    write_coords(coords, np.zeros((0, 2)), {"patch_size": 256, "target_mpp": 0.5, "patch_size_level0": 256}, [])
+    write_coords(coords, np.zeros((0, 2)), CoordsAttrs(0.5, 256, 256), [])
     rc, err = run("features", slide, "--coords", coords, "--out", tmp_path / "f.h5", *ENCODER, capsys=capsys)
     assert rc == 1 and "0 coordinates" in err and not (tmp_path / "f.h5").exists()
     out = tmp_path / "f" / "s.h5"
@@ -118,7 +124,7 @@ def test_qc_table_names_every_excluded_slide_and_patient(tmp_path: Path, capsys)
     for s in ("blank", "empty"):
         assert run("tile", tmp_path / f"{s}.tiff", "--out", tiles, "--on-bad-slide", "exclude")[0] == 0
     good = tmp_path / "good.h5"
-    write_coords(good, np.zeros((1, 2)), {"patch_size": 256, "target_mpp": 0.5, "patch_size_level0": 256}, [1.0])
+    write_coords(good, np.zeros((1, 2)), CoordsAttrs(0.5, 256, 256), [1.0])
     (tiles / "good.h5").write_bytes(good.read_bytes())
     sheet = tmp_path / "slides.csv"
     sheet.write_text(f"slide_id,path,case_id\ngood,{blank},p1\nblank,{blank},p1\nempty,x.tiff,p2\n")

@@ -65,7 +65,7 @@ def test_h5_layout(real_tiles, real_slide: Path) -> None:
     assert list(a["level_dim"]) == [2220, 2967] and list(a["level0_dim"]) == [2220, 2967]
     assert a["name"] == "CMU-1-Small-Region"
     cf = read_coords(path)
-    step = cf.attrs["step_level0"]
+    step = cf.meta.step_level0
     assert np.allclose(cf.coords / step, np.round(cf.coords / step), atol=0.51 / step)
     assert (cf.coords >= 0).all()
     assert (cf.coords[:, 0] + cf.patch_size_level0 <= 2220).all()
@@ -115,7 +115,7 @@ def test_overlap_and_resolution_change_the_grid(real_slide: Path, tmp_path: Path
     coarse = tile_slide(real_slide, tmp_path / "c", TilingSettings.from_config(target_mpp=1.0))
     assert 3 * base.n_patches <= half.n_patches <= 5 * base.n_patches
     assert coarse.n_patches < base.n_patches / 2.5
-    assert read_coords(coarse.outputs["coords"]).attrs["patch_size_level0"] == round(256 / 0.499)
+    assert read_coords(coarse.outputs["coords"]).meta.patch_size_level0 == round(256 / 0.499)
 
 
 # -- bad input through the CLI: one line, exit 1, nothing left behind ------------------------------------------

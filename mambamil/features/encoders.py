@@ -36,6 +36,7 @@ from torch import nn
 
 from mambamil.errors import InputFileError, MambamilError
 from mambamil.features import HUB, RANDOM
+from mambamil.h5layout import FeatureAttrs
 
 log = logging.getLogger(__name__)
 
@@ -114,22 +115,22 @@ class Encoder:
         std = torch.tensor(self.spec.std, device=x.device).view(1, 3, 1, 1)
         return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
-    def attrs(self) -> dict[str, Any]:
-        """Provenance attributes for the feature file."""
-        return {
-            "encoder": self.name,
-            "encoder_kwargs": json.dumps(self.kwargs, sort_keys=True),
-            "feature_dim": self.dim,
-            "weights": self.weights,
-            "weights_path": self.weights_path,
-            "weights_sha256": self.weights_sha256,
-            "state_dict_sha256": self.state_dict_sha256,
-            "random_weights": self.random,
-            "warning": RANDOM_WARNING if self.random else "",
-            "input_size": list(self.spec.input_size),
-            "mean": list(self.spec.mean),
-            "std": list(self.spec.std),
-        }
+    def attrs(self) -> FeatureAttrs:
+        """Provenance attributes for the feature file (the encoder's part)."""
+        return FeatureAttrs(
+            encoder=self.name,
+            encoder_kwargs=json.dumps(self.kwargs, sort_keys=True),
+            feature_dim=self.dim,
+            weights=self.weights,
+            weights_path=self.weights_path,
+            weights_sha256=self.weights_sha256,
+            state_dict_sha256=self.state_dict_sha256,
+            random_weights=self.random,
+            warning=RANDOM_WARNING if self.random else "",
+            input_size=tuple(self.spec.input_size),
+            mean=tuple(self.spec.mean),
+            std=tuple(self.spec.std),
+        )
 
 
 # -- registered encoders ----------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,13 @@ from mambamil.features.datapath import (
     plan_reads,
 )
 from mambamil.features.encoders import RANDOM_SEED, Encoder, create_encoder, file_sha256, weights_kind
-from mambamil.h5layout import FEATURES_FORMAT_VERSION, CoordsFile, read_coords, read_feature_attrs, write_features
+from mambamil.h5layout import (
+    FEATURES_FORMAT_VERSION,
+    CoordsFile,
+    read_coords,
+    read_feature_attrs,
+    write_features,
+)
 from mambamil.slide import Slide, open_slide
 
 log = logging.getLogger(__name__)
@@ -110,7 +116,7 @@ def _guarded(batches: Iterator[dict[str, Any]], slide: Slide) -> Iterator[dict[s
 
 # -- checks -----------------------------------------------------------------------------------------------
 def _check_coords(slide: Slide, cf: CoordsFile, coords_path: Path, size0: float) -> None:
-    dims = cf.attrs.get("level0_dim")
+    dims = cf.meta.level0_dim
     if dims is not None and tuple(int(v) for v in dims) != tuple(slide.dimensions):
         raise slide.error(
             f"coords file {coords_path} was made for a {dims[0]}x{dims[1]} px slide, this one is "
@@ -144,7 +150,7 @@ def settings_fingerprint(settings: FeatureSettings, cf: CoordsFile, weights_sha:
         "random_seed": RANDOM_SEED if kind == RANDOM else None,
         "target_mpp": cf.target_mpp,
         "patch_size": cf.patch_size,
-        "slide_mpp": cf.attrs.get("slide_mpp"),
+        "slide_mpp": cf.meta.slide_mpp,
         "coords_sha256": _coords_sha256(cf.coords),
         "precision": precision,
         "fp16_storage": settings.fp16_storage,
@@ -173,7 +179,7 @@ def extract_slide(
     start = time.perf_counter()
     coords_path, out_path = Path(coords_path), Path(out_path)
     cf = read_coords(coords_path)
-    slide_id = slide_id or str(cf.attrs.get("name") or Path(slide_path).stem)
+    slide_id = slide_id or str(cf.meta.name or Path(slide_path).stem)
     n = len(cf.coords)
     if n == 0:
         raise InputFileError(coords_path, f"no patches for slide '{slide_id}' (0 coordinates): nothing to embed")
@@ -189,15 +195,15 @@ def extract_slide(
     fingerprint = json.dumps(settings_fingerprint(settings, cf, weights_sha, precision), sort_keys=True)
 
     if out_path.exists() and not force:
-        old = read_feature_attrs(out_path)
-        if old is not None and old.get("settings_json") == fingerprint and old.get("n_rows") == n:
+        old, n_old = read_feature_attrs(out_path) or (None, 0)
+        if old is not None and old.settings_json == fingerprint and n_old == n:
             log.info("%s: %s is up to date (same settings); skipped", slide_id, out_path)
-            return FeatureResult(slide_id, n, int(old.get("feature_dim", 0)), 0.0, True, out_path)
+            return FeatureResult(slide_id, n, int(old.feature_dim or 0), 0.0, True, out_path)
         log.info("%s: %s exists with other settings; recomputing", slide_id, out_path)
 
     if settings.torch_threads:
         torch.set_num_threads(int(settings.torch_threads))
-    with open_slide(slide_path, mpp=cf.attrs.get("slide_mpp"), slide_id=slide_id) as slide:
+    with open_slide(slide_path, mpp=cf.meta.slide_mpp, slide_id=slide_id) as slide:
         size0 = cf.patch_size * cf.target_mpp / slide.mpp
         _check_coords(slide, cf, coords_path, size0)
         if encoder is None:
@@ -209,25 +215,25 @@ def extract_slide(
         times = StageTimes() if profile else None
         feats = _embed_slide(slide, cf.coords, size0, encoder, settings, device, precision, out_dtype, times, progress)
         t_write = time.perf_counter()
-        attrs = {
-            **encoder.attrs(),
-            "encoder_tag": settings.encoder_tag,
-            "resize": DEVICE_RESIZE,
-            "precision": precision,
-            "device": device.type,
-            "storage_dtype": str(out_dtype),
-            "slide_id": slide_id,
-            "target_mpp": cf.target_mpp,
-            "patch_size": cf.patch_size,
-            "patch_size_level0": cf.patch_size_level0,
-            "read_size_level0": size0,
-            "slide_mpp": slide.mpp,
-            "coords_file": str(coords_path.resolve()),
-            "settings_json": fingerprint,
-            "torch_version": str(torch.__version__),
-            "timm_version": _timm_version(),
-        }
-        write_features(out_path, feats, cf.coords, attrs, cf.attrs)
+        meta = replace(
+            encoder.attrs(),
+            encoder_tag=settings.encoder_tag,
+            resize=DEVICE_RESIZE,
+            precision=precision,
+            device=device.type,
+            storage_dtype=str(out_dtype),
+            slide_id=slide_id,
+            target_mpp=cf.target_mpp,
+            patch_size=cf.patch_size,
+            patch_size_level0=cf.patch_size_level0,
+            read_size_level0=size0,
+            slide_mpp=slide.mpp,
+            coords_file=str(coords_path.resolve()),
+            settings_json=fingerprint,
+            torch_version=str(torch.__version__),
+            timm_version=_timm_version(),
+        )
+        write_features(out_path, feats, cf.coords, meta, cf.meta)
         if times is not None:
             times.main["write"] += time.perf_counter() - t_write
     seconds = time.perf_counter() - start

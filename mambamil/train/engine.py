@@ -276,5 +276,13 @@ def feature_attrs(path: Path) -> dict[str, Any]:
     """JSON-safe attributes of a feature file (encoder, weights, resolution) stored with checkpoints."""
     from mambamil.h5layout import read_bag
 
-    attrs = read_bag(path).attrs
-    return {k: (v if isinstance(v, (str, int, float, bool, list)) else str(v)) for k, v in attrs.items()}
+    bag = read_bag(path)
+    attrs = {
+        **(bag.coords_meta.to_attrs() if bag.coords_meta else {}),
+        **(bag.feature_meta.to_attrs() if bag.feature_meta else {}),
+        **({"coords_from": str(bag.coords_from)} if bag.coords_from else {}),
+    }
+    return {
+        k: list(v) if isinstance(v, tuple) else v if isinstance(v, (str, int, float, bool, list)) else str(v)
+        for k, v in attrs.items()
+    }
