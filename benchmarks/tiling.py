@@ -11,13 +11,14 @@ downloaded), of CLAM's ``create_patches_fp.py`` segmentation + patching with the
 saturation (7) above a fixed 8, 4×4 close, RETR_CCOMP contours filtered by area (a_t=100, a_h=16 reference
 512-px patches, up to 8 holes), a 256-px grid at level 0 over each contour's bounding box (use_padding=True),
 kept by the four-point test (centre ± 64 px diagonally, pointPolygonTest ≥ 0) unless the centre lies in a hole;
-coordinates go to an H5 ``coords`` dataset (int64). One deliberate difference: CLAM tests the candidates with a
-``multiprocessing.Pool`` of up to 4 workers; here they are tested serially in this process (on 2 busy cores the
-pool would only add start-up and pickling cost, so this favours CLAM). Stitching/visualisation is not run. The
-two methods keep different patches by design (CLAM: any of four points in a contour at 8× coarser
-segmentation; mambamil: tissue fraction of the patch ≥ ``tissue_threshold``).
+coordinates go to an H5 ``coords`` dataset (int64); the mask preview that the script always writes
+(``visWSI`` at the level for downsample 64, contours drawn, JPEG) is written too. One deliberate difference: CLAM
+tests the candidates with a ``multiprocessing.Pool`` of up to 4 workers; here they are tested serially in this
+process (on 2 busy cores the pool would only add start-up and pickling cost, so this favours CLAM). Stitching
+(``--stitch``) is not run. The two methods keep different patches by design (CLAM: any of four points in a contour
+at 8× coarser segmentation; mambamil: tissue fraction of the patch ≥ ``tissue_threshold``).
 
-    python benchmarks/tiling.py [--quick] [--slide PATH] [--n-slides N] [--clam-only]
+    python benchmarks/tiling.py [--quick] [--slide PATH] [--n-slides N] [--n-big N] [--clam-only]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import cv2
 import h5py
 import numpy as np
 import openslide
+from PIL import Image
 
 from mambamil import demo
 from mambamil.slide import open_slide
@@ -119,12 +121,28 @@ def _clam_keep(cont: np.ndarray, holes: list[np.ndarray], pt: np.ndarray, patch_
     return not any(cv2.pointPolygonTest(h, centre, False) > 0 for h in holes)
 
 
+def clam_mask(wsi: openslide.OpenSlide, downsamples, contours, holes_tissue, out: Path, line_thickness: int = 250):
+    """CLAM's visWSI + ``mask.save(<slide_id>.jpg)``, which create_patches_fp.py always runs (``save_mask=True``):
+    the level for downsample 64 read whole, tissue contours (green) and holes (blue) drawn, saved as JPEG by PIL."""
+    vis_level = 0 if wsi.level_count == 1 else wsi.get_best_level_for_downsample(64)
+    img = np.array(wsi.read_region((0, 0), vis_level, wsi.level_dimensions[vis_level]).convert("RGB"))
+    scale = [1 / downsamples[vis_level][0], 1 / downsamples[vis_level][1]]
+    thickness = int(line_thickness * math.sqrt(scale[0] * scale[1]))
+    scaled = [np.array(c * scale, dtype="int32") for c in contours]
+    cv2.drawContours(img, scaled, -1, (0, 255, 0), thickness, lineType=cv2.LINE_8)
+    for holes in holes_tissue:
+        cv2.drawContours(img, [np.array(h * scale, dtype="int32") for h in holes], -1, (0, 0, 255), thickness)
+    Image.fromarray(img).save(out)
+
+
 def clam_tile(path: Path, out_dir: Path, params: dict = CLAM_TCGA, patch_size: int = 256, step_size: int = 256) -> int:
-    """CLAM create_patches_fp.py --seg --patch (tcga preset, patch_level 0): segment, patch, write the H5."""
+    """CLAM create_patches_fp.py --seg --patch (tcga preset, patch_level 0): segment, save the mask JPEG, patch,
+    write the H5."""
     with openslide.OpenSlide(str(path)) as wsi:
         dim0 = wsi.level_dimensions[0]
         downsamples = [(dim0[0] / w, dim0[1] / h) for w, h in wsi.level_dimensions]  # _assertLevelDownsamples
         contours, holes_tissue = clam_segment(wsi, downsamples, params)
+        clam_mask(wsi, downsamples, contours, holes_tissue, out_dir / f"{path.stem}.jpg")
     out = out_dir / f"{path.stem}.h5"
     n, mode = 0, "w"
     for cont, holes in zip(contours, holes_tissue, strict=True):
@@ -217,6 +235,7 @@ def main() -> None:
     ap.add_argument("--slide", type=Path, default=REAL, help="real slide (default: shared CMU-1-Small-Region)")
     ap.add_argument("--n-slides", type=int, default=32, help="demo slides (6144 × 4608 nominal) for the CLAM table")
     ap.add_argument("--clam-only", action="store_true", help="only the CLAM comparison (skip the naive table)")
+    ap.add_argument("--n-big", type=int, default=2, help="large demo slides (16384 × 12288) for the CLAM table")
     args = ap.parse_args()
     settings = TilingSettings.from_config()
     rows, clam_rows = [], []
@@ -227,6 +246,12 @@ def main() -> None:
         print(f"generated {args.n_slides} demo slides (6144 × 4608 nominal) in {time.perf_counter() - t0:.1f} s")
         paths = [demo.slide_path(tmp / "clam_demo", s) for s in demo.slide_ids(args.n_slides)]
         clam_rows.append(bench_clam(f"demo 6144×4608 ({args.n_slides} slides)", paths, settings, tmp / "c1"))
+        if args.n_big:
+            t0 = time.perf_counter()
+            demo.generate_cohort(tmp / "big_demo", n_slides=args.n_big, seed=2, size=(16384, 12288), progress=False)
+            print(f"generated {args.n_big} demo slides (16384 × 12288 nominal) in {time.perf_counter() - t0:.1f} s")
+            big = [demo.slide_path(tmp / "big_demo", s) for s in demo.slide_ids(args.n_big)]
+            clam_rows.append(bench_clam(f"demo 16384×12288 ({args.n_big} slides)", big, settings, tmp / "c3"))
         if args.slide.exists():
             clam_rows.append(bench_clam(f"real: {args.slide.name}", [args.slide], settings, tmp / "c2"))
         if not args.clam_only:
@@ -245,7 +270,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {platform.python_version()}")
     print()
     print("ours = mambamil.tiling.tile_slide (project defaults: segmentation, grid, preview PNG, GeoJSON, H5);")
-    print("CLAM = create_patches_fp.py --seg --patch recipe, tcga preset (re-implemented here, serial);")
+    print("CLAM = create_patches_fp.py --seg --patch recipe, tcga preset, with its mask JPEG (re-implemented, serial);")
     print("CLAM a_t=1 = the same with the region area threshold at 1 reference patch; grid = ours without outputs")
     print("(segmentation + grid only). Patch counts differ by design.")
     print(

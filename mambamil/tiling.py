@@ -84,10 +84,12 @@ class TileResult:
     outputs: dict[str, Path]
 
 
-def segment_tissue(slide: Slide, settings: TilingSettings) -> TissueMask:
+def segment_tissue(slide: Slide, settings: TilingSettings, rgb: np.ndarray | None = None) -> TissueMask:
     """HSV saturation → median blur → Otsu (floored at ``min_saturation``) or fixed threshold → closing →
-    contours with holes, dropping regions and holes below the configured areas (in µm²)."""
-    rgb = slide.read_whole_at_mpp(settings.seg_mpp)
+    contours with holes, dropping regions and holes below the configured areas (in µm²). ``rgb``: the slide
+    already read at ``seg_mpp`` (read here when not given)."""
+    if rgb is None:
+        rgb = slide.read_whole_at_mpp(settings.seg_mpp)
     sat = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1]
     k = max(1, int(settings.median_blur)) | 1
     if k > 1:
@@ -143,15 +145,27 @@ def patch_grid(slide: Slide, tissue: TissueMask, settings: TilingSettings) -> Pa
     return PatchGrid(coords, fraction[keep].astype(np.float32), size0, step0, int(nx * ny))
 
 
-def draw_preview(slide: Slide, tissue: TissueMask, grid: PatchGrid, settings: TilingSettings) -> np.ndarray:
-    """RGB thumbnail with tissue contours, holes and the kept patch squares."""
+def draw_preview(
+    slide: Slide, tissue: TissueMask, grid: PatchGrid, settings: TilingSettings, seg_rgb: np.ndarray | None = None
+) -> np.ndarray:
+    """RGB thumbnail with tissue contours, holes and the kept patch squares.
+
+    Like a pyramid level, the segmentation image (``seg_rgb``, the slide already read at ``seg_mpp``) serves when it
+    is at most 2× coarser than the preview's resolution: then the slide is decoded once per tile job, not twice
+    (on large slides the preview is coarser than the segmentation, so this is the common case)."""
     w0, h0 = slide.dimensions
     preview_mpp = max(slide.mpp, max(w0, h0) * slide.mpp / settings.preview_max_px)
-    # Snap to a pyramid level up to 2× coarser, so the preview never decodes a much finer level than it shows.
-    coarser = [slide.level_mpp(lv) for lv in range(slide.level_count) if slide.level_mpp(lv) >= preview_mpp]
-    if coarser and min(coarser) <= 2 * preview_mpp:
-        preview_mpp = min(coarser)
-    rgb = slide.read_whole_at_mpp(preview_mpp).copy()
+    if seg_rgb is not None and tissue.mpp <= 2 * preview_mpp:
+        preview_mpp = max(preview_mpp, tissue.mpp)
+        size = slide.size_at_mpp(preview_mpp)
+        same = size == (seg_rgb.shape[1], seg_rgb.shape[0])
+        rgb = seg_rgb.copy() if same else cv2.resize(seg_rgb, size, interpolation=cv2.INTER_AREA)
+    else:
+        # Snap to a pyramid level up to 2× coarser, so the preview never decodes a much finer level than it shows.
+        coarser = [slide.level_mpp(lv) for lv in range(slide.level_count) if slide.level_mpp(lv) >= preview_mpp]
+        if coarser and min(coarser) <= 2 * preview_mpp:
+            preview_mpp = min(coarser)
+        rgb = slide.read_whole_at_mpp(preview_mpp).copy()
     f = slide.mpp / preview_mpp  # preview px per level-0 px
     overlay = rgb.copy()
     side = max(1, round(grid.patch_size_level0 * f))
@@ -191,7 +205,8 @@ def tile_slide(
         )
         if settings.target_mpp < slide.mpp * (1 - 0.02):
             raise slide.error(f"target {settings.target_mpp} µm/px is finer than the scan ({slide.mpp:.4g} µm/px)")
-        tissue = segment_tissue(slide, settings)
+        seg_rgb = slide.read_whole_at_mpp(settings.seg_mpp)
+        tissue = segment_tissue(slide, settings, seg_rgb)
         grid = patch_grid(slide, tissue, settings)
         if len(grid.coords) == 0:
             raise slide.error(
@@ -200,8 +215,9 @@ def tile_slide(
             )
         choice = slide.level_for_mpp(settings.target_mpp)
         paths = tile_outputs(out_dir, slide.slide_id)
-        write_json(paths["tissue"], polygons_to_feature_collection(tissue.polygons, tissue.scale, "Tissue"))
-        preview = draw_preview(slide, tissue, grid, settings)
+        write_json(paths["tissue"], polygons_to_feature_collection(tissue.polygons, tissue.scale, "Tissue"), indent=None)
+        preview = draw_preview(slide, tissue, grid, settings, seg_rgb)
+        del seg_rgb
         write_png(paths["preview"], preview)
         ds = choice.downsample
         meta = CoordsAttrs(

@@ -198,3 +198,30 @@ def test_read_coords_errors(tmp_path: Path) -> None:
         f["x"] = [1]
     with pytest.raises(InputFileError, match="no 'coords'"):
         read_coords(tmp_path / "other.h5")
+
+
+def test_preview_reuses_the_segmentation_read_when_coarse_enough(demo_cohort: Path) -> None:
+    """A preview at most 2× finer than the segmentation is drawn from the segmentation image (one whole-slide decode
+    per tile job); a finer preview reads the slide itself. A marker image stands in for the segmentation read."""
+    from mambamil.tiling import draw_preview, patch_grid, segment_tissue
+
+    slide_path = demo.slide_path(demo_cohort, demo.slide_ids(4)[0])
+    marker = (1, 2, 3)
+    for preview_max_px, reused in ((128, True), (2048, False)):
+        settings = TilingSettings.from_config({"preview_max_px": preview_max_px})
+        with open_slide(slide_path) as slide:
+            seg_rgb = slide.read_whole_at_mpp(settings.seg_mpp)
+            tissue = segment_tissue(slide, settings, seg_rgb)
+            grid = patch_grid(slide, tissue, settings)
+            fake = np.empty_like(seg_rgb)
+            fake[:] = marker
+            preview = draw_preview(slide, tissue, grid, settings, fake)
+            expected_mpp = max(settings.seg_mpp, max(slide.dimensions) * slide.mpp / preview_max_px)
+            share = float(np.all(preview == marker, axis=-1).mean())
+            expected_size = slide.size_at_mpp(expected_mpp)
+        if reused:
+            assert preview.shape[1::-1] == expected_size
+            assert share > 0.3  # background pixels come from the segmentation image, not a second read
+        else:
+            assert max(preview.shape[:2]) > max(seg_rgb.shape[:2])
+            assert share == 0.0
