@@ -215,7 +215,8 @@ def tile_slide(
             )
         choice = slide.level_for_mpp(settings.target_mpp)
         paths = tile_outputs(out_dir, slide.slide_id)
-        write_json(paths["tissue"], polygons_to_feature_collection(tissue.polygons, tissue.scale, "Tissue"), indent=None)
+        tissue_geojson = polygons_to_feature_collection(tissue.polygons, tissue.scale, "Tissue")
+        write_json(paths["tissue"], tissue_geojson, indent=None)
         preview = draw_preview(slide, tissue, grid, settings, seg_rgb)
         del seg_rgb
         write_png(paths["preview"], preview)
