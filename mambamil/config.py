@@ -166,7 +166,7 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
-_SCALARS: dict[str, Callable[[str], Any]] = {"integer": int, "number": float, "string": str, "object": json_object}
+_SCALARS: dict[str, Callable[[str], Any]] = {"integer": int, "number": float, "string": str}
 _METAVARS = {"integer": "N", "number": "X", "string": "TEXT"}
 
 
@@ -187,16 +187,9 @@ def _converter(prop: dict[str, Any]) -> Callable[[str], Any]:
 
     def convert(text: str) -> Any:
         for alt in alternatives:
-            kind = _kinds(alt)[0]
             try:
-                value = _SCALARS[kind](text)
-            except argparse.ArgumentTypeError:
-                if len(alternatives) == 1:
-                    raise
-                continue
-            except ValueError as exc:
-                if len(alternatives) == 1:
-                    raise argparse.ArgumentTypeError(f"invalid {kind} value: {text!r}") from exc
+                value = _SCALARS[_kinds(alt)[0]](text)
+            except ValueError:
                 continue
             if "enum" not in alt or value in alt["enum"]:
                 return value

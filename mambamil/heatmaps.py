@@ -209,8 +209,8 @@ def heatmap_slide(
         name: v for name, v in (("attention", result.attention), ("gradxinput", result.gradxinput)) if v is not None
     }
     with open_slide(slide_path, mpp=mpp, slide_id=slide_id) as slide:
-        meta = bag.coords_meta
-        size0 = float((meta and (meta.patch_size_level0 or meta.patch_size)) or 0)
+        meta = bag.coords_meta  # CLAM/TRIDENT bags may lack patch_size_level0: their patch_size is the fallback
+        size0 = float((meta.patch_size_level0 or meta.patch_size or 0) if meta is not None else 0)
         if not size0:
             raise InputFileError(features_path, "the bag's coords carry no patch size, so it cannot be drawn")
         sid = slide.slide_id

@@ -120,11 +120,11 @@ def evaluation_outputs(out_dir: PathLike) -> dict[str, Path]:
     }
 
 
-def heatmap_outputs(out_dir: PathLike, slide_id: str, scores: tuple[str, ...] = ("attention", "gradxinput")) -> dict:
-    """What drawing one slide writes: one PNG per score, the scores table, the QuPath patches, the montages and
-    the slide's prediction."""
+def heatmap_outputs(out_dir: PathLike, slide_id: str, maps: tuple[str, ...] = ("attention", "gradxinput")) -> dict:
+    """What drawing one slide writes: one PNG per score map, the scores table, the QuPath patches, the montages
+    and the slide's prediction."""
     out_dir = Path(out_dir)
-    files = {name: out_dir / f"{slide_id}.{name}.png" for name in scores}
+    files = {name: out_dir / f"{slide_id}.{name}.png" for name in maps}
     files.update(
         scores=out_dir / f"{slide_id}.scores.csv",
         geojson=out_dir / f"{slide_id}.patches.geojson",

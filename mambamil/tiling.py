@@ -151,15 +151,14 @@ def draw_preview(
     """RGB thumbnail with tissue contours, holes and the kept patch squares.
 
     Like a pyramid level, the segmentation image (``seg_rgb``, the slide already read at ``seg_mpp``) serves when it
-    is at most 2× coarser than the preview's resolution: then the slide is decoded once per tile job, not twice
-    (on large slides the preview is coarser than the segmentation, so this is the common case)."""
+    is at most 2× coarser than the preview's resolution, and is preferred to a pyramid level then: the slide is
+    decoded once per tile job, not twice (on large slides the preview is coarser than the segmentation, so this is
+    the common case)."""
     w0, h0 = slide.dimensions
     preview_mpp = max(slide.mpp, max(w0, h0) * slide.mpp / settings.preview_max_px)
     if seg_rgb is not None and tissue.mpp <= 2 * preview_mpp:
         preview_mpp = max(preview_mpp, tissue.mpp)
-        size = slide.size_at_mpp(preview_mpp)
-        same = size == (seg_rgb.shape[1], seg_rgb.shape[0])
-        rgb = seg_rgb.copy() if same else cv2.resize(seg_rgb, size, interpolation=cv2.INTER_AREA)
+        rgb = cv2.resize(seg_rgb, slide.size_at_mpp(preview_mpp), interpolation=cv2.INTER_AREA)  # a new array
     else:
         # Snap to a pyramid level up to 2× coarser, so the preview never decodes a much finer level than it shows.
         coarser = [slide.level_mpp(lv) for lv in range(slide.level_count) if slide.level_mpp(lv) >= preview_mpp]

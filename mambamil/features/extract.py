@@ -43,13 +43,7 @@ from mambamil.features.datapath import (
     plan_reads,
 )
 from mambamil.features.encoders import RANDOM_SEED, Encoder, create_encoder, file_sha256, weights_kind
-from mambamil.h5layout import (
-    FEATURES_FORMAT_VERSION,
-    CoordsFile,
-    read_coords,
-    read_feature_attrs,
-    write_features,
-)
+from mambamil.h5layout import FEATURES_FORMAT_VERSION, CoordsFile, read_coords, read_feature_attrs, write_features
 from mambamil.slide import Slide, open_slide
 
 log = logging.getLogger(__name__)

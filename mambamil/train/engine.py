@@ -282,7 +282,10 @@ def feature_attrs(path: Path) -> dict[str, Any]:
         **(bag.feature_meta.to_attrs() if bag.feature_meta else {}),
         **({"coords_from": str(bag.coords_from)} if bag.coords_from else {}),
     }
-    return {
-        k: list(v) if isinstance(v, tuple) else v if isinstance(v, (str, int, float, bool, list)) else str(v)
-        for k, v in attrs.items()
-    }
+    return {k: _json_safe(v) for k, v in attrs.items()}
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return list(value)
+    return value if isinstance(value, (str, int, float, bool)) else str(value)

@@ -13,7 +13,7 @@ rule qc:
         # A function, so Snakemake does not expand the {slide_id} placeholders that `mambamil qc` fills in.
         stage_files=lambda wc: " ".join(
             f"--stage-file {shlex.quote(str(p))}"
-            for p in (TILE["coords"], FEATURES, paths.order_file(paths.order_dir(FEATURES_DIR, TRAIN_ORDER), "{slide_id}"))
+            for p in (TILE["coords"], FEATURES, *expand(ORDER, method=TRAIN_ORDER, allow_missing=True))
         ),
         out_dir=paths.qc_dir(RESULTS),
     log:
