@@ -33,3 +33,35 @@ def demo_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo_cohort")
     generate_cohort(out, n_slides=4, seed=0, size=(2048, 1536), progress=False)
     return out
+
+
+CHROMIUM = Path(os.environ.get("MAMBAMIL_CHROMIUM", "/usr/bin/chromium"))
+# Debian's Chromium on a machine without outside network: no background connections, no first-run, no sandbox (root).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium driven by Playwright (no browser download: the system binary).
+
+    Skipped when Chromium is missing, unless MAMBAMIL_REQUIRE_BROWSER=1 (set by .ci/run), where it fails.
+    """
+    if not CHROMIUM.exists():
+        message = f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set MAMBAMIL_CHROMIUM)"
+        if os.environ.get("MAMBAMIL_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
