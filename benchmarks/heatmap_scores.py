@@ -17,9 +17,9 @@ import time
 import numpy as np
 import torch
 
+from mambamil.bags import TaskSpec
 from mambamil.inference import Bag, Ensemble, Member, bag_outputs
 from mambamil.models import create_model
-from mambamil.train.data import TaskSpec
 
 
 def two_passes(models: list[torch.nn.Module], x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -209,9 +209,9 @@ def _task_settings(args: argparse.Namespace) -> dict:
 
 def _cohort(args: argparse.Namespace, spec: dict):
     """Samples of the spec's task from the label sheet and the feature files present in --features-dir."""
+    from mambamil.bags import TaskSpec, build_samples
     from mambamil.paths import order_file
     from mambamil.sheets import read_label_sheet
-    from mambamil.train.data import TaskSpec, build_samples
 
     task = TaskSpec.from_config(spec["task_name"], spec["task"])
     training = spec["training"]
@@ -351,7 +351,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from mambamil.train.data import TaskSpec
+    from mambamil.bags import TaskSpec
     from mambamil.train.evaluate import evaluate_folds
 
     spec = _task_settings(args)

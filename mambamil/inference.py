@@ -24,12 +24,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from mambamil.bags import BagDataset, TaskSpec
 from mambamil.device import mil_autocast, resolve_device
 from mambamil.errors import InputFileError, MambamilError
 from mambamil.fileio import atomic_output
 from mambamil.models import load_checkpoint
 from mambamil.order import METHODS, STORED, slide_order
-from mambamil.train.data import BagDataset, TaskSpec
 
 if TYPE_CHECKING:
     from mambamil.h5layout import CoordsAttrs

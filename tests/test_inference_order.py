@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 import torch
 
+from mambamil.bags import BagDataset, Sample
 from mambamil.cli import main
 from mambamil.config import default_section
 from mambamil.h5layout import CoordsAttrs, FeatureAttrs, write_features
 from mambamil.inference import bag_outputs, checkpoint_order, load_bag, load_ensemble
 from mambamil.models import load_checkpoint
 from mambamil.order import read_order
-from mambamil.train.data import BagDataset, Sample
 
 N_SLIDES, DIM, ORDER_SEED = 12, 16, 3
 TASK = {"type": "classification", "classes": ["normal", "tumor"], "label_column": "label"}

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
+from mambamil.bags import Sample, TaskSpec, assign_bins, build_samples, survival_bin_edges
 from mambamil.errors import InputFileError, MambamilError
 from mambamil.order import METHODS, order_permutation, read_order, window_spread, write_order
-from mambamil.train.data import Sample, TaskSpec, assign_bins, build_samples, survival_bin_edges
 from mambamil.train.metrics import c_index, classification_metrics, nll_survival_loss, survival_metrics
 from mambamil.train.splits import check_splits, make_splits
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mambamil.bags import Sample, TaskSpec
 from mambamil.config import default_section, load_config, task_model, task_training
 from mambamil.errors import ConfigError
-from mambamil.train.data import Sample, TaskSpec
 from mambamil.train.engine import TrainSettings, sampling_groups
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mambamil import __version__
+from mambamil.bags import BagDataset, Sample, TaskSpec
 from mambamil.config import settings_from_config
 from mambamil.device import mil_autocast, resolve_device
 from mambamil.fileio import atomic_output, write_json
 from mambamil.inference import Standardized, load_trained, predict_dataset, unwrap
 from mambamil.models import create_model, save_checkpoint
 from mambamil.paths import fold_outputs
-from mambamil.train.data import BagDataset, Sample, TaskSpec
 from mambamil.train.metrics import c_index, classification_metrics, nll_survival_loss
 from mambamil.train.plots import loss_curves
 

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from mambamil.bags import Sample, TaskSpec
 from mambamil.errors import InputFileError, MambamilError
 from mambamil.fileio import atomic_output
-from mambamil.train.data import Sample, TaskSpec
 
 
 def strata(samples: list[Sample], task: TaskSpec) -> pd.DataFrame:

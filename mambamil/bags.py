@@ -1,4 +1,5 @@
-"""Cohort assembly: label sheet + feature bags → samples (slides or patients) with labels, and bag loading."""
+"""Bags of a cohort, shared by training and inference: task specs, label sheet + feature files → samples (slides
+or patients) with labels, and the bag dataset that loads a sample's ordered, concatenated features."""
 
 from __future__ import annotations
 
