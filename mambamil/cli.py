@@ -368,22 +368,61 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="apply one checkpoint, or the ensemble of fold checkpoints, to new slides",
         description="Predict slides from their feature files with one or more checkpoints (probabilities or "
-        "risk averaged over the ensemble). Writes a CSV with one row per slide.",
+        "risk averaged over the ensemble). Writes a CSV with one row per slide, or, with --slides, one row per "
+        "patient when the models were trained on patients (a patient's bag is the concatenation of its slides' "
+        "sequences, as in training). With --labels the label sheet's labels are written beside the predictions "
+        "(rows that cannot be scored are reported one per line) and --metrics-dir gets the metrics.",
     )
-    p.add_argument("features", type=Path, nargs="+", help="feature H5 files, one per slide")
+    p.add_argument("features", type=Path, nargs="+", help="feature H5 files, one per slide (QC stubs are skipped)")
     p.add_argument("--checkpoint", type=Path, nargs="+", required=True, help="checkpoint.pt file(s)")
     _add_order_override(p)
     p.add_argument("--out", type=Path, required=True, help="output CSV")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    p.add_argument("--slides", type=Path, help="slide sheet CSV: the case_id of each slide (feature file stem)")
+    p.add_argument(
+        "--level",
+        choices=["slide", "patient"],
+        help="one row per slide or per patient (default: the checkpoints' training.level with --slides, else slide)",
+    )
+    p.add_argument("--labels", type=Path, help="label sheet CSV: labels written beside the predictions")
+    p.add_argument("--label-column", default="label", help="classification label column (default: %(default)s)")
+    p.add_argument("--metrics-dir", type=Path, help="with --labels: write metrics.json, predictions.csv, curves here")
     _add_original_args(p)
     p.set_defaults(func=_run_predict)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from mambamil.inference import predict_slides
+    from mambamil.external import attach_labels, evaluate_cohort
+    from mambamil.fileio import atomic_output
+    from mambamil.inference import load_ensemble, predict_cohort, trained_level
+    from mambamil.sheets import read_label_sheet, read_slide_sheet
 
-    df = predict_slides(args.features, args.checkpoint, args.out, args.order, args.device, _original(args))
-    print(f"{len(df)} slides → {args.out}")
+    if args.metrics_dir and not args.labels:
+        raise MambamilError("--metrics-dir needs --labels")
+    cases = None
+    if args.slides:
+        sheet = read_slide_sheet(args.slides)
+        cases = dict(zip(sheet["slide_id"], sheet["case_id"].astype(str), strict=True))
+    ensemble = load_ensemble(args.checkpoint, args.device, _original(args), args.order)
+    df = predict_cohort(ensemble, args.features, cases, args.level)
+    if args.labels:
+        task, extra = ensemble.task, ensemble.members[0].extra
+        level = args.level or (trained_level(ensemble) if cases is not None else "slide")
+        edges = (extra.get("meta") or {}).get("bin_edges")
+        df, problems = attach_labels(
+            df, read_label_sheet(args.labels), task.kind, list(task.classes), level, args.label_column, edges
+        )
+        for problem in problems:
+            log.warning("%s", problem)
+        if args.metrics_dir:
+            title = f"{task.name} — {extra.get('model_name', '')} ({args.labels.parent.name})"
+            result = evaluate_cohort(df, task.kind, list(task.classes), args.metrics_dir, title, problems,
+                                     {"checkpoints": [str(c) for c in args.checkpoint], "level": level})  # fmt: skip
+            scores = {k: v for k, v in result["pooled"].items() if isinstance(v, float)}
+            print(f"{task.name}: {result['n']} scored: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    with atomic_output(args.out) as tmp:
+        df.to_csv(tmp, index=False)
+    print(f"{len(df)} predictions → {args.out}")
     return 0
 
 

@@ -161,6 +161,7 @@ class Bag:
     features: torch.Tensor
     coords: np.ndarray | None
     coords_meta: CoordsAttrs | None
+    feature_meta: dict[str, Any] | None = None  # the feature file's provenance attributes (encoder, weights, …)
 
 
 def load_bag(path: str | Path, in_dim: int | None = None, slide_id: str | None = None) -> Bag:
@@ -174,7 +175,8 @@ def load_bag(path: str | Path, in_dim: int | None = None, slide_id: str | None =
     if in_dim is not None and feats.shape[1] != in_dim:
         raise InputFileError(path, f"feature dimension {feats.shape[1]} does not match the checkpoint's {in_dim}")
     coords = np.asarray(bag.coords) if bag.coords is not None else None
-    return Bag(slide_id or path.stem, path, feats, coords, bag.coords_meta)
+    meta = bag.feature_meta.to_attrs() if bag.feature_meta else None
+    return Bag(slide_id or path.stem, path, feats, coords, bag.coords_meta, meta)
 
 
 def sequence_order(bag: Bag, order: tuple[str, int]) -> np.ndarray:
@@ -301,6 +303,93 @@ def predict_dataset(
     return pd.DataFrame(rows)
 
 
+#: Feature-file attributes that must match the checkpoint's training features (where both record them).
+FEATURE_KEYS = ("encoder", "encoder_tag", "encoder_kwargs", "weights", "weights_sha256", "target_mpp", "patch_size")
+
+
+def check_features_match(bag: Bag, ensemble: Ensemble) -> None:
+    """Refuse a bag embedded differently from the features the models were trained on (another encoder, weights,
+    resolution or patch size): its predictions would be meaningless, not merely worse."""
+    if bag.coords_meta is None and not bag.feature_meta:
+        return
+    attrs = {**(bag.coords_meta.to_attrs() if bag.coords_meta else {}), **(bag.feature_meta or {})}
+    trained = ensemble.members[0].extra.get("feature_attrs") or {}
+    for key in FEATURE_KEYS:
+        mine, theirs = attrs.get(key), trained.get(key)
+        if mine is None or theirs is None:
+            continue
+        if isinstance(theirs, float) or isinstance(mine, float):
+            same = np.isclose(float(mine), float(theirs))
+        else:
+            same = str(mine) == str(theirs)
+        if not same:
+            raise InputFileError(
+                bag.path,
+                f"features have {key} {mine!r} but the model was trained on {theirs!r} (re-embed the "
+                "slides with the development cohort's features settings)",
+            )
+
+
+def pooled_outputs(ensemble: Ensemble, bags: list[Bag]) -> dict[str, Any]:
+    """The ensemble's prediction of one sample made of ``bags`` (one slide, or a patient's slides): per model,
+    each slide's bag in that model's trained sequence order, concatenated in slide-id order (as training's
+    :class:`BagDataset` builds a patient's bag), one forward pass; probabilities or risks averaged over models."""
+    bags = sorted(bags, key=lambda b: b.slide_id)
+    outs = []
+    for member in ensemble.members:
+        x = torch.cat([bag.features[torch.as_tensor(sequence_order(bag, member.order))] for bag in bags])
+        outs.append(forward(member.model, x, ensemble.device, member.precision)[0])
+    return summarise(outs, ensemble.task, ", ".join(str(b.path) for b in bags))
+
+
+def trained_level(ensemble: Ensemble) -> str:
+    """The sample level (slide or patient) the ensemble's models were trained at (patient when not recorded)."""
+    return str((ensemble.members[0].extra.get("settings") or {}).get("level", "patient"))
+
+
+def predict_cohort(
+    ensemble: Ensemble, features: list[Path], cases: dict[str, str] | None = None, level: str | None = None
+) -> pd.DataFrame:
+    """Predictions (probabilities or risk) of ``ensemble`` for the bags in ``features``.
+
+    ``cases`` maps slide ids (the feature files' stems) to patients; at ``level`` patient (default: the level the
+    checkpoints were trained at, when ``cases`` is given) one row per patient from the concatenation of its
+    slides' sequences, as in training; otherwise one row per file. Feature files that are QC stubs are skipped
+    with a warning."""
+    from mambamil.qc import read_stub
+
+    trained = trained_level(ensemble)
+    if level is None:
+        level = trained if cases is not None else "slide"
+    elif level != trained:
+        log.warning("the checkpoints were trained at %s level; predicting at %s level as asked", trained, level)
+    if level == "patient" and cases is None:
+        raise MambamilError("patient-level prediction needs a slide sheet with case_id (--slides)")
+    groups: dict[str, list[Path]] = {}
+    samples: list[tuple[str, list[Path]]] = []
+    for path in map(Path, features):
+        if (stub := read_stub(path)) is not None:
+            log.warning("slide %s EXCLUDED by QC (%s: %s); not predicted", path.stem, stub.stage, stub.cause)
+            continue
+        if cases is not None and path.stem not in cases:
+            raise InputFileError(path, f"slide {path.stem} is not in the slide sheet (no case_id)")
+        if level == "patient":
+            groups.setdefault(cases[path.stem], []).append(path)
+        else:
+            samples.append((path.stem, [path]))
+    samples += sorted(groups.items())
+    rows = []
+    for key, paths in samples:
+        bags = [load_bag(p, ensemble.in_dim, p.stem) for p in paths]
+        for bag in bags:
+            check_features_match(bag, ensemble)
+        ids = sorted(b.slide_id for b in bags)
+        case = cases[ids[0]] if cases is not None and level == "slide" else key
+        rows.append({"sample_id": key, "case_id": case, "slide_ids": ";".join(ids),
+                     "n_instances": sum(len(b.features) for b in bags), **pooled_outputs(ensemble, bags)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def predict_slides(
     features: list[Path],
     checkpoints: list[Path],
@@ -308,16 +397,11 @@ def predict_slides(
     order: str | None = None,
     device: str = "auto",
     original: dict[str, Any] | None = None,
+    cases: dict[str, str] | None = None,
+    level: str | None = None,
 ) -> pd.DataFrame:
-    """Slide-level predictions (probabilities or risk) averaged over ``checkpoints``; writes ``out`` CSV."""
-    ensemble = load_ensemble(checkpoints, device, original, order)
-    rows = []
-    for path in features:
-        bag = load_bag(path, ensemble.in_dim)
-        result = bag_outputs(ensemble, bag)
-        rows.append({"sample_id": bag.slide_id, "case_id": bag.slide_id, "slide_ids": bag.slide_id,
-                     "n_instances": len(bag.features), **result.prediction})  # fmt: skip
-    df = pd.DataFrame(rows)
+    """:func:`predict_cohort` with the ensemble of ``checkpoints``; writes ``out`` CSV."""
+    df = predict_cohort(load_ensemble(checkpoints, device, original, order), features, cases, level)
     with atomic_output(out) as tmp:
         df.to_csv(tmp, index=False)
     return df

@@ -61,6 +61,31 @@ def evaluate_folds(
     return result
 
 
+def evaluate_predictions(
+    preds: pd.DataFrame,
+    kind: str,
+    classes: list[str],
+    out_dir: str | Path,
+    title: str,
+    settings: dict | None = None,
+) -> dict[str, Any]:
+    """Metrics of one pooled prediction frame (the columns of ``test_predictions.csv``; ``fold`` optional), e.g.
+    an external cohort's: writes ``metrics.json`` (pooled metrics), ``predictions.csv`` and the curves plot into
+    ``out_dir`` (:func:`mambamil.paths.evaluation_outputs`)."""
+    pooled = _metrics(preds, kind, classes)
+    result = {"kind": kind, "n": len(preds), "pooled": pooled, "settings": settings or {}}
+    outputs = evaluation_outputs(out_dir)
+    write_json(outputs["metrics"], result)
+    with atomic_output(outputs["predictions"]) as tmp:
+        preds.to_csv(tmp, index=False)
+    if kind == "classification":
+        probs = preds[[probability_column(c) for c in classes]].to_numpy()
+        roc_plot(preds["target"].to_numpy(), probs, classes, outputs["curves"], title)
+    else:
+        km_plot(preds["time"].to_numpy(), preds["event"].to_numpy(), preds["risk"].to_numpy(), outputs["curves"], title)
+    return result
+
+
 def summary_table(metric_files: dict[tuple[str, str], Path]) -> pd.DataFrame:
     """One row per (task, model): mean ± std of each summary metric, for the cohort-level overview."""
     rows = []

@@ -1,0 +1,142 @@
+"""External validation: a label sheet's labels beside an ensemble's predictions, every label row that cannot be
+scored reported on its own line (never an exception), and the labelled patients' metrics.
+
+Used by ``mambamil predict --labels`` and by the workflow's external cohorts (README "External validation")."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mambamil.bags import assign_bins
+from mambamil.fileio import write_json
+from mambamil.paths import evaluation_outputs
+
+log = logging.getLogger(__name__)
+
+
+def _lines(positions: list[int]) -> str:
+    """Label-sheet line numbers (line 1 is the header) of row positions."""
+    lines = [int(p) + 2 for p in positions]
+    return f"line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines))}"
+
+
+def attach_labels(
+    preds: pd.DataFrame,
+    labels: pd.DataFrame,
+    kind: str,
+    classes: list[str],
+    level: str,
+    label_column: str = "label",
+    bin_edges: list[float] | None = None,
+) -> tuple[pd.DataFrame, list[str]]:
+    """``preds`` (one row per slide or patient, as :func:`mambamil.inference.predict_cohort` writes) with the
+    label sheet's ``target`` and ``label`` (classification) or ``time``, ``event`` and time-bin ``target``
+    (survival); rows that cannot be scored get ``target`` -1 and no label.
+
+    Returns the frame and one message per problem: a label the model does not know, a patient (or slide) of the
+    label sheet without a prediction, conflicting labels of one patient, a prediction without a label row."""
+    labels = labels.reset_index(drop=True)
+    key = "case_id" if level == "patient" else "slide_id"
+    labels = labels.assign(_key=labels[key].astype(str))
+    problems: list[str] = []
+    if kind == "classification":
+        if label_column not in labels.columns:
+            return _unlabelled(preds, kind), [f"label sheet has no column '{label_column}': predictions only"]
+        values = labels[label_column]
+        unknown = values.notna() & ~values.astype(str).isin(classes)
+        for i in np.flatnonzero(unknown):
+            row = labels.iloc[i]
+            problems.append(
+                f"label sheet {_lines([i])} (slide {row['slide_id']}, patient {row['case_id']}): class "
+                f"{str(row[label_column])!r} is not one the model knows {classes}; not scored"
+            )
+        usable = labels[values.notna() & ~unknown].assign(label=lambda d: d[label_column].astype(str))
+        fields = ["label"]
+    else:
+        if "time" not in labels.columns:
+            return _unlabelled(preds, kind), ["label sheet has no 'time' and 'event': predictions only"]
+        usable = labels[labels["time"].notna()]
+        fields = ["time", "event"]
+    predicted = set(preds["sample_id"].astype(str))
+    for k, rows in labels.groupby("_key", sort=True):
+        if k not in predicted:
+            what = "patient" if level == "patient" else "slide"
+            problems.append(
+                f"label sheet {_lines(rows.index.tolist())}: {what} {k} has no slide with usable features in this "
+                "cohort (not in the slide sheet, excluded by QC, or not embedded); not scored"
+            )
+    per_key: dict[str, dict[str, Any]] = {}
+    for k, rows in usable.groupby("_key", sort=True):
+        distinct = rows[fields].drop_duplicates()
+        if len(distinct) > 1:
+            problems.append(
+                f"label sheet {_lines(rows.index.tolist())}: patient {k} has conflicting labels "
+                f"{distinct.to_dict('records')}; not scored"
+            )
+            continue
+        per_key[k] = rows.iloc[0][fields].to_dict()
+    out = _unlabelled(preds, kind)
+    all_keys = set(labels["_key"])
+    for i, sample in enumerate(out["sample_id"].astype(str)):
+        if sample not in all_keys:
+            problems.append(f"{sample}: no row in the label sheet; predicted, not scored")
+        if sample not in per_key:
+            continue
+        found = per_key[sample]
+        if kind == "classification":
+            out.loc[i, "label"] = found["label"]
+            out.loc[i, "target"] = classes.index(found["label"])
+        else:
+            out.loc[i, "time"], out.loc[i, "event"] = float(found["time"]), int(found["event"])
+            if bin_edges is not None:
+                out.loc[i, "target"] = int(assign_bins(np.array([found["time"]]), np.asarray(bin_edges))[0])
+    return out, problems
+
+
+def _unlabelled(preds: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """``preds`` with empty label columns (target -1) in the column order of ``test_predictions.csv``."""
+    out = preds.reset_index(drop=True).copy()
+    out.insert(out.columns.get_loc("n_instances") + 1, "target", -1)
+    if kind == "classification":
+        predicted = out.pop("predicted")
+        out["label"] = ""
+        out["predicted"] = predicted
+    else:
+        out["time"], out["event"] = np.nan, np.nan
+    return out
+
+
+def labelled(preds: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """The rows of :func:`attach_labels`' frame that can be scored."""
+    mask = preds["target"] >= 0 if kind == "classification" else preds["time"].notna() & preds["event"].notna()
+    return preds[mask].reset_index(drop=True)
+
+
+def evaluate_cohort(
+    preds: pd.DataFrame,
+    kind: str,
+    classes: list[str],
+    out_dir: str | Path,
+    title: str,
+    problems: list[str],
+    settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Metrics of the labelled rows of ``preds`` (:func:`mambamil.train.evaluate.evaluate_predictions`, the
+    development cohort's metrics) in ``out_dir``; with no labelled row, ``metrics.json`` says why."""
+    from mambamil.train.evaluate import evaluate_predictions
+
+    scored = labelled(preds, kind)
+    settings = {**(settings or {}), "label_problems": problems, "n_predicted": len(preds), "n_scored": len(scored)}
+    if scored.empty:
+        result = {"kind": kind, "n": 0, "pooled": {}, "reason": "no labelled patient with a prediction",
+                  "settings": settings}  # fmt: skip
+        write_json(evaluation_outputs(out_dir)["metrics"], result)
+        return result
+    if kind == "survival":
+        scored["event"] = scored["event"].astype(int)
+    return evaluate_predictions(scored, kind, classes, out_dir, title, settings)
