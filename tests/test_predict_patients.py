@@ -94,7 +94,7 @@ def test_patient_prediction_is_the_trained_patient_bag(cohort: Path, tmp_path: P
     # Features embedded differently (another patch size) are refused, naming the file.
     other = tmp_path / "S99.h5"
     bag(other, np.random.default_rng(0), True, patch_size=512)
-    with pytest.raises(Exception, match="patch_size 512.*trained on 256") as info:
+    with pytest.raises(Exception, match=r"patch_size 512.*trained on 256") as info:
         predict_cohort(ensemble, [other], None)
     assert "S99.h5" in str(info.value)
 
@@ -128,8 +128,9 @@ def test_labels_beside_predictions_and_row_problems(cohort: Path, tmp_path: Path
 
 
 def test_attach_labels_survival_and_slide_level() -> None:
-    preds = pd.DataFrame({"sample_id": ["s1", "s2", "s3"], "case_id": ["p1", "p1", "p2"],
-                          "slide_ids": ["s1", "s2", "s3"], "n_instances": [3, 4, 5], "risk": [0.1, 0.2, 0.3]})  # fmt: skip
+    ids = ["s1", "s2", "s3"]
+    preds = pd.DataFrame({"sample_id": ids, "case_id": ["p1", "p1", "p2"], "slide_ids": ids,
+                          "n_instances": [3, 4, 5], "risk": [0.1, 0.2, 0.3]})  # fmt: skip
     labels = pd.DataFrame({"case_id": ["p1", "p1", "p2", "p3"], "slide_id": ["s1", "s2", "s3", "s4"],
                            "time": [5.0, 5.0, 9.0, 1.0], "event": [1, 1, 0, 1]})  # fmt: skip
     out, problems = attach_labels(preds, labels, "survival", [], "slide", bin_edges=[0, 4, 8, 20])
