@@ -331,6 +331,54 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train_final(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-final",
+        help="train one model on every development patient for the epoch count cross-validation chose",
+        description="Train one model (no validation set, no early stopping) on all labelled patients for the "
+        "median over folds of the selected epoch (from each fold's summary.json). Writes checkpoint.pt, log.csv "
+        "and summary.json (the epoch count and the folds' epochs) into --out. For external validation.",
+    )
+    _add_cohort_args(p)
+    p.add_argument("--fold-summaries", type=Path, nargs="+", required=True, help="summary.json of every CV fold")
+    p.add_argument("--order-dir", type=Path, help="folder of <slide_id>.npy sequence orders (default: file order)")
+    p.add_argument("--out", type=Path, required=True, help="output folder of the final model")
+    p.set_defaults(func=_run_train_final)
+
+
+def _run_train_final(args: argparse.Namespace) -> int:
+    import json
+
+    from mambamil.errors import InputFileError
+    from mambamil.train.engine import TrainSettings, train_final
+
+    spec = _task_settings(args)
+    task, samples, meta, features, orders = _cohort(args, spec)
+    summaries = []
+    for path in args.fold_summaries:
+        if not path.exists():
+            raise InputFileError(path, "fold summary not found (train the folds first)")
+        summaries.append(json.loads(path.read_text()))
+    model = dict(spec["model"])
+    name = model.pop("model")
+    summary = train_final(
+        task,
+        name,
+        model,
+        TrainSettings.from_config(spec["training"]),
+        samples,
+        summaries,
+        features,
+        orders,
+        args.out,
+        meta,
+        progress=not args.quiet,
+        order=_train_order(spec) if orders else None,
+    )
+    print(f"{task.name}/{name}/final: {summary['epochs']} epochs (folds chose {summary['fold_epochs']}) → {args.out}")
+    return 0
+
+
 def _train_order(spec: dict) -> dict:
     """The order method and order-stage seed behind --order-dir, stored in the checkpoint for inference."""
     return {"method": spec["training"]["order"], "seed": int(spec.get("order_seed", 0))}
@@ -700,6 +748,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_splits,
     _add_train,
     _add_evaluate,
+    _add_train_final,
     _add_predict,
     _add_heatmap,
     _add_convert_checkpoint,

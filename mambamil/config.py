@@ -138,6 +138,7 @@ def task_model(config: dict[str, Any], task: str, model: str) -> dict[str, Any]:
 WORKFLOW_ONLY: dict[str, dict[str, str]] = {
     "features": {"slides_per_job": "how many slides one workflow job embeds"},
     "order": {"methods": "which order files the workflow makes; the verb computes one --method"},
+    "training": {"final_model": "whether the workflow also trains a final model (the verb is train-final)"},
     "heatmaps": {
         "task": "which task's checkpoints the workflow draws (the verb takes --checkpoint)",
         "model": "which model's checkpoints the workflow draws (the verb takes --checkpoint)",

@@ -12,10 +12,18 @@ files a CLI verb writes into the folder it is given with ``--out`` (:func:`tile_
         qc/slides.csv | patients.csv                                            qc
         splits/<task>.csv                                                       splits
         models/<task>/<model>/fold_<k>/checkpoint.pt | test_predictions.csv …   train
+        models/<task>/<model>/final/checkpoint.pt | summary.json | log.csv      train-final
         evaluation/<task>/<model>/metrics.json | predictions.csv | …           evaluate
         evaluation/summary.csv                                                  summary
         heatmaps/<slide_id>/<slide_id>.attention.png | … ;  heatmaps/index.csv  heatmaps
+        external/<cohort>/tiles/… | features/<encoder_tag>/… | qc/…             an external cohort's own stages
+        external/<cohort>/<task>/<model>/cohort_predictions.csv | metrics.json …  predict (fold ensemble)
+        external/<cohort>/<task>/<model>/final/…                                 predict (final model)
         logs/<rule>/…                                                           every rule
+
+An external validation cohort's slides go through the stages under its own root (:func:`external_dir`, used as
+a results root with :func:`tiles_dir`, :func:`features_dir`, :func:`qc_dir`), so slide ids may repeat between
+cohorts.
 """
 
 from __future__ import annotations
@@ -49,6 +57,24 @@ def fold_dir(results: PathLike, task: str, model: str, fold: int | str) -> Path:
 
 def evaluation_dir(results: PathLike, task: str, model: str) -> Path:
     return Path(results) / "evaluation" / task / model
+
+
+def final_model_dir(results: PathLike, task: str, model: str) -> Path:
+    """The model trained on every development patient (``training.final_model``)."""
+    return Path(results) / "models" / task / model / "final"
+
+
+def external_dir(results: PathLike, cohort: str) -> Path:
+    """The results root of one external validation cohort: its tiles, features and QC tables, as under
+    ``results`` (pass it to :func:`tiles_dir`, :func:`features_dir`, :func:`qc_dir`)."""
+    return Path(results) / "external" / cohort
+
+
+def external_evaluation_dir(results: PathLike, cohort: str, task: str, model: str, final: bool = False) -> Path:
+    """Predictions and metrics of one external cohort by one task × model: its fold ensemble, or (``final``) the
+    final model."""
+    out = external_dir(results, cohort) / task / model
+    return out / "final" if final else out
 
 
 def summary_file(results: PathLike) -> Path:
@@ -118,6 +144,12 @@ def evaluation_outputs(out_dir: PathLike) -> dict[str, Path]:
         "predictions": out_dir / "predictions.csv",
         "curves": out_dir / "test_curves.png",
     }
+
+
+def external_outputs(out_dir: PathLike) -> dict[str, Path]:
+    """What predicting an external cohort writes: every patient's prediction with its label where known
+    (``cohort_predictions``) and, with a label sheet, the :func:`evaluation_outputs` of the labelled ones."""
+    return {"cohort_predictions": Path(out_dir) / "cohort_predictions.csv", **evaluation_outputs(out_dir)}
 
 
 def heatmap_outputs(out_dir: PathLike, slide_id: str, maps: tuple[str, ...] = ("attention", "gradxinput")) -> dict:

@@ -20,6 +20,7 @@ from mambamil import __version__
 from mambamil.bags import BagDataset, Sample, TaskSpec
 from mambamil.config import settings_from_config
 from mambamil.device import mil_autocast, resolve_device
+from mambamil.errors import MambamilError
 from mambamil.fileio import atomic_output, write_json
 from mambamil.inference import Standardized, load_trained, predict_dataset, unwrap
 from mambamil.models import create_model, save_checkpoint
@@ -186,25 +187,7 @@ def train_fold(
     n_train = len(data["train"])
     epochs = tqdm(range(settings.epochs), desc=f"{task.name}/{model_name}/fold {fold}", disable=not progress)
     for epoch in epochs:
-        model.train()
-        if settings.sampler == "weighted":
-            labels = sampling_groups(subsets["train"], task)
-            w = 1.0 / np.bincount(labels)[labels]
-            order = rng.choice(n_train, size=n_train, replace=True, p=w / w.sum())
-        else:
-            order = rng.permutation(n_train)
-        optimiser.zero_grad(set_to_none=True)
-        losses = []
-        for step, idx in enumerate(order):
-            x, sample = data["train"][int(idx)]
-            with mil_autocast(device, settings.precision):
-                out = model(x.to(device))
-            loss = objective.loss(out, sample)
-            (loss / settings.grad_accum).backward()
-            losses.append(loss.item())
-            if (step + 1) % settings.grad_accum == 0 or step == n_train - 1:
-                optimiser.step()
-                optimiser.zero_grad(set_to_none=True)
+        losses = train_epoch(model, data["train"], objective, optimiser, settings, rng, device, task)
         val_loss, val_metric = _validation(model, data["val"], objective, device, task, settings.precision)
         # monitor auto: subtyping monitors the loss; survival the c-index, ties (frequent on small validation sets,
         # where it saturates at 1.0) broken by the loss, and the loss alone when the metric is undefined.
@@ -248,6 +231,114 @@ def train_fold(
         "n_val": len(data["val"]),
         "n_test": len(data["test"]),
     }
+    write_json(outputs["summary"], summary)
+    return summary
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    dataset: BagDataset,
+    objective: Objective,
+    optimiser: torch.optim.Optimizer,
+    settings: TrainSettings,
+    rng: np.random.Generator,
+    device: torch.device,
+    task: TaskSpec,
+) -> list[float]:
+    """One pass over ``dataset`` (shuffled, or drawn by the weighted sampler), one bag per step with gradient
+    accumulation; returns the bags' losses."""
+    model.train()
+    n_train = len(dataset)
+    if settings.sampler == "weighted":
+        labels = sampling_groups(dataset.samples, task)
+        w = 1.0 / np.bincount(labels)[labels]
+        order = rng.choice(n_train, size=n_train, replace=True, p=w / w.sum())
+    else:
+        order = rng.permutation(n_train)
+    optimiser.zero_grad(set_to_none=True)
+    losses = []
+    for step, idx in enumerate(order):
+        x, sample = dataset[int(idx)]
+        with mil_autocast(device, settings.precision):
+            out = model(x.to(device))
+        loss = objective.loss(out, sample)
+        (loss / settings.grad_accum).backward()
+        losses.append(loss.item())
+        if (step + 1) % settings.grad_accum == 0 or step == n_train - 1:
+            optimiser.step()
+            optimiser.zero_grad(set_to_none=True)
+    return losses
+
+
+def final_epochs(fold_summaries: list[dict[str, Any]]) -> int:
+    """The epoch count cross-validation chose: the median over folds of the selected epoch's count (best_epoch + 1),
+    rounded half up, at least 1."""
+    counts = [int(s["best_epoch"]) + 1 for s in fold_summaries]
+    if not counts:
+        raise MambamilError("no fold summaries: the final model's epoch count comes from cross-validation")
+    return max(1, math.floor(float(np.median(counts)) + 0.5))
+
+
+def train_final(
+    task: TaskSpec,
+    model_name: str,
+    model_kwargs: dict[str, Any],
+    settings: TrainSettings,
+    samples: list[Sample],
+    fold_summaries: list[dict[str, Any]],
+    feature_files: dict[str, Path],
+    order_files: dict[str, Path],
+    out_dir: str | Path,
+    meta: dict[str, Any],
+    progress: bool = True,
+    order: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One model on every development patient for :func:`final_epochs` epochs (no validation set, no early
+    stopping); writes ``checkpoint.pt``, ``log.csv`` and ``summary.json`` (with the folds' epochs) into ``out_dir``."""
+    outputs = fold_outputs(out_dir)
+    n_epochs = final_epochs(fold_summaries)
+    seed_everything(settings.seed * 1000 + 999)
+    device = resolve_device(settings.device)
+    data = BagDataset(samples, feature_files, order_files)
+    model = create_model(model_name, in_dim=data.in_dim, n_classes=task.n_outputs, task=task.kind, **model_kwargs)
+    scaler = feature_scaler(data) if settings.standardize_features else None
+    if scaler:
+        model = Standardized(model, scaler["mean"], scaler["std"])
+    model = model.to(device)
+    objective = Objective(task, settings, samples)
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    rng = np.random.default_rng(settings.seed * 1000 + 999)
+    history = []
+    for epoch in tqdm(range(n_epochs), desc=f"{task.name}/{model_name}/final", disable=not progress):
+        losses = train_epoch(model, data, objective, optimiser, settings, rng, device, task)
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses))})
+    chosen = {
+        "epochs": n_epochs,
+        "fold_epochs": [int(s["best_epoch"]) + 1 for s in fold_summaries],
+        "rule": "median over folds of the selected epoch (best_epoch + 1), rounded half up",
+    }
+    extra = {
+        "task": task.name,
+        "task_kind": task.kind,
+        "classes": list(task.classes),
+        "meta": meta,
+        "fold": "final",
+        "in_dim": data.in_dim,
+        "settings": settings.__dict__,
+        "model_name": model_name,
+        "model_kwargs": model_kwargs,
+        "feature_attrs": feature_attrs(feature_files[samples[0].slide_ids[0]]),
+        "mambamil_version": __version__,
+        "feature_scaler": scaler,
+        "order": trained_order(order_files, order, settings),
+        "precision": settings.precision,
+        "final_model": chosen,
+        "epoch": n_epochs - 1,
+    }
+    save_checkpoint(outputs["checkpoint"], unwrap(model), extra)
+    with atomic_output(outputs["log_csv"]) as tmp:
+        pd.DataFrame(history).to_csv(tmp, index=False)
+    summary = {"task": task.name, "model": model_name, "fold": "final", "n_train": len(data), **chosen}
     write_json(outputs["summary"], summary)
     return summary
 

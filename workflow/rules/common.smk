@@ -136,7 +136,7 @@ def task_spec(task, model=None):
     spec = {
         "task_name": task,
         "task": task_section,
-        "training": task_training(config, task),
+        "training": verb_settings("training", task_training(config, task)),
         "order_seed": config["order"]["seed"],
     }
     if model is not None:
@@ -174,6 +174,63 @@ def all_targets():
     if HEATMAP_TASK and HEATMAP_MODEL:
         # Heatmaps follow the splits (a checkpoint): only slides that passed QC and were tested (qc.smk).
         targets.append(HEATMAPS_INDEX)
+    targets += external_targets()
+    return targets
+
+
+# -- external validation cohorts (external.smk, README "External validation") --
+EXTERNAL = {name: dict(cohort) for name, cohort in (config.get("external") or {}).items()}
+EXTERNAL_SHEETS = {name: read_slide_sheet(cohort["slides"]) for name, cohort in EXTERNAL.items()}
+EXTERNAL_IDS = {name: sheet["slide_id"].tolist() for name, sheet in EXTERNAL_SHEETS.items()}
+EXTERNAL_ROOT = paths.external_dir(RESULTS, "{cohort}")
+EXTERNAL_TILE = paths.tile_outputs(paths.tiles_dir(EXTERNAL_ROOT), "{slide_id}")
+EXTERNAL_FEATURES = paths.feature_file(paths.features_dir(EXTERNAL_ROOT, FEATURES_DIR.name), "{slide_id}")
+EXTERNAL_QC = paths.qc_tables(paths.qc_dir(EXTERNAL_ROOT))
+EXTERNAL_PREDICT = paths.external_outputs(paths.external_evaluation_dir(RESULTS, "{cohort}", "{task}", "{model}"))
+EXTERNAL_PREDICT_FINAL = paths.external_outputs(
+    paths.external_evaluation_dir(RESULTS, "{cohort}", "{task}", "{model}", final=True)
+)
+FINAL = paths.fold_outputs(paths.final_model_dir(RESULTS, "{task}", "{model}"))
+
+
+def final_model_on(task):
+    return bool(task_training(config, task).get("final_model"))
+
+
+def external_slide_files(cohort, slide_ids):
+    """The slide files of an external cohort's slides as job inputs (missing files left out in exclude mode,
+    as :func:`slide_files`)."""
+    sheet = EXTERNAL_SHEETS[cohort]
+    exclude = config["qc"]["on_bad_slide"] == "exclude"
+    return [sheet.loc[s, "path"] for s in slide_ids if not (exclude and not Path(sheet.loc[s, "path"]).exists())]
+
+
+def external_mpp_option(cohort, slide_id):
+    """--mpp of an external slide whose sheet row overrides its resolution."""
+    mpp = EXTERNAL_SHEETS[cohort].loc[slide_id, "mpp"]
+    return "" if mpp != mpp else f"--mpp {mpp}"  # NaN: no override
+
+
+def external_prediction_outputs(cohort, final=False):
+    """The files one external prediction job writes: every patient's prediction, and with labels the metrics
+    (beside them the scored patients' predictions.csv and curves, left undeclared: none when nobody is scored)."""
+    files = EXTERNAL_PREDICT_FINAL if final else EXTERNAL_PREDICT
+    keys = ["cohort_predictions", "metrics"] if EXTERNAL[cohort].get("labels") else ["cohort_predictions"]
+    return {k: files[k] for k in keys}
+
+
+def external_targets():
+    targets = []
+    for cohort in EXTERNAL:
+        targets += expand(EXTERNAL_QC["slides"], cohort=cohort)
+        for task in TASKS:
+            for model in MODELS:
+                targets += expand(
+                    list(external_prediction_outputs(cohort).values()), cohort=cohort, task=task, model=model
+                )
+                if final_model_on(task):
+                    outs = external_prediction_outputs(cohort, final=True).values()
+                    targets += expand(list(outs), cohort=cohort, task=task, model=model)
     return targets
 
 

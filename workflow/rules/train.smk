@@ -35,6 +35,7 @@ rule train:
         checkpoint=FOLD["checkpoint"],
         predictions=FOLD["predictions"],
         log_csv=FOLD["log_csv"],
+        summary=FOLD["summary"],
         curves=report(
             FOLD["curves"],
             category="Training curves",
