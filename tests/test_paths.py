@@ -34,8 +34,17 @@ def test_results_layout_round_trip() -> None:
     assert fold["checkpoint"] == Path("res/models/subtype/mambamil/fold_2/checkpoint.pt")
     heat = paths.heatmap_outputs(paths.heatmap_dir(results, "s1"), "s1")
     assert heat["attention"] == Path("res/heatmaps/s1/s1.attention.png")
+    # an external cohort is a results root of its own; its predictions sit beside the evaluation layout
+    ext = paths.external_dir(results, "site_b")
+    assert paths.feature_file(paths.features_dir(ext, "enc"), "s1") == Path("res/external/site_b/features/enc/s1.h5")
+    assert paths.qc_tables(paths.qc_dir(ext))["slides"] == Path("res/external/site_b/qc/slides.csv")
+    predicted = paths.external_outputs(paths.external_evaluation_dir(results, "site_b", "subtype", "abmil"))
+    assert predicted["metrics"] == Path("res/external/site_b/subtype/abmil/metrics.json")
+    final = paths.external_evaluation_dir(results, "site_b", "subtype", "abmil", final=True)
+    assert final == Path("res/external/site_b/subtype/abmil/final")
+    assert paths.final_model_dir(results, "subtype", "abmil") == Path("res/models/subtype/abmil/final")
     # every file name of one folder is distinct
-    for files in (fold, heat, paths.tile_outputs(results, "s1"), paths.evaluation_outputs(results)):
+    for files in (fold, heat, paths.tile_outputs(results, "s1"), paths.evaluation_outputs(results), predicted):
         assert len(set(files.values())) == len(files)
 
 

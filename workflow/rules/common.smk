@@ -254,3 +254,27 @@ def print_qc_summary():
         text = exclusion_report(read_qc_table(QC["slides"]))
         if text:
             print(f"\n{text}\n(full table: {QC['slides']})", file=sys.stderr)
+
+
+def external_labels_option(cohort, final):
+    """--labels/--label-column/--metrics-dir of one external cohort's prediction jobs (none without labels)."""
+    labels = EXTERNAL[cohort].get("labels")
+
+    def option(wc):
+        if not labels:
+            return ""
+        column = config["tasks"][wc.task].get("label_column", "label")
+        out_dir = paths.external_evaluation_dir(RESULTS, cohort, wc.task, wc.model, final=final)
+        return " ".join(
+            ["--labels", shlex.quote(str(labels)), "--label-column", shlex.quote(column)]
+            + ["--metrics-dir", shlex.quote(str(out_dir))]
+        )
+
+    return option
+
+
+def external_checkpoints(final):
+    """The checkpoints predicting an external cohort: every fold's (the ensemble), or the final model's."""
+    if final:
+        return lambda wc: expand(FINAL["checkpoint"], task=wc.task, model=wc.model)
+    return lambda wc: expand(FOLD["checkpoint"], task=wc.task, model=wc.model, fold=task_folds(wc.task))

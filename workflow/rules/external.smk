@@ -130,30 +130,6 @@ rule train_final:
         "> {log:q} 2>&1"
 
 
-def external_labels_option(cohort, final):
-    """--labels/--label-column/--metrics-dir of one external cohort's prediction jobs (none without labels)."""
-    labels = EXTERNAL[cohort].get("labels")
-
-    def option(wc):
-        if not labels:
-            return ""
-        column = config["tasks"][wc.task].get("label_column", "label")
-        out_dir = paths.external_evaluation_dir(RESULTS, cohort, wc.task, wc.model, final=final)
-        return " ".join(
-            ["--labels", shlex.quote(str(labels)), "--label-column", shlex.quote(column)]
-            + ["--metrics-dir", shlex.quote(str(out_dir))]
-        )
-
-    return option
-
-
-def external_checkpoints(final):
-    """The checkpoints predicting an external cohort: every fold's (the ensemble), or the final model's."""
-    if final:
-        return lambda wc: expand(FINAL["checkpoint"], task=wc.task, model=wc.model)
-    return lambda wc: expand(FOLD["checkpoint"], task=wc.task, model=wc.model, fold=task_folds(wc.task))
-
-
 # One rule per cohort and predictor, so a cohort without labels declares its predictions only.
 for _cohort in EXTERNAL:
     for _final in (False, True):
