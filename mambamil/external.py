@@ -63,7 +63,7 @@ def attach_labels(
         usable = labels[labels["time"].notna()]
         fields = ["time", "event"]
     predicted = set(preds["sample_id"].astype(str))
-    for k, rows in labels.groupby("_key", sort=True):
+    for k, rows in sorted(labels.groupby("_key"), key=lambda group: group[1].index.min()):  # in sheet order
         if k not in predicted:
             what = "patient" if level == "patient" else "slide"
             problems.append(

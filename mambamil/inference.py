@@ -387,7 +387,9 @@ def predict_cohort(
         case = cases[ids[0]] if cases is not None and level == "slide" else key
         rows.append({"sample_id": key, "case_id": case, "slide_ids": ";".join(ids),
                      "n_instances": sum(len(b.features) for b in bags), **pooled_outputs(ensemble, bags)})  # fmt: skip
-    return pd.DataFrame(rows)
+    task = ensemble.task
+    outputs = [*map(probability_column, task.classes), "predicted"] if task.kind == "classification" else ["risk"]
+    return pd.DataFrame(rows, columns=["sample_id", "case_id", "slide_ids", "n_instances", *outputs])
 
 
 def predict_slides(
