@@ -94,6 +94,8 @@ def test_external_cohort_predictions_and_metrics(repo_root: Path, tmp_path: Path
     qc = pd.read_csv(ext / "qc" / "slides.csv", dtype=str, keep_default_na=False).set_index("slide_id")
     assert qc.loc["blank", "status"] == "excluded" and "no tissue found" in qc.loc["blank", "cause"]
     assert (qc.drop(index="blank")["status"] == "ok").all()
+    assert "external cohort site_b: QC: 1 of 4 slide(s) EXCLUDED" in res.stderr  # listed at the end of the run
+    assert "blank (patient blank_case) at tile" in res.stderr
     ext_feats = sorted((ext / "features" / "timm-test_resnet-random").glob("demo_*.h5"))
     dev_feat = results / "features" / "timm-test_resnet-random" / "demo_000.h5"
     assert len(ext_feats) == 3 and ext_feats[0].read_bytes() != dev_feat.read_bytes()

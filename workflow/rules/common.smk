@@ -250,10 +250,13 @@ def tested_heatmaps(wildcards):
 
 def print_qc_summary():
     """The excluded slides, printed at the end of every run (README "Bad slides and QC")."""
-    if QC["slides"].exists():
-        text = exclusion_report(read_qc_table(QC["slides"]))
-        if text:
-            print(f"\n{text}\n(full table: {QC['slides']})", file=sys.stderr)
+    tables = [("", QC["slides"])]
+    tables += [(f"external cohort {c}: ", Path(expand(EXTERNAL_QC["slides"], cohort=c)[0])) for c in EXTERNAL]
+    for what, table in tables:
+        if table.exists():
+            text = exclusion_report(read_qc_table(table))
+            if text:
+                print(f"\n{what}{text}\n(full table: {table})", file=sys.stderr)
 
 
 def external_labels_option(cohort, final):
