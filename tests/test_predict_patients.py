@@ -18,6 +18,7 @@ from mambamil.config import default_section
 from mambamil.external import attach_labels
 from mambamil.h5layout import CoordsAttrs, FeatureAttrs, write_features
 from mambamil.inference import load_ensemble, predict_cohort
+from mambamil.train.engine import final_epochs
 
 DIM, ORDER_SEED, METHOD = 16, 5, "random"
 TASK = {"type": "classification", "classes": ["normal", "tumor"], "label_column": "label"}
@@ -61,6 +62,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "epochs": 2, "min_epochs": 1, "patience": 1, "device": "cpu"}  # fmt: skip
     spec = json.dumps({"task_name": "subtype", "task": TASK, "training": training, "model_name": "mambamil",
                        "model": MODEL, "order_seed": ORDER_SEED})  # fmt: skip
+    (root / "spec.json").write_text(spec)
     common = ["--labels", root / "labels.csv", "--features-dir", root / "features", "--settings", spec]
     run("splits", *common, "--out", root / "splits.csv")
     run("train", *common, "--order-dir", root / "order", "--splits", root / "splits.csv", "--fold", 0,
@@ -140,3 +142,21 @@ def test_attach_labels_survival_and_slide_level() -> None:
         "label sheet line 5: slide s4 has no slide with usable features in this cohort (not in the slide sheet, "
         "excluded by QC, or not embedded); not scored"
     ]
+
+
+def test_final_model_trains_for_the_folds_median_epoch(cohort: Path, tmp_path: Path) -> None:
+    assert final_epochs([{"best_epoch": 0}, {"best_epoch": 3}]) == 3  # median 2.5 rounds half up
+    assert final_epochs([{"best_epoch": 1}, {"best_epoch": 1}, {"best_epoch": 6}]) == 2
+    summaries = []
+    for k, best in enumerate((0, 2)):
+        summaries.append(tmp_path / f"fold_{k}.json")
+        summaries[-1].write_text(json.dumps({"best_epoch": best}))
+    spec = cohort.joinpath("spec.json").read_text()
+    run("train-final", "--labels", cohort / "labels.csv", "--features-dir", cohort / "features", "--settings", spec,
+        "--order-dir", cohort / "order", "--fold-summaries", *summaries, "--out", tmp_path / "final")  # fmt: skip
+    summary = json.loads((tmp_path / "final" / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["fold_epochs"] == [1, 3] and summary["n_train"] == 10
+    assert len(pd.read_csv(tmp_path / "final" / "log.csv")) == 2
+    ensemble = load_ensemble([tmp_path / "final" / "checkpoint.pt"], "cpu")
+    assert ensemble.members[0].extra["final_model"]["epochs"] == 2
+    assert ensemble.members[0].order == (METHOD, ORDER_SEED)
