@@ -6,6 +6,7 @@ fitted on the training split only. Tiny bags and models; real torch, h5py and th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -106,7 +107,7 @@ def test_min_epochs_run_even_when_the_first_epoch_is_the_best(tmp_path: Path) ->
 class RecordingAdam(torch.optim.Adam):
     """torch's Adam, recording the parameters and their gradients at every step."""
 
-    steps: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
+    steps: ClassVar[list[tuple[list[torch.Tensor], list[torch.Tensor]]]] = []
 
     def step(self, closure=None):
         params = [p for g in self.param_groups for p in g["params"]]
@@ -169,7 +170,7 @@ class DrawLog:
 
     def __call__(self, module, args) -> None:
         if isinstance(module, MILModel) and module.training:
-            self.ids.append(int(round(float(args[0][0, 0]))) - 10)
+            self.ids.append(round(float(args[0][0, 0])) - 10)
 
 
 def draws(cohort: Cohort, tmp_path: Path, task: TaskSpec, sampler: str, epochs: int) -> np.ndarray:
