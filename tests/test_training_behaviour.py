@@ -115,34 +115,45 @@ class RecordingAdam(torch.optim.Adam):
         return super().step(closure)
 
 
+@pytest.mark.parametrize("k", [2, 4])
 @pytest.mark.parametrize("task", [SUBTYPE, SURVIVAL])
-def test_accumulation_over_k_bags_is_the_gradient_of_their_mean(tmp_path: Path, monkeypatch, task) -> None:
+def test_accumulation_over_k_bags_is_the_gradient_of_their_mean(tmp_path: Path, monkeypatch, task, k) -> None:
     rng = np.random.default_rng(0)
     cohort = Cohort(tmp_path / "f")
     n_train = 4
+    by_size = {}  # training bags have distinct sizes, which identify them in the forward log
     for i in range(n_train):
         label = i % 2 if task is SUBTYPE else i
-        cohort.add("train", rng.normal(size=(3 + i, DIM)), label=label, time=10.0 + i, event=i % 2)
+        by_size[3 + i] = cohort.add("train", rng.normal(size=(3 + i, DIM)), label=label, time=10.0 + i, event=i % 2)
     cohort.add("val", rng.normal(size=(4, DIM)), label=0, time=3.0, event=1)
     cohort.add("val", rng.normal(size=(4, DIM)), label=1, time=12.0, event=1)
     cohort.add("test", rng.normal(size=(4, DIM)), label=1, time=5.0, event=1)
     monkeypatch.setattr(torch.optim, "Adam", RecordingAdam)
     RecordingAdam.steps = []
-    alpha = 0.3
-    st = settings(epochs=2, min_epochs=1, patience=5, grad_accum=n_train, alpha_surv=alpha)
-    cohort.train(tmp_path / "m", task, st)
-    assert len(RecordingAdam.steps) == 2  # one optimiser step per epoch: k = all 4 training bags
+    sizes: list[int] = []
 
-    train = [s for s in cohort.samples if cohort.splits.set_index("case_id").loc[s.case_id, "split"] == "train"]
-    for params, grads in RecordingAdam.steps:
+    def log_training_bags(module, args) -> None:
+        if isinstance(module, MILModel) and module.training:
+            sizes.append(int(args[0].shape[0]))
+
+    alpha = 0.3
+    st = settings(epochs=2, min_epochs=1, patience=5, grad_accum=k, alpha_surv=alpha)
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(log_training_bags)
+    try:
+        cohort.train(tmp_path / "m", task, st)
+    finally:
+        handle.remove()
+    assert len(sizes) == 2 * n_train and len(RecordingAdam.steps) == 2 * n_train // k  # one step per k bags
+
+    for step, (params, grads) in enumerate(RecordingAdam.steps):
         model = create_model("mean", in_dim=DIM, n_classes=task.n_outputs, task=task.kind, dropout=0.0, hidden=4)
         with torch.no_grad():
             for p, v in zip(model.parameters(), params, strict=True):
                 p.copy_(v)
         losses = []
-        for s in train:
-            x = torch.as_tensor(read_bag(cohort.files[s.slide_ids[0]]).features)
-            out = model(x)
+        for size in sizes[step * k : (step + 1) * k]:  # the k bags drawn since the previous step
+            s = by_size[size]
+            out = model(torch.as_tensor(read_bag(cohort.files[s.slide_ids[0]]).features))
             if task is SUBTYPE:
                 losses.append(F.cross_entropy(out["logits"], torch.tensor([s.label])))
             else:
