@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from mambamil.config import default_section
 from mambamil.h5layout import CoordsAttrs, FeatureAttrs, read_bag, write_features
-from mambamil.inference import load_trained
+from mambamil.inference import load_trained, unwrap
 from mambamil.models import create_model, load_checkpoint
 from mambamil.models.common import MILModel
 from mambamil.train.data import Sample, TaskSpec
@@ -265,7 +265,7 @@ def test_standardisation_statistics_are_the_training_instances(tmp_path: Path) -
     cohort = Cohort(tmp_path / "f")
     train_bags = []
     for i, n in enumerate([2, 7, 3, 5]):  # unequal sizes: instance statistics differ from the mean of bag means
-        x = rng.normal(loc=i, scale=1 + i, size=(n, DIM))
+        x = rng.normal(loc=0.1 * i, scale=0.1 * (1 + i), size=(n, DIM))  # std < 1: a clamp at 1 shows
         train_bags.append(x)
         cohort.add("train", x, label=i % 2)
     for i in range(2):
@@ -278,3 +278,7 @@ def test_standardisation_statistics_are_the_training_instances(tmp_path: Path) -
     np.testing.assert_allclose(extra["feature_scaler"]["std"], instances.std(0), rtol=1e-5)
     np.testing.assert_allclose(model.mean.numpy(), instances.mean(0), rtol=1e-5)  # and prediction applies them
     np.testing.assert_allclose(model.std.numpy(), instances.std(0), rtol=1e-5)
+    x = torch.as_tensor(rng.normal(size=(5, DIM)), dtype=torch.float32)
+    scaled = torch.as_tensor((x.double().numpy() - instances.mean(0)) / instances.std(0), dtype=torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)["logits"], unwrap(model)(scaled)["logits"], rtol=1e-4, atol=1e-5)
