@@ -125,3 +125,4 @@ def test_gradient_times_input_is_the_input_times_the_hand_written_gradient(tmp_p
     assert np.abs(expected).max() > 1e-3 and not np.allclose(expected, plain)  # not the gradient alone
     # Through bag_outputs (raster sequence, scores back in stored order): the same per-instance values.
     np.testing.assert_allclose(bag_outputs(ensemble, bag, gradients=True).gradxinput, expected, rtol=1e-4, atol=1e-6)
+    assert bag_outputs(ensemble, bag).gradxinput is None  # no gradients unless asked for

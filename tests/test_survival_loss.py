@@ -46,6 +46,8 @@ def test_nll_equals_the_hand_computed_likelihood() -> None:
     # alpha weights only the censored term's share: alpha = 0 gives the plain likelihood.
     assert loss([1], [0], alpha=0.0) == pytest.approx(-math.log(0.72), rel=1e-9)
     assert loss([2], [1], alpha=0.0) == pytest.approx(UNCENSORED_BIN2, rel=1e-9)
+    default = nll_survival_loss(HAZARDS, SURVIVAL, torch.tensor([1]), torch.tensor([0]))  # alpha defaults to 0
+    assert float(default) == pytest.approx(-math.log(0.72), rel=1e-9)
 
 
 def test_the_engine_objective_uses_the_configured_alpha() -> None:
