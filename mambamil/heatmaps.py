@@ -7,7 +7,7 @@ For one slide and one or more checkpoints (one fold, or every fold model average
   (survival: towards the risk), independent of the pooling weights, also as rank percentiles.
 
 Both come from one forward pass per model (:mod:`mambamil.inference`), on the sequence order stored in the
-checkpoint, together with the slide's prediction (``<slide_id>.prediction.json``).
+checkpoint, together with the slide's prediction (``<slide_id>.prediction.json``, with the checkpoints used).
 
 Rendering is block by block at the chosen µm/px: the only whole-image array is the output RGB (uint8) at that
 resolution; nothing is allocated at slide resolution. Outputs in ``OUT``::
@@ -236,7 +236,8 @@ def heatmap_slide(
             table.to_csv(tmp, index=False)
         measures = {c: table[c].to_numpy() for c in table.columns if c not in ("x", "y")}
         write_json(files["geojson"], patches_feature_collection(coords, size0, measures), indent=None)
-        write_json(files["prediction"], result.prediction)
+        used = [str(Path(c).resolve()) for c in checkpoints]  # which models drew it (the workflow: the test fold's)
+        write_json(files["prediction"], {**result.prediction, "checkpoints": used})
     return {
         "slide_id": sid,
         "n_patches": len(coords),
