@@ -27,5 +27,6 @@ def assert_heatmaps_drawn_by_test_fold_models(results: Path, labels: Path, task:
         assert Path(used) in fold_of, f"{sid}: drawn by {used}, not a fold model of {task}/{model}"
         fold = fold_of[Path(used)]
         row = splits[(splits["case_id"] == case_of[sid]) & (splits["fold"] == fold)]
-        assert row["split"].tolist() == ["test"], f"{sid}: fold {fold} model, where its patient is {row['split']}"
+        where = row["split"].tolist()
+        assert where == ["test"], f"{sid}: drawn by the fold {fold} model, whose {where} split holds its patient"
     return len(drawn)
