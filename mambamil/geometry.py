@@ -1,4 +1,10 @@
-"""Polygons with holes between raster masks and GeoJSON (level-0 pixel coordinates, as QuPath expects)."""
+"""Polygons with holes between raster masks and GeoJSON (level-0 pixel coordinates, as QuPath expects).
+
+OpenCV's contours run through pixel centres, so a region joined by a one-pixel neck, or a hole touching its outer
+ring, gives a ring that touches itself: an invalid polygon that QuPath and GIS tools reject or mis-measure. The
+GeoJSON writer repairs such rings with shapely (``make_valid``, then snapping to the written 0.01 px grid), so every
+polygon written is valid (OGC simple features) and keeps its holes.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+import shapely
+import shapely.geometry
 
 CLASS_COLORS = {"Tissue": [0, 160, 0], "Lesion": [200, 0, 0]}
 
@@ -59,25 +67,56 @@ def polygons_to_mask(polygons: list[Polygon], shape: tuple[int, int], scale: flo
     return mask.astype(bool)
 
 
-def _ring(points: np.ndarray, scale: float) -> list[list[float]]:
-    ring = [[round(float(x), 2), round(float(y), 2)] for x, y in points * scale]
-    if ring[0] != ring[-1]:
-        ring.append(ring[0])
-    return ring
+#: Coordinates are written with this many decimals (level-0 px); geometry is made valid on that grid.
+DECIMALS = 2
+
+
+def _polygons(geom: shapely.Geometry) -> list[shapely.Polygon]:
+    """The polygons of a geometry, flattening (Multi)Polygons inside a GeometryCollection."""
+    parts = shapely.get_parts(shapely.get_parts(geom))
+    return [g for g in parts if isinstance(g, shapely.Polygon)]
+
+
+def valid_geometry(poly: Polygon, scale: float) -> dict[str, Any] | None:
+    """A polygon (mask px, contour points on pixel centres) as a valid GeoJSON Polygon/MultiPolygon in level-0 px,
+    or None when nothing with an area is left. Self-touching rings are split, holes kept."""
+    exterior = (poly.exterior + 0.5) * scale
+    holes = [(h + 0.5) * scale for h in poly.holes if len(h) >= 3]
+    if len(exterior) < 3:
+        return None
+    geom: shapely.Geometry = shapely.geometry.Polygon(exterior, holes)
+    if not geom.is_valid:
+        geom = shapely.MultiPolygon(_polygons(shapely.make_valid(geom)))  # drops the lines of collapsed necks
+    geom = shapely.set_precision(geom, 10.0**-DECIMALS)  # snapped to the written grid; the output is valid
+    parts = [g for g in _polygons(geom) if g.area > 0]
+    if not parts:
+        return None
+    merged = parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
+    mapping = shapely.geometry.mapping(merged)
+
+    def rings(polygon: Any) -> list[list[list[float]]]:
+        return [[[round(x, DECIMALS), round(y, DECIMALS)] for x, y in ring] for ring in polygon]
+
+    if mapping["type"] == "Polygon":
+        return {"type": "Polygon", "coordinates": rings(mapping["coordinates"])}
+    return {"type": "MultiPolygon", "coordinates": [rings(p) for p in mapping["coordinates"]]}
 
 
 def polygons_to_feature_collection(polygons: list[Polygon], scale: float, class_name: str) -> dict[str, Any]:
-    """A GeoJSON FeatureCollection of annotation polygons (QuPath's import format), scaled to level 0.
+    """A GeoJSON FeatureCollection of annotation polygons (QuPath's import format), scaled to level 0; every
+    geometry valid (:func:`valid_geometry`).
 
     Mask pixel i covers level-0 [i·scale, (i+1)·scale); contour points sit on pixel centres, hence the +0.5.
     """
     features = []
     for poly in polygons:
-        rings = [_ring(poly.exterior + 0.5, scale)] + [_ring(h + 0.5, scale) for h in poly.holes]
+        geometry = valid_geometry(poly, scale)
+        if geometry is None:
+            continue
         features.append(
             {
                 "type": "Feature",
-                "geometry": {"type": "Polygon", "coordinates": rings},
+                "geometry": geometry,
                 "properties": {
                     "objectType": "annotation",
                     "classification": {

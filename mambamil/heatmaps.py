@@ -7,7 +7,7 @@ For one slide and one or more checkpoints (one fold, or every fold model average
   (survival: towards the risk), independent of the pooling weights, also as rank percentiles.
 
 Both come from one forward pass per model (:mod:`mambamil.inference`), on the sequence order stored in the
-checkpoint, together with the slide's prediction (``<slide_id>.prediction.json``).
+checkpoint, together with the slide's prediction (``<slide_id>.prediction.json``, with the checkpoints used).
 
 Rendering is block by block at the chosen µm/px: the only whole-image array is the output RGB (uint8) at that
 resolution; nothing is allocated at slide resolution. Outputs in ``OUT``::
@@ -88,8 +88,11 @@ def render_heatmap(
 ) -> np.ndarray:
     """Draw ``values`` (in [0, 1]) of patches at level-0 ``coords`` over the slide at ``settings.mpp``.
 
-    Renders bands of :data:`BAND_ROWS` output rows; each band reads its background from the slide (if given),
-    accumulates the patches that overlap it (mean where they overlap), smooths with a halo, and blends.
+    Renders bands of :data:`BAND_ROWS` output rows; each band reads its background from the slide (if given, at
+    its own µm/px, which ``slide_mpp`` must equal) block by block as the tile stage does
+    (:meth:`~mambamil.slide.Slide.read_box_at_mpp`: every OpenSlide request at most
+    :data:`~mambamil.slide.READ_BLOCK` px on a side, even on a slide with one huge level), accumulates the
+    patches that overlap it (mean where they overlap), smooths with a halo, and blends.
     """
     scale = slide_mpp / settings.mpp  # output px per level-0 px
     out_w, out_h = max(1, round(level0_dims[0] * scale)), max(1, round(level0_dims[1] * scale))
@@ -123,7 +126,7 @@ def render_heatmap(
             mean = np.divide(cv2.GaussianBlur(mean, (0, 0), sigma), weight, out=mean, where=weight > 1e-3)
         mean, covered = mean[top - lo : bottom - lo], covered[top - lo : bottom - lo]
         if background is not None:
-            bg = background.read_region(0, top / scale, (out_w / scale, (bottom - top) / scale), (out_w, bottom - top))
+            bg = background.read_box_at_mpp(0, top, (out_w, bottom - top), settings.mpp)  # block by block
         else:
             bg = np.full((bottom - top, out_w, 3), 255, np.uint8)
         colour = lut[np.clip((mean * 255).round(), 0, 255).astype(np.uint8)]
@@ -233,7 +236,8 @@ def heatmap_slide(
             table.to_csv(tmp, index=False)
         measures = {c: table[c].to_numpy() for c in table.columns if c not in ("x", "y")}
         write_json(files["geojson"], patches_feature_collection(coords, size0, measures), indent=None)
-        write_json(files["prediction"], result.prediction)
+        used = [str(Path(c).resolve()) for c in checkpoints]  # which models drew it (the workflow: the test fold's)
+        write_json(files["prediction"], {**result.prediction, "checkpoints": used})
     return {
         "slide_id": sid,
         "n_patches": len(coords),

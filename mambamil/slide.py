@@ -173,27 +173,32 @@ class Slide:
         return max(1, round(w0 * scale)), max(1, round(h0 * scale))
 
     def read_whole_at_mpp(self, mpp: float, max_pixels: int = 400_000_000) -> np.ndarray:
-        """The whole slide at ``mpp`` µm/px, read block by block so memory stays bounded.
-
-        Each OpenSlide request is at most :data:`READ_BLOCK` pixels on a side of the level it reads, so a
-        slide whose only level is huge is still downsampled piecewise rather than loaded at once.
-        """
+        """The whole slide at ``mpp`` µm/px, read block by block (:meth:`read_box_at_mpp`): memory stays bounded."""
         out_w, out_h = self.size_at_mpp(mpp)
         if out_w * out_h > max_pixels:
             raise self.error(
                 f"whole-slide image at {mpp} µm/px would be {out_w}x{out_h} px; choose a coarser resolution"
             )
+        return self.read_box_at_mpp(0, 0, (out_w, out_h), mpp)
+
+    def read_box_at_mpp(self, ox: int, oy: int, size: tuple[int, int], mpp: float) -> np.ndarray:
+        """The (w, h) box at output pixel (ox, oy) of the slide drawn at ``mpp`` µm/px, read block by block.
+
+        Each OpenSlide request is at most :data:`READ_BLOCK` pixels on a side of the level it reads, so a slide
+        whose only level is huge is downsampled piecewise rather than loaded at once.
+        """
+        out_w, out_h = int(size[0]), int(size[1])
         choice = self.level_for_mpp(mpp)
         level_per_out = mpp / choice.mpp  # level pixels per output pixel (>= ~1)
         block = max(16, int(READ_BLOCK / max(level_per_out, 1.0)))
         scale0 = mpp / self.mpp  # level-0 pixels per output pixel
         out = np.empty((out_h, out_w, 3), dtype=np.uint8)
-        for oy in range(0, out_h, block):
-            bh = min(block, out_h - oy)
-            for ox in range(0, out_w, block):
-                bw = min(block, out_w - ox)
-                out[oy : oy + bh, ox : ox + bw] = self.read_region(
-                    ox * scale0, oy * scale0, (bw * scale0, bh * scale0), (bw, bh)
+        for by in range(0, out_h, block):
+            bh = min(block, out_h - by)
+            for bx in range(0, out_w, block):
+                bw = min(block, out_w - bx)
+                out[by : by + bh, bx : bx + bw] = self.read_region(
+                    (ox + bx) * scale0, (oy + by) * scale0, (bw * scale0, bh * scale0), (bw, bh)
                 )
         return out
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import tracemalloc
+from pathlib import Path
 
+import cv2
 import numpy as np
 import shapely.geometry
+import tifffile
 
 from mambamil import heatmaps
+from mambamil import slide as slide_module
 from mambamil.heatmaps import HeatmapSettings, patches_feature_collection, rank_percentiles, render_heatmap
+from mambamil.slide import Slide
 
 
 def test_rank_percentiles() -> None:
@@ -90,3 +95,60 @@ def test_geojson_patch_squares_match_coordinates() -> None:
         assert poly.is_valid and poly.bounds == (x, y, x + 256, y + 256) and poly.area == 256 * 256
         assert feature["properties"]["objectType"] == "detection"
     assert fc["features"][1]["properties"]["measurements"]["attention"] == 0.9
+
+
+class CountingSlide(Slide):
+    """The project's slide class, recording the (level, width, height) of every OpenSlide request."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.requests: list[tuple[int, int, int]] = []
+
+    def read_level_rgba(self, x0: int, y0: int, level: int, size: tuple[int, int]) -> np.ndarray:
+        self.requests.append((level, int(size[0]), int(size[1])))
+        return super().read_level_rgba(x0, y0, level, size)
+
+
+def single_level_slide(path: Path) -> np.ndarray:
+    """A 4096² TIFF at 0.25 µm/px without a pyramid (lossless), of 48-px cells of random colour; returns its
+    pixels. Cells straddle the 32-px footprint of an 8 µm/px output pixel, so a misplaced read shows."""
+    cells = np.random.default_rng(2).integers(0, 256, (86, 86, 3), dtype=np.uint8)
+    rgb = np.ascontiguousarray(cells.repeat(48, axis=0).repeat(48, axis=1)[:4096, :4096])
+    tifffile.imwrite(
+        path, rgb, tile=(256, 256), photometric="rgb", compression="zlib", resolution=(4e4, 4e4),
+        resolutionunit="CENTIMETER", metadata=None,
+    )  # fmt: skip
+    return rgb
+
+
+def test_background_is_read_block_by_block_on_a_single_level_slide(tmp_path: Path, monkeypatch) -> None:
+    """The heatmap background of a one-level slide is read in blocks of at most READ_BLOCK px a side, not one
+    request across the slide's width per band (64 MiB here for a 48 KiB output band), and the image is the one
+    that one read per band gives, with the slide's own pixels where there are no patches."""
+    path = tmp_path / "flat.tiff"
+    expected_bg = cv2.resize(single_level_slide(path), (128, 128), interpolation=cv2.INTER_AREA)
+    coords = np.array([[0, 0], [1024, 1024], [2048, 0]])
+    values = np.array([0.0, 0.5, 1.0])
+    settings = HeatmapSettings.from_config(mpp=8.0, alpha=0.5)
+    monkeypatch.setattr(slide_module, "READ_BLOCK", 1024)
+    with CountingSlide(path) as s:
+        assert s.level_count == 1 and s.mpp == 0.25
+        tracemalloc.start()
+        img = render_heatmap(coords, values, 1024, s.dimensions, s.mpp, settings, background=s)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        blocks = s.requests
+    assert img.shape == (128, 128, 3)
+    assert len(blocks) == 16 and {(lv, w, h) for lv, w, h in blocks} == {(0, 1024, 1024)}
+    assert peak < 24 * 2**20, f"peak {peak / 2**20:.0f} MiB"  # one 4096² RGBA read alone is 64 MiB
+    covered = np.zeros((128, 128), bool)
+    for x, y in coords // 32:
+        covered[y : y + 32, x : x + 32] = True
+    assert np.array_equal(img[~covered], expected_bg[~covered])
+    assert not np.array_equal(img[covered], expected_bg[covered])  # patches are drawn over it
+
+    monkeypatch.setattr(slide_module, "READ_BLOCK", 10**9)  # the previous method: one request per band
+    with CountingSlide(path) as s:
+        previous = render_heatmap(coords, values, 1024, s.dimensions, s.mpp, settings, background=s)
+        assert s.requests == [(0, 4096, 4096)]
+    assert np.array_equal(img, previous)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from _workflow_checks import assert_heatmaps_drawn_by_test_fold_models
 
 from mambamil import demo
 
@@ -121,6 +122,9 @@ def test_bad_slides_are_excluded_and_the_study_finishes(repo_root: Path, tmp_pat
     index = pd.read_csv(results / "heatmaps" / "index.csv", dtype=str, keep_default_na=False).set_index("slide_id")
     assert index.loc["blank", "status"].startswith("excluded by QC")
     assert (index["status"] == "drawn").sum() == 8
+    # No slide is drawn by a model that trained on it: the workflow's choice of fold model per heatmap.
+    n = assert_heatmaps_drawn_by_test_fold_models(results, tmp_path / "demo" / "labels.csv", "subtype", "mean")
+    assert n == 8
     assert "no tissue found" in (results / "logs" / "tile" / "blank.log").read_text()
 
     # Fixing the blank slide (a new file, new mtime) reruns only its chain and what depends on it.

@@ -10,11 +10,13 @@ import h5py
 import numpy as np
 import pytest
 import shapely.geometry
+import shapely.validation
 import tifffile
 
 from mambamil import demo
 from mambamil.cli import main
 from mambamil.errors import InputFileError
+from mambamil.geometry import mask_polygons, polygons_to_feature_collection
 from mambamil.h5layout import read_coords
 from mambamil.slide import open_slide
 from mambamil.tiling import TilingSettings, tile_slide
@@ -81,7 +83,7 @@ def test_geojson_is_valid_and_matches_tissue(real_tiles) -> None:
         rings = feature["geometry"]["coordinates"]
         assert all(r[0] == r[-1] for r in rings)
         poly = shapely.geometry.shape(feature["geometry"])
-        assert poly.is_valid or poly.buffer(0).area > 0
+        assert poly.is_valid, shapely.validation.explain_validity(poly)
         minx, miny, maxx, maxy = poly.bounds
         assert minx >= 0 and miny >= 0 and maxx <= 2220 + 16 and maxy <= 2967 + 16
         area_px += poly.area
@@ -107,6 +109,64 @@ def test_demo_patches_inside_generated_tissue(demo_cohort: Path, tmp_path: Path)
         assert inside > 0.9, f"{sid}: only {inside:.2f} of patch centres on tissue"
         cells = tissue.sum() * (16 * 0.5) ** 2 / (128**2)
         assert 0.4 * cells <= len(coords) <= 1.3 * cells
+        assert_valid_geojson(result.outputs["tissue"])
+
+
+def assert_valid_geojson(path: Path) -> list[shapely.geometry.base.BaseGeometry]:
+    """Every tissue geometry of a GeoJSON file is valid per shapely (OGC); returns them."""
+    geoms = [shapely.geometry.shape(f["geometry"]) for f in json.loads(path.read_text())["features"]]
+    assert geoms, path
+    for geom in geoms:
+        assert geom.is_valid, f"{path.name}: {shapely.validation.explain_validity(geom)}"
+    return geoms
+
+
+def test_rings_touching_themselves_are_written_valid() -> None:
+    """OpenCV's contour of two squares touching at a corner passes that corner twice (ring self-intersection);
+    the GeoJSON has them as a valid MultiPolygon of the same area, with the hole of one square kept."""
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:15, 5:15] = 1
+    mask[15:25, 15:25] = 1  # touches the first square diagonally at one pixel corner
+    mask[20:35, 25:38] = 1
+    mask[24:30, 28:34] = 0  # a hole
+    (poly,) = mask_polygons(mask)
+    raw = shapely.geometry.Polygon(poly.exterior + 0.5, [h + 0.5 for h in poly.holes])
+    assert not raw.is_valid  # the contour as OpenCV gives it
+    (feature,) = polygons_to_feature_collection([poly], 2.0, "Tissue")["features"]
+    geom = shapely.geometry.shape(feature["geometry"])
+    assert geom.is_valid and geom.geom_type == "MultiPolygon"
+    assert geom.area == pytest.approx(raw.area * 4)  # scale 2 → level-0 px²
+    assert sorted(len(p.interiors) for p in geom.geoms) == [0, 1]
+    assert not geom.contains(shapely.geometry.Point(31 * 2, 27 * 2))  # the hole's centre, level-0 px
+
+
+def test_tissue_geojson_of_a_slide_with_a_hole_has_the_hole(tmp_path: Path) -> None:
+    """An annulus of tissue (outer radius 400 µm, hole 150 µm) gives one valid polygon with one hole of the
+    hole's area; a point in the hole is outside the tissue."""
+    mpp, size, centre, outer, inner = 0.5, 2048, 1024, 800, 300  # level-0 px
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(xx - centre, yy - centre)
+    rgb = np.full((size, size, 3), 245, np.uint8)
+    rgb[(r <= outer) & (r >= inner)] = (200, 110, 170)
+    demo.write_pyramidal_tiff(tmp_path / "ring.tiff", rgb, mpp)
+    result = tile_slide(tmp_path / "ring.tiff", tmp_path / "tiles", TilingSettings.from_config())
+    (geom,) = assert_valid_geojson(result.outputs["tissue"])
+    assert geom.geom_type == "Polygon" and len(geom.interiors) == 1
+    hole = shapely.geometry.Polygon(geom.interiors[0])
+    assert hole.area == pytest.approx(np.pi * inner**2, rel=0.1)
+    assert geom.area == pytest.approx(np.pi * (outer**2 - inner**2), rel=0.1)
+    assert not geom.contains(shapely.geometry.Point(centre, centre))
+    assert geom.contains(shapely.geometry.Point(centre + (outer + inner) / 2, centre))
+
+
+def test_demo_slide_with_a_self_touching_contour_is_written_valid(tmp_path: Path) -> None:
+    """Demo slide 6 of a 12-slide cohort (seed 0, 2048×1536) segments into a contour that touches itself (it was
+    written as an invalid polygon before); its tissue GeoJSON is valid."""
+    spec = demo.cohort_specs(12, seed=0, size=(2048, 1536))[6]
+    rgb, _, _ = demo.render_slide(spec)
+    demo.write_pyramidal_tiff(tmp_path / "s6.tiff", rgb, demo.DEMO_MPP)
+    result = tile_slide(tmp_path / "s6.tiff", tmp_path / "tiles", TilingSettings.from_config())
+    assert_valid_geojson(result.outputs["tissue"])
 
 
 def test_overlap_and_resolution_change_the_grid(real_slide: Path, tmp_path: Path) -> None:

@@ -7,6 +7,9 @@
 #   are moved aside to *.mambamil-bak and put back by stop_slurm.sh.
 # - No accounting (so the test uses `slurm-status-command: squeue`); MinJobAge=300 keeps finished jobs visible to
 #   squeue/scontrol long enough for the plugin (and the test) to see them.
+# - Memory limits are enforced without cgroups: jobacct_gather/linux samples each job's processes every second and
+#   OverMemoryKill kills a job above its --mem (state OUT_OF_MEMORY), so Snakemake's memory-scaled retries can be
+#   tested.
 # - Two fake GPUs: GresTypes=gpu, gres.conf maps Name=gpu to two existing device files, AutoDetect=off.
 # - Daemons run in the foreground, backgrounded here; their PIDs go to $MAMBAMIL_SLURM_DIR/pids, which
 #   stop_slurm.sh reads to kill exactly these processes.
@@ -70,7 +73,9 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
