@@ -7,9 +7,11 @@ cuobjdump (SASS): registers, spills, shared memory, SASS instructions, SHFL and 
 kernels of issue 10, loaded from git revision ``--baseline``) is compiled the same way in the same run. No timing:
 speed needs the GPU (benchmarks/scan.py).
 
-SHFL / MUFU per 1k (d, n, t): static count in the kernel's SASS divided by the (channel, state, step) elements one
-program (or, for the looping kernels, one loop iteration) covers, times 1000; the sum over a pass's kernels is the
-cost of that pass per element (prologue/epilogue instructions are counted as if in the loop: an upper bound).
+SHFL / MUFU per (d, n, t): static count in the kernel's SASS times the threads of a program (every thread runs
+it once), divided by the (channel, state, step) elements one program (for the looping kernels: one loop
+iteration) covers, i.e. thread-instructions per element; a pass's total is the sum over its kernels (prologue and
+epilogue instructions are counted as if in the loop: an upper bound). MUFU counts exp (EX2), log and the
+reciprocals of divisions and sigmoids.
 
 usage: python benchmarks/triton_compile.py [--arch 90] [--dtype bf16] [--baseline dad97fa]
 """
@@ -29,7 +31,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 #: the shape the table is about (MambaMIL's d_inner=1024, d_state=16, a 400k-patch slide)
 SHAPE = {"b": 1, "d": 1024, "n": 16, "L": 409_600}
-IO = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "gout_ptr", "du_ptr", "ddelta_ptr", "dz_ptr"}
 
 
 def _tool(name: str) -> str:
@@ -38,25 +39,10 @@ def _tool(name: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
-def compile_variant(fn, consts: dict, warps: int, ints: dict, dtype: str, arch: int):
-    """Compile ``fn`` as the JIT would for these integer values (16-divisibility) and 16-aligned pointers."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+def _compile(*args):
+    from mambamil.ops.triton_scan import compile_variant
 
-    sig, attrs = {}, {}
-    for i, a in enumerate(fn.arg_names):
-        if a in consts:
-            sig[a] = "constexpr"
-        elif a in ints:
-            sig[a] = "i32"
-            if ints[a] % 16 == 0:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-        else:
-            sig[a] = f"*{dtype}" if a in IO else "*fp32"
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    src = ASTSource(fn, sig, consts, attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+    return compile_variant(*args)
 
 
 def stats(kernel, arch: int) -> dict:
@@ -107,37 +93,40 @@ def baseline_variants(mod, b: int, d: int, n: int, L: int) -> tuple[list, int]:
     cs = {"BLOCK_DN": mod.BLOCK_DN, "BLOCK_C": mod.BLOCK_C}
     cint = {"total": b * d * n, "nc": nc}
     cel = mod.BLOCK_DN * mod.BLOCK_C * mod.BLOCK_L  # one chunk lane stands for BLOCK_L steps
-    fb, bb, fw, bw = mod.FWD_BLOCK_D, mod.BWD_BLOCK_D, mod.FWD_WARPS, mod.BWD_WARPS
+    fb, bb = mod.FWD_BLOCK_D, mod.BWD_BLOCK_D
+    fw, bw, w4 = {"num_warps": mod.FWD_WARPS}, {"num_warps": mod.BWD_WARPS}, {"num_warps": 4}
     out = [
         ("F1 fwd_chunk_states", "fwd", mod._scan_fwd_kernel, {**flags, "FINAL": False, "BLOCK_D": fb}, fw, ints,
          tile(fb)),
-        ("F2 chunk_scan", "fwd", mod._chunk_scan_kernel, {**cs, "REVERSE": False}, 4, cint, cel),
+        ("F2 chunk_scan", "fwd", mod._chunk_scan_kernel, {**cs, "REVERSE": False}, w4, cint, cel),
         ("F3 fwd_output", "fwd", mod._scan_fwd_kernel, {**flags, "FINAL": True, "BLOCK_D": fb}, fw, ints, tile(fb)),
         ("B1 bwd_chunk_adjoints", "bwd", mod._scan_bwd_kernel, {**flags, "FINAL": False, "BLOCK_D": bb}, bw, ints,
          tile(bb)),
-        ("B2 chunk_scan_reverse", "bwd", mod._chunk_scan_kernel, {**cs, "REVERSE": True}, 4, cint, cel),
+        ("B2 chunk_scan_reverse", "bwd", mod._chunk_scan_kernel, {**cs, "REVERSE": True}, w4, cint, cel),
         ("B3 bwd_gradients", "bwd", mod._scan_bwd_kernel, {**flags, "FINAL": True, "BLOCK_D": bb}, bw, ints, tile(bb)),
     ]  # fmt: skip
     return out, b * d * n * nc * 4
 
 
 def table(title: str, variants: list, dtype: str, arch: int) -> dict:
-    """Compile and print one table; returns per-pass SHFL/MUFU per 1k elements and the max registers/spills."""
+    """Compile and print one table; returns per-pass SHFL / MUFU per element and the max registers / spills."""
     print(f"\n## {title}\n")
-    print("| kernel | warps | registers | spill B | smem B | SASS instr | SHFL | MUFU | SHFL / 1k (d,n,t) | "
-          "MUFU / 1k (d,n,t) |")  # fmt: skip
+    print("| kernel | warps | registers | spill B | smem B | SASS instr | SHFL | MUFU | SHFL / (d,n,t) | "
+          "MUFU / (d,n,t) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
     tot = {"fwd": [0.0, 0.0], "bwd": [0.0, 0.0], "regs": 0, "spill": 0}
-    for name, pas, fn, consts, warps, ints, elems in variants:
-        s = stats(compile_variant(fn, consts, warps, ints, dtype, arch), arch)
-        sh, mu = 1000 * s["shfl"] / elems, 1000 * s["mufu"] / elems
+    for name, pas, fn, consts, options, ints, elems in variants:
+        s = stats(_compile(fn, consts, options, ints, dtype, arch), arch)
+        lanes = 32 * options["num_warps"]  # every static instruction runs once per thread
+        sh, mu = s["shfl"] * lanes / elems, s["mufu"] * lanes / elems
         tot[pas][0] += sh
         tot[pas][1] += mu
         tot["regs"], tot["spill"] = max(tot["regs"], s["regs"]), max(tot["spill"], s["spill"])
-        print(f"| {name} | {warps} | {s['regs']} | {s['spill']} | {s['smem']} | {s['sass']} | {s['shfl']} | "
-              f"{s['mufu']} | {sh:.1f} | {mu:.1f} |")  # fmt: skip
+        cap = f" (cap {options['maxnreg']})" if "maxnreg" in options else ""
+        print(f"| {name} | {options['num_warps']} | {s['regs']}{cap} | {s['spill']} | {s['smem']} | {s['sass']} | "
+              f"{s['shfl']} | {s['mufu']} | {sh:.2f} | {mu:.2f} |")  # fmt: skip
     for pas in ("fwd", "bwd"):
-        print(f"| **{pas} total** | | | | | | | | {tot[pas][0]:.1f} | {tot[pas][1]:.1f} |")
+        print(f"| **{pas} total** | | | | | | | | {tot[pas][0]:.2f} | {tot[pas][1]:.2f} |")
     return tot
 
 
@@ -161,12 +150,12 @@ def main() -> None:
     variants = ts.kernel_variants(b, d, n, L)
     res["new"] = (table("new (issue 20)", variants, args.dtype, args.arch), ts.saved_state_bytes(b, d, n, L))
     print(f"\n# compiled in {time.perf_counter() - t0:.1f} s\n")
-    print("| version | max registers | max spill B | SHFL / 1k (d,n,t) fwd / bwd | MUFU / 1k (d,n,t) fwd / bwd | "
+    print("| version | max registers | max spill B | SHFL / (d,n,t) fwd / bwd | MUFU / (d,n,t) fwd / bwd | "
           f"states saved for backward at L={L} |")  # fmt: skip
     print("|---|---|---|---|---|---|")
     for name, (tot, saved) in res.items():
-        print(f"| {name} | {tot['regs']} | {tot['spill']} | {tot['fwd'][0]:.1f} / {tot['bwd'][0]:.1f} | "
-              f"{tot['fwd'][1]:.1f} / {tot['bwd'][1]:.1f} | {saved / 1e6:.1f} MB |")  # fmt: skip
+        print(f"| {name} | {tot['regs']} | {tot['spill']} | {tot['fwd'][0]:.2f} / {tot['bwd'][0]:.2f} | "
+              f"{tot['fwd'][1]:.2f} / {tot['bwd'][1]:.2f} | {saved / 1e6:.1f} MB |")  # fmt: skip
 
 
 if __name__ == "__main__":

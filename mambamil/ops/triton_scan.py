@@ -50,8 +50,10 @@ INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
 
 #: steps per sub-chunk (held by one thread), forward and backward, and warps per program; the channels per
 #: program are ``THREADS // NP`` so that the (channel, state) plane exactly covers the program's threads
-FWD_BLOCK_L, BWD_BLOCK_L = 16, 8
+FWD_BLOCK_L, BWD_BLOCK_L = 16, 4
 WARPS = 4
+#: register cap of the gradient pass (ptxas: 141 without it; none spilled with it, see benchmarks/triton_compile.py)
+BWD_MAXNREG = 128
 THREADS = 32 * WARPS
 #: largest d_state the kernels take (NP = next power of two); larger ones fall back to ``chunked``
 MAX_N = 16
@@ -465,9 +467,14 @@ class TritonScanFn(torch.autograd.Function):
             u, delta, A, B, C, H if D is None else D, H if z is None else z, H if delta_bias is None else delta_bias,
             gout, starts, Q, H, du, ddelta, H if dz is None else dz, dB32, dC32, dA, H if dD is None else dD,
             H if dbias is None else dbias, *_strides(u, delta, B, C, z, gout), nsub_max=nsub_max, items=items,
-            nprog=nprog, BLOCK_L=BWD_BLOCK_L, **flags, **common,
+            nprog=nprog, BLOCK_L=BWD_BLOCK_L, **flags, **common, **_maxnreg(),
         )  # fmt: skip
         return du, ddelta, dA, dB32.to(B.dtype), dC32.to(C.dtype), dD, dz, dbias, None, None, None
+
+
+def _maxnreg() -> dict:
+    """The register cap as a launch option (compiled kernels only: the interpreter takes no such option)."""
+    return {} if INTERPRETED else {"maxnreg": BWD_MAXNREG}
 
 
 _WARNED: set[int] = set()
@@ -505,14 +512,15 @@ def selective_scan_triton(
 
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if seg_len is not None and seg_len % max(FWD_BLOCK_L, BWD_BLOCK_L):
-        raise ValueError(f"selective_scan: seg_len must be a multiple of {max(FWD_BLOCK_L, BWD_BLOCK_L)}, got {seg_len}")
+        unit = max(FWD_BLOCK_L, BWD_BLOCK_L)
+        raise ValueError(f"selective_scan: seg_len must be a multiple of {unit}, got {seg_len}")
     out, last = TritonScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, seg_len, nprog)
     return (out, last) if return_last_state else out
 
 
 def kernel_variants(b: int = 1, d: int = 1024, n: int = 16, L: int = 409_600, sms: int = DEFAULT_SMS) -> list:
     """Every kernel variant the autograd Function launches (all options on) for this shape:
-    ``(name, pass, kernel, constexprs, num_warps, integer arguments, (d, n, t) elements per loop iteration)``."""
+    ``(name, pass, kernel, constexprs, compile options, integer arguments, (d, n, t) elements per loop iteration)``."""
     flags = {"HAS_D": True, "HAS_Z": True, "HAS_BIAS": True, "SOFTPLUS": True}
     np2, bd = triton.next_power_of_2(n), block_d(n)
     seg = segment_length(b, d, n, L, sms)
@@ -529,19 +537,20 @@ def kernel_variants(b: int = 1, d: int = 1024, n: int = 16, L: int = 409_600, sm
     b1 = {k: v for k, v in bc.items() if k != "HAS_D"}
     lint = {"lanes": d * n, "nseg": nseg}
     lel = BLOCK_DN * seg  # one lane of the segment loops stands for a whole segment of steps
+    W = {"num_warps": WARPS}
     fe, be = FWD_BLOCK_L * bd * np2, BWD_BLOCK_L * bd * np2
     return [
-        ("F1 fwd_segment_states", "fwd", _scan_fwd_kernel, {**fc, "FINAL": False}, WARPS, ints, fe),
-        ("F2 segment_loop", "fwd", _segment_loop_kernel, {"REVERSE": False, "BLOCK_DN": BLOCK_DN}, 4, lint, lel),
-        ("F3 fwd_output", "fwd", _scan_fwd_kernel, {**fc, "FINAL": True}, WARPS, ints, fe),
-        ("B1 bwd_segment_adjoints", "bwd", _bwd_adjoint_kernel, b1, WARPS, ints, be),
-        ("B2 segment_loop (reversed index)", "bwd", _segment_loop_kernel, {"REVERSE": True, "BLOCK_DN": BLOCK_DN}, 4,
+        ("F1 fwd_segment_states", "fwd", _scan_fwd_kernel, {**fc, "FINAL": False}, W, ints, fe),
+        ("F2 segment_loop", "fwd", _segment_loop_kernel, {"REVERSE": False, "BLOCK_DN": BLOCK_DN}, W, lint, lel),
+        ("F3 fwd_output", "fwd", _scan_fwd_kernel, {**fc, "FINAL": True}, W, ints, fe),
+        ("B1 bwd_segment_adjoints", "bwd", _bwd_adjoint_kernel, b1, W, ints, be),
+        ("B2 segment_loop (reversed index)", "bwd", _segment_loop_kernel, {"REVERSE": True, "BLOCK_DN": BLOCK_DN}, W,
          lint, lel),
-        ("B3 bwd_gradients", "bwd", _bwd_grad_kernel, bc, WARPS, bints, be),
+        ("B3 bwd_gradients", "bwd", _bwd_grad_kernel, bc, {**W, "maxnreg": BWD_MAXNREG}, bints, be),
     ]  # fmt: skip
 
 
-def compile_variant(fn, consts: dict, warps: int, ints: dict, dtype: str = "bf16", arch: int = 90):
+def compile_variant(fn, consts: dict, options: dict, ints: dict, dtype: str = "bf16", arch: int = 90):
     """Compile ``fn`` for ``sm_<arch>`` as the JIT does at run time for these integer arguments: 16-aligned
     pointers, integers divisible by 16 marked so. Needs no GPU (Triton's bundled ptxas)."""
     from triton.backends.compiler import GPUTarget
@@ -560,12 +569,12 @@ def compile_variant(fn, consts: dict, warps: int, ints: dict, dtype: str = "bf16
             sig[a] = f"*{dtype}" if a in io else "*fp32"
             attrs[(i,)] = [["tt.divisibility", 16]]
     return triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": warps})  # fmt: skip
+                          options=options)  # fmt: skip
 
 
 def compile_kernels(arch: int = 90, dtype: str = "bf16", n: int = 16) -> dict[str, object]:
     """Compile every kernel variant the autograd Function launches (all options on, b=1, d=1024, L=409600) for
     ``sm_<arch>`` with the JIT's specialisation; returns ``{name: CompiledKernel}`` (``.asm["ptx"]``,
     ``.asm["cubin"]``). Used to check on CPU-only machines that the CUDA code path compiles."""
-    return {name: compile_variant(fn, consts, warps, ints, dtype, arch)
-            for name, _, fn, consts, warps, ints, _ in kernel_variants(n=n)}  # fmt: skip
+    return {name: compile_variant(fn, consts, options, ints, dtype, arch)
+            for name, _, fn, consts, options, ints, _ in kernel_variants(n=n)}  # fmt: skip
