@@ -105,7 +105,7 @@ def baseline_variants(mod, b: int, d: int, n: int, L: int) -> tuple[list, int]:
         ("B2 chunk_scan_reverse", "bwd", mod._chunk_scan_kernel, {**cs, "REVERSE": True}, w4, cint, cel),
         ("B3 bwd_gradients", "bwd", mod._scan_bwd_kernel, {**flags, "FINAL": True, "BLOCK_D": bb}, bw, ints, tile(bb)),
     ]  # fmt: skip
-    return out, b * d * n * nc * 4
+    return out, (b * d * n * nc * 4, 2 * b * d * n * nc * 4 + 2 * 4 * b * n * L)
 
 
 def table(title: str, variants: list, dtype: str, arch: int) -> dict:
@@ -148,14 +148,16 @@ def main() -> None:
         variants, saved = baseline_variants(old, b, d, n, L)
         res["baseline"] = (table(f"baseline ({args.baseline}, issue 10)", variants, args.dtype, args.arch), saved)
     variants = ts.kernel_variants(b, d, n, L)
-    res["new"] = (table("new (issue 20)", variants, args.dtype, args.arch), ts.saved_state_bytes(b, d, n, L))
+    saved = (ts.saved_state_bytes(b, d, n, L), ts.backward_scratch_bytes(b, d, n, L))
+    res["new"] = (table("new (issue 20)", variants, args.dtype, args.arch), saved)
     print(f"\n# compiled in {time.perf_counter() - t0:.1f} s\n")
     print("| version | max registers | max spill B | SHFL / (d,n,t) fwd / bwd | MUFU / (d,n,t) fwd / bwd | "
-          f"states saved for backward at L={L} |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+          f"states saved for backward at L={L} | backward transient buffers |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for name, (tot, saved) in res.items():
         print(f"| {name} | {tot['regs']} | {tot['spill']} | {tot['fwd'][0]:.2f} / {tot['bwd'][0]:.2f} | "
-              f"{tot['fwd'][1]:.2f} / {tot['bwd'][1]:.2f} | {saved / 1e6:.1f} MB |")  # fmt: skip
+              f"{tot['fwd'][1]:.2f} / {tot['bwd'][1]:.2f} | {saved[0] / 1e6:.1f} MB | "
+              f"{saved[1] / 1e6:.1f} MB |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -57,8 +57,10 @@ BWD_MAXNREG = 128
 THREADS = 32 * WARPS
 #: largest d_state the kernels take (NP = next power of two); larger ones fall back to ``chunked``
 MAX_N = 16
-#: segment length bounds (steps) and the grid it aims for: WAVES waves of CTAS_PER_SM programs on every SM
-SEG_MIN, SEG_MAX = 256, 2048
+#: segment length bounds (steps) and the grid it aims for: WAVES waves of CTAS_PER_SM programs on every SM.
+#: SEG_MAX bounds the gradient pass's scratch (its persistent programs, CTAS_PER_SM per SM, hold the states at
+#: every backward sub-chunk start of one segment: 64 KB each at n=16); the saved states are 4*b*d*n*L/seg_len B
+SEG_MIN, SEG_MAX = 256, 512
 WAVES, CTAS_PER_SM, DEFAULT_SMS = 4, 4, 132
 #: lanes (d*n) per program of the segment-axis loops F2/B2
 BLOCK_DN = 128
@@ -374,6 +376,15 @@ def saved_state_bytes(b: int, d: int, n: int, L: int, sms: int = DEFAULT_SMS) ->
     return 4 * b * d * n * triton.cdiv(L, segment_length(b, d, n, L, sms))
 
 
+def backward_scratch_bytes(b: int, d: int, n: int, L: int, sms: int = DEFAULT_SMS) -> int:
+    """Bytes the backward allocates besides the gradients themselves: the segment decays and adjoints (two buffers
+    of the saved states' size), the gradient pass's scratch and the float32 dB, dC accumulators."""
+    seg = segment_length(b, d, n, L, sms)
+    items = b * triton.cdiv(d, block_d(n)) * triton.cdiv(L, seg)
+    scratch = min(items, CTAS_PER_SM * sms) * triton.cdiv(seg, BWD_BLOCK_L) * block_d(n) * triton.next_power_of_2(n)
+    return 2 * saved_state_bytes(b, d, n, L, sms) + 4 * scratch + 2 * 4 * b * n * L
+
+
 def _strides(*xs: Tensor | None) -> tuple[int, ...]:
     """(batch, channel) strides of (batch, channels, L) tensors with unit time stride (0, 0 for absent ones)."""
     out: list[int] = []
@@ -452,7 +463,7 @@ class TritonScanFn(torch.autograd.Function):
                                                                 BLOCK_DN=BLOCK_DN)  # fmt: skip
         del P
         items = b * triton.cdiv(d, bd) * nseg
-        nprog = min(items, nprog or WAVES * CTAS_PER_SM * sms // 2)
+        nprog = min(items, nprog or CTAS_PER_SM * sms)
         nsub_max = triton.cdiv(seg_len, BWD_BLOCK_L)
         H = u.new_empty(nprog, nsub_max, bd, np2, dtype=f32)
         du = torch.empty(u.shape, dtype=u.dtype, device=u.device)
@@ -530,7 +541,7 @@ def kernel_variants(b: int = 1, d: int = 1024, n: int = 16, L: int = 409_600, sm
         ints.update({f"s{x}_b": d * L, f"s{x}_d": L})
     ints.update({"sB_b": n * L, "sB_n": L, "sC_b": n * L, "sC_n": L})
     items = b * triton.cdiv(d, bd) * nseg
-    nprog = min(items, WAVES * CTAS_PER_SM * sms // 2)
+    nprog = min(items, CTAS_PER_SM * sms)
     bints = {**ints, "nsub_max": triton.cdiv(seg, BWD_BLOCK_L), "items": items, "nprog": nprog}
     fc = {**flags, "BLOCK_D": bd, "NP": np2, "BLOCK_L": FWD_BLOCK_L}
     bc = {**flags, "BLOCK_D": bd, "NP": np2, "BLOCK_L": BWD_BLOCK_L}
