@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One prepared GPU run for the Triton selective scan (issue 10): cuda-marked tests, then the scan and the
+# One prepared GPU run for the Triton selective scan (issues 10, 20): cuda-marked tests first (triton vs float64
+# at L = 1 to 16k and 400k, forward, last state and every gradient; triton vs mamba-ssm), then the scan and the
 # aggregator benchmarks, each under its own time limit so that what finished is kept. Results go to $OUT
 # (default benchmarks/out/gpu). On the GPU machine, from the project root, with ../shared/device/prepare.sh
 # run beforehand on the workstation (it makes .device/):

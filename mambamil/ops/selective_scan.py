@@ -39,6 +39,7 @@ Backends
 ``cuda``       mamba-ssm's fused kernel (``selective_scan_fn``); needs ``mamba_ssm`` and CUDA tensors.
 ``triton``     the project's Triton kernels (``mambamil/ops/triton_scan.py``): CUDA tensors and Triton (it ships
                with torch's Linux CUDA wheels); on CPU tensors only under ``TRITON_INTERPRET=1`` (for tests).
+               d_state > 16 runs ``chunked`` instead (one warning per value).
 
 ``auto`` picks ``cuda`` (mamba-ssm imports, CUDA tensors), else ``triton`` (CUDA tensors, Triton imports),
 else ``chunked``; it never picks ``triton`` for CPU tensors.
