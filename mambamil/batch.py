@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from mambamil.errors import MambamilError, SlideError
+from mambamil.errors import FaultError, MambamilError, SlideError, fault_from
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,18 @@ def run_guarded(verb: str, slide_id: str, slide: Path, fn: Callable[[], R]) -> t
     slide) to stderr; an unexpected exception is named the same way, with its type."""
     try:
         return fn(), None
+    except FaultError as exc:
+        error = " ".join(str(exc).split())
+        print(f"mambamil {verb}: failed, retry: {error}", file=sys.stderr, flush=True)
+        return None, error
     except MambamilError as exc:
         error = " ".join(str(exc).split())
     except Exception as exc:
+        fault = fault_from(exc, slide)
+        if fault is not None:
+            error = " ".join(str(fault).split())
+            print(f"mambamil {verb}: failed, retry: {error}", file=sys.stderr, flush=True)
+            return None, error
         error = " ".join(str(SlideError(slide, f"unexpected error: {type(exc).__name__}: {exc}", slide_id)).split())
         log.debug("slide %s failed", slide_id, exc_info=True)
     print(f"mambamil {verb}: error: {error}", file=sys.stderr, flush=True)

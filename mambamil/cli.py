@@ -1,7 +1,9 @@
 """The ``mambamil`` command line: one verb per pipeline stage (the Snakemake rules call these).
 
 Errors caused by input (a bad slide, a missing file, an invalid config) print one line naming the file and
-the cause, and exit 1. ``--debug`` (or ``MAMBAMIL_DEBUG=1``) shows the traceback instead.
+the cause, and exit 1; conditions of the environment (disk full, I/O errors, memory; :class:`FaultError`) print one
+line ``failed, retry: ...`` and exit 75 (EX_TEMPFAIL), so a scheduler retries them. ``--debug`` (or
+``MAMBAMIL_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from mambamil import __version__
 from mambamil.config import add_section_options, json_object, section_from_args
-from mambamil.errors import MambamilError
+from mambamil.errors import FAULT_EXIT, FaultError, MambamilError, fault_from
 
 log = logging.getLogger("mambamil")
 
@@ -98,6 +100,7 @@ def _run_tile(args: argparse.Namespace) -> int:
                 [slide],
                 args.on_bad_slide,
                 lambda: tile_slide(slide, args.out, settings, slide_id, mpp),
+                slide_file=slide,
             )
 
         if len(jobs) == 1:  # one slide: its error is the command's error (--debug shows the traceback)
@@ -718,6 +721,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mambamil {args.command}: interrupted", file=sys.stderr)
         return 130
+    except FaultError as exc:
+        if debug:
+            raise
+        print(f"mambamil {args.command}: failed, retry: {_one_line(exc)}", file=sys.stderr)
+        return FAULT_EXIT
     except MambamilError as exc:
         if debug:
             raise
@@ -726,6 +734,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
+        fault = fault_from(exc)  # disk full, EIO, EMFILE, MemoryError ... where no stage named the path
+        if fault is not None:
+            print(f"mambamil {args.command}: failed, retry: {_one_line(fault)}", file=sys.stderr)
+            return FAULT_EXIT
         print(
             f"mambamil {args.command}: unexpected error: {type(exc).__name__}: {_one_line(exc)} "
             "(rerun with --debug for the traceback)",
