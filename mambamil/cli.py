@@ -612,6 +612,35 @@ def _run_qc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_qc_retry(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "qc-retry",
+        help="retry excluded slides: remove their QC stubs so the next workflow run redoes them",
+        description="Remove the QC stubs, at every stage (tiles, features of every encoder, orders), of every slide "
+        "excluded by QC under RESULTS, or of those whose cause matches --cause. The next 'snakemake' run redoes those "
+        "slides and everything downstream (qc table, splits, training, heatmaps). A slide whose file changed since "
+        "it was excluded (size or modification time) is retried without this command.",
+    )
+    p.add_argument("results", type=Path, help="the results folder (config 'results')")
+    p.add_argument("--cause", metavar="PATTERN", help="only slides whose cause matches this regular expression")
+    p.add_argument("-n", "--dry-run", action="store_true", help="list the slides, remove nothing")
+    p.set_defaults(func=_run_qc_retry)
+
+
+def _run_qc_retry(args: argparse.Namespace) -> int:
+    from mambamil.qc import retry_excluded
+
+    if not args.results.is_dir():
+        raise MambamilError(f"{args.results}: results folder not found")
+    retried = retry_excluded(args.results, args.cause, args.dry_run)
+    verb = "would retry" if args.dry_run else "retrying"
+    for sid, why in retried.items():
+        print(f"{sid}: {verb} (was excluded at {why})")
+    what = f" matching {args.cause!r}" if args.cause else ""
+    print(f"QC: {verb} {len(retried)} excluded slide(s){what}" + ("; now run snakemake" if retried else ""))
+    return 0
+
+
 # -- validate-config ----------------------------------------------------------------------------------------
 def _add_validate_config(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -668,6 +697,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_heatmap,
     _add_convert_checkpoint,
     _add_qc,
+    _add_qc_retry,
     _add_validate_config,
 ]
 

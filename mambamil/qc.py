@@ -43,6 +43,8 @@ MODES = ("exclude", "stop")
 SLIDE_COLUMNS = ["slide_id", "case_id", "status", "stage", "cause"]
 PATIENT_COLUMNS = ["case_id", "n_slides", "n_usable", "status", "cause"]
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+#: A QC stub holds attributes only (a few KiB); a larger file is never one, and is not opened to find out.
+_STUB_MAX_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ def read_stub(path: str | Path) -> QCOutcome | None:
     path = Path(path)
     try:
         with open(path, "rb") as fh:
-            if fh.read(8) != _HDF5_MAGIC:
+            if os.fstat(fh.fileno()).st_size > _STUB_MAX_BYTES or fh.read(8) != _HDF5_MAGIC:
                 return None
         with h5py.File(path, "r") as f:
             a = f.attrs
