@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import gc
+import io
 import json
 import os
+import re
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,12 +28,43 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
+        with _write_errors_raised(path):
+            yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def _write_errors_raised(path: Path) -> Iterator[None]:
+    """Raise, as an OSError with its errno, a write error that a library reported only as an ignored exception:
+    h5py flushes a file's last metadata while it closes and, on a full disk, prints "Exception ignored ... errno =
+    28" (with a traceback, to stderr) and goes on, which would rename an incomplete file into place. What reaches
+    stderr meanwhile is held back, and dropped when it was that report (the error is then one line, raised here)."""
+    codes: list[int] = []
+    previous, stderr = sys.unraisablehook, sys.stderr
+
+    def hook(unraisable: Any) -> None:
+        found = re.search(r"errno = (\d+)", str(unraisable.exc_value))
+        if found:
+            codes.append(int(found.group(1)))
+        else:
+            previous(unraisable)
+
+    held = io.StringIO()
+    sys.unraisablehook, sys.stderr = hook, held
+    try:
+        yield
+    finally:
+        if codes:
+            gc.collect()  # the library's other objects of the failed file go now, their reports caught here too
+        sys.unraisablehook, sys.stderr = previous, stderr
+        if not codes and held.getvalue():
+            stderr.write(held.getvalue())
+    if codes:
+        raise OSError(codes[0], f"{os.strerror(codes[0])} while writing {path}", str(path))
 
 
 def _umask() -> int:
@@ -48,6 +83,8 @@ def write_png(path: str | Path, rgb: Any) -> None:
     """Write an RGB uint8 array as PNG atomically."""
     import cv2
 
+    ok, data = cv2.imencode(".png", rgb[..., ::-1])
+    if not ok:
+        raise ValueError(f"could not encode {path} as PNG")
     with atomic_output(path) as tmp:
-        if not cv2.imwrite(str(tmp), rgb[..., ::-1]):
-            raise OSError(f"could not write {path}")
+        tmp.write_bytes(data.tobytes())  # Python's write, so a full disk reports its errno (cv2.imwrite says False)

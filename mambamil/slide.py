@@ -294,9 +294,11 @@ def tiff_truncation(path: str | Path, size: int) -> str | None:
     with open(path, "rb") as fh:
         head = fh.read(16)
         order = {b"II": "<", b"MM": ">"}.get(head[:2])
-        if order is None or len(head) < 8:
+        if order is None or len(head) < 4:
             return None
         magic = struct.unpack(order + "H", head[2:4])[0]
+        if magic in (42, 43) and len(head) < (8 if magic == 42 else 16):
+            return f"the TIFF header is cut off at {size} bytes"
         if magic == 42:
             offset, count_fmt, entry, next_fmt = struct.unpack(order + "I", head[4:8])[0], "H", 12, "I"
         elif magic == 43 and len(head) == 16:
