@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 from pathlib import Path
 
 
@@ -78,7 +79,15 @@ def fault_from(exc: BaseException, where: str | Path | None = None) -> FaultErro
         return exc
     if isinstance(exc, MemoryError):
         return FaultError(where or "memory", "out of memory (MemoryError): give the job more memory (mem_mb)")
-    if isinstance(exc, OSError) and exc.errno in FAULT_ERRNOS:
-        path = exc.filename or where or "file system"
-        return FaultError(path, f"[{errno.errorcode.get(exc.errno, exc.errno)}] {FAULT_ERRNOS[exc.errno]}")
+    code = exc.errno if isinstance(exc, OSError) and exc.errno else errno_in_message(exc)
+    if code in FAULT_ERRNOS:
+        path = getattr(exc, "filename", None) or where or "file system"
+        return FaultError(path, f"[{errno.errorcode.get(code, code)}] {FAULT_ERRNOS[code]}")
     return None
+
+
+def errno_in_message(exc: BaseException) -> int | None:
+    """The errno HDF5 puts in the text of a failed write or read ("file write failed: ... errno = 28, ..."), which
+    h5py raises as an OSError without errno or as a RuntimeError ("Disable slist on flush dest failure failed")."""
+    found = re.search(r"file (?:write|read) failed.*?errno = (\d+)", str(exc), re.DOTALL)
+    return int(found.group(1)) if found else None

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import io
 import json
 import os
-import re
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from mambamil.errors import errno_in_message
 
 
 @contextlib.contextmanager
@@ -32,6 +32,13 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
             yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        # Name the output (h5py's errors do not, and HDF5 may report a full disk only in a RuntimeError's text).
+        code = exc.errno if isinstance(exc, OSError) and not exc.filename else errno_in_message(exc)
+        if code:
+            raise OSError(code, f"{os.strerror(code)} while writing {path}", str(path)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -47,9 +54,9 @@ def _write_errors_raised(path: Path) -> Iterator[None]:
     previous, stderr = sys.unraisablehook, sys.stderr
 
     def hook(unraisable: Any) -> None:
-        found = re.search(r"errno = (\d+)", str(unraisable.exc_value))
-        if found:
-            codes.append(int(found.group(1)))
+        code = errno_in_message(unraisable.exc_value)
+        if code:
+            codes.append(code)
         else:
             previous(unraisable)
 
@@ -58,8 +65,6 @@ def _write_errors_raised(path: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        if codes:
-            gc.collect()  # the library's other objects of the failed file go now, their reports caught here too
         sys.unraisablehook, sys.stderr = previous, stderr
         if not codes and held.getvalue():
             stderr.write(held.getvalue())
