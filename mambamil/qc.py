@@ -203,12 +203,6 @@ def run_slide_stage(
     except FaultError:
         _remove_new(before)
         raise
-    except (OSError, MemoryError) as exc:
-        fault = fault_from(exc, where)
-        if fault is None:
-            raise
-        _remove_new(before)
-        raise fault from exc
     except MambamilError as exc:
         found = exclusion_cause(exc, slide_inputs)
         if on_bad_slide == "stop" or found is None:
@@ -224,6 +218,12 @@ def run_slide_stage(
         log.warning("%s: excluded by QC at the %s stage: %s", slide_id, outcome.stage, outcome.cause)
         print(f"{slide_id}: EXCLUDED by QC ({outcome.stage}): {outcome.cause}")
         return outcome
+    except Exception as exc:  # an OSError/MemoryError (or HDF5's errno in a RuntimeError) that is a fault
+        fault = fault_from(exc, where)
+        if fault is None:
+            raise
+        _remove_new(before)
+        raise fault from exc
 
 
 # -- retrying excluded slides -------------------------------------------------------------------------------
