@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from mambamil.errors import MambamilError, SlideError
+from mambamil.errors import FaultError, MambamilError, SlideError, fault_from
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,18 @@ def shard(items: Sequence[T], index: int, count: int) -> list[T]:
 
 def run_guarded(verb: str, slide_id: str, slide: Path, fn: Callable[[], R]) -> tuple[R | None, str | None]:
     """``(fn(), None)``, or ``(None, error)`` after printing ``mambamil VERB: error: …`` (one line naming the
-    slide) to stderr; an unexpected exception is named the same way, with its type."""
+    slide) to stderr; an unexpected exception is named the same way, with its type. A fault of the environment
+    (:class:`FaultError`, or an OSError/MemoryError that is one) is not the slide's: it ends the whole job."""
     try:
         return fn(), None
+    except FaultError:
+        raise  # a condition of the environment (disk full, I/O) is the whole job's: it fails now and is retried
     except MambamilError as exc:
         error = " ".join(str(exc).split())
     except Exception as exc:
+        fault = fault_from(exc, slide)
+        if fault is not None:
+            raise fault from exc
         error = " ".join(str(SlideError(slide, f"unexpected error: {type(exc).__name__}: {exc}", slide_id)).split())
         log.debug("slide %s failed", slide_id, exc_info=True)
     print(f"mambamil {verb}: error: {error}", file=sys.stderr, flush=True)

@@ -1,7 +1,9 @@
 """The ``mambamil`` command line: one verb per pipeline stage (the Snakemake rules call these).
 
 Errors caused by input (a bad slide, a missing file, an invalid config) print one line naming the file and
-the cause, and exit 1. ``--debug`` (or ``MAMBAMIL_DEBUG=1``) shows the traceback instead.
+the cause, and exit 1; conditions of the environment (disk full, I/O errors, memory; :class:`FaultError`) print one
+line ``failed, retry: ...`` and exit 75 (EX_TEMPFAIL), so a scheduler retries them. ``--debug`` (or
+``MAMBAMIL_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from mambamil import __version__
 from mambamil.config import add_section_options, json_object, section_from_args
-from mambamil.errors import MambamilError
+from mambamil.errors import FAULT_EXIT, FaultError, MambamilError, fault_from
 
 log = logging.getLogger("mambamil")
 
@@ -98,6 +100,7 @@ def _run_tile(args: argparse.Namespace) -> int:
                 [slide],
                 args.on_bad_slide,
                 lambda: tile_slide(slide, args.out, settings, slide_id, mpp),
+                slide_file=slide,
             )
 
         if len(jobs) == 1:  # one slide: its error is the command's error (--debug shows the traceback)
@@ -696,6 +699,35 @@ def _run_qc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_qc_retry(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "qc-retry",
+        help="retry excluded slides: remove their QC stubs so the next workflow run redoes them",
+        description="Remove the QC stubs, at every stage (tiles, features of every encoder, orders), of every slide "
+        "excluded by QC under RESULTS, or of those whose cause matches --cause. The next 'snakemake' run redoes those "
+        "slides and everything downstream (qc table, splits, training, heatmaps). A slide whose file changed since "
+        "it was excluded (size or modification time) is retried without this command.",
+    )
+    p.add_argument("results", type=Path, help="the results folder (config 'results')")
+    p.add_argument("--cause", metavar="PATTERN", help="only slides whose cause matches this regular expression")
+    p.add_argument("-n", "--dry-run", action="store_true", help="list the slides, remove nothing")
+    p.set_defaults(func=_run_qc_retry)
+
+
+def _run_qc_retry(args: argparse.Namespace) -> int:
+    from mambamil.qc import retry_excluded
+
+    if not args.results.is_dir():
+        raise MambamilError(f"{args.results}: results folder not found")
+    retried = retry_excluded(args.results, args.cause, args.dry_run)
+    verb = "would retry" if args.dry_run else "retrying"
+    for sid, why in retried.items():
+        print(f"{sid}: {verb} (was excluded at {why})")
+    what = f" matching {args.cause!r}" if args.cause else ""
+    print(f"QC: {verb} {len(retried)} excluded slide(s){what}" + ("; now run snakemake" if retried else ""))
+    return 0
+
+
 # -- validate-config ----------------------------------------------------------------------------------------
 def _add_validate_config(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -753,6 +785,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_heatmap,
     _add_convert_checkpoint,
     _add_qc,
+    _add_qc_retry,
     _add_validate_config,
 ]
 
@@ -806,6 +839,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mambamil {args.command}: interrupted", file=sys.stderr)
         return 130
+    except FaultError as exc:
+        if debug:
+            raise
+        print(f"mambamil {args.command}: failed, retry: {_one_line(exc)}", file=sys.stderr)
+        return FAULT_EXIT
     except MambamilError as exc:
         if debug:
             raise
@@ -814,6 +852,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
+        fault = fault_from(exc)  # disk full, EIO, EMFILE, MemoryError ... where no stage named the path
+        if fault is not None:
+            print(f"mambamil {args.command}: failed, retry: {_one_line(fault)}", file=sys.stderr)
+            return FAULT_EXIT
         print(
             f"mambamil {args.command}: unexpected error: {type(exc).__name__}: {_one_line(exc)} "
             "(rerun with --debug for the traceback)",

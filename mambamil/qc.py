@@ -4,9 +4,15 @@ In ``qc.on_bad_slide: exclude`` mode a per-slide stage (tile, features, order) t
 writes a **QC stub** at each of its normal output paths and exits 0; the next stage, given a stub, writes its
 own stub carrying the same cause. A stub is a tiny HDF5 file whose root attributes are::
 
-    qc_status = "excluded", qc_stage = "tile" | "features" | "order", qc_cause = "<one line>", slide_id
+    qc_status = "excluded", qc_stage = "tile" | "features" | "order", qc_cause = "<one line>", slide_id,
+    slide_file, slide_size, slide_mtime_ns          (the slide file as it was when excluded; size -1: missing)
 
 (GeoJSON/PNG side outputs of the tile stage get an empty FeatureCollection / a grey placeholder instead.)
+Only properties of the slide are exclusions; conditions of the environment (:class:`~mambamil.errors.FaultError`:
+I/O errors, a full disk, a file cut short, memory) fail the job instead and leave no output behind. A stub whose
+slide file has since changed in size or modification time is *stale*: :func:`changed_slides` finds them and the
+workflow reruns their slides; :func:`retry_excluded` (``mambamil qc-retry``) removes the stubs of excluded slides
+so the next run redoes them.
 Every reader refuses a stub with :class:`SlideExcludedError`. :func:`collect_qc` gathers every slide's
 outcome into ``results/qc/slides.csv`` (slide_id, case_id, status, stage, cause) and
 ``results/qc/patients.csv``; splits, train and the summary read them.
@@ -15,6 +21,8 @@ outcome into ``results/qc/slides.csv`` (slide_id, case_id, status, stage, cause)
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +32,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from mambamil.errors import InputFileError, MambamilError, SlideError
+from mambamil.errors import FaultError, InputFileError, MambamilError, SlideError, fault_from
 from mambamil.fileio import atomic_output, write_json, write_png
 
 log = logging.getLogger(__name__)
@@ -35,6 +43,29 @@ MODES = ("exclude", "stop")
 SLIDE_COLUMNS = ["slide_id", "case_id", "status", "stage", "cause"]
 PATIENT_COLUMNS = ["case_id", "n_slides", "n_usable", "status", "cause"]
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+#: A QC stub holds attributes only (a few KiB); a larger file is never one, and is not opened to find out.
+_STUB_MAX_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class SlideStat:
+    """A slide file as a stub records it: its path, size (-1: missing) and modification time (ns)."""
+
+    file: str
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: str | Path) -> SlideStat:
+        """The file as it is now."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return cls(str(path), -1, 0)
+        return cls(str(path), int(st.st_size), int(st.st_mtime_ns))
+
+    def describe(self) -> str:
+        return "missing" if self.size < 0 else f"{self.size} bytes, mtime {self.mtime_ns / 1e9:.3f}"
 
 
 @dataclass(frozen=True)
@@ -44,6 +75,7 @@ class QCOutcome:
     slide_id: str
     stage: str
     cause: str
+    slide: SlideStat | None = None
 
 
 class SlideExcludedError(MambamilError):
@@ -62,16 +94,18 @@ def write_stub(path: str | Path, outcome: QCOutcome) -> None:
     """Write the QC stub of ``outcome`` at ``path`` (atomically); the format follows the path's suffix."""
     path = Path(path)
     suffix = path.suffix.lower()
+    attrs = {"qc_status": EXCLUDED, "qc_stage": outcome.stage, "qc_cause": outcome.cause}
+    if outcome.slide is not None:
+        attrs.update(
+            slide_file=outcome.slide.file, slide_size=outcome.slide.size, slide_mtime_ns=outcome.slide.mtime_ns
+        )
     if suffix == ".geojson":
-        props = {"qc_status": EXCLUDED, "qc_stage": outcome.stage, "qc_cause": outcome.cause}
-        write_json(path, {"type": "FeatureCollection", "features": [], "properties": props})
+        write_json(path, {"type": "FeatureCollection", "features": [], "properties": attrs})
     elif suffix == ".png":
         write_png(path, np.full((64, 64, 3), 200, dtype=np.uint8))
     else:
         with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
-            f.attrs["qc_status"] = EXCLUDED
-            f.attrs["qc_stage"] = outcome.stage
-            f.attrs["qc_cause"] = outcome.cause
+            f.attrs.update(attrs)
             f.attrs["slide_id"] = outcome.slide_id
 
 
@@ -80,14 +114,16 @@ def read_stub(path: str | Path) -> QCOutcome | None:
     path = Path(path)
     try:
         with open(path, "rb") as fh:
-            if fh.read(8) != _HDF5_MAGIC:
+            if os.fstat(fh.fileno()).st_size > _STUB_MAX_BYTES or fh.read(8) != _HDF5_MAGIC:
                 return None
         with h5py.File(path, "r") as f:
-            if f.attrs.get("qc_status") != EXCLUDED:
+            a = f.attrs
+            if a.get("qc_status") != EXCLUDED:
                 return None
-            return QCOutcome(
-                str(f.attrs.get("slide_id", path.stem)), str(f.attrs["qc_stage"]), str(f.attrs["qc_cause"])
-            )
+            slide = None
+            if "slide_size" in a:
+                slide = SlideStat(str(a["slide_file"]), int(a["slide_size"]), int(a["slide_mtime_ns"]))
+            return QCOutcome(str(a.get("slide_id", path.stem)), str(a["qc_stage"]), str(a["qc_cause"]), slide)
     except OSError:
         return None
 
@@ -122,6 +158,24 @@ def exclusion_cause(exc: BaseException, slide_inputs: Iterable[str | Path]) -> Q
     return None
 
 
+def _snapshot(paths: list[Path]) -> dict[Path, tuple[int, int] | None]:
+    out = {}
+    for p in paths:
+        try:
+            st = p.stat()
+            out[p] = (st.st_ino, st.st_mtime_ns)
+        except OSError:
+            out[p] = None
+    return out
+
+
+def _remove_new(before: dict[Path, tuple[int, int] | None]) -> None:
+    """Remove the outputs written since ``before`` (a failed stage leaves no partial set of outputs)."""
+    for path, was in before.items():
+        if _snapshot([path])[path] != was:
+            path.unlink(missing_ok=True)
+
+
 def run_slide_stage(
     stage: str,
     slide_id: str,
@@ -129,24 +183,127 @@ def run_slide_stage(
     slide_inputs: Iterable[str | Path],
     on_bad_slide: str,
     work: Callable[[], T],
+    slide_file: str | Path | None = None,
 ) -> T | QCOutcome:
     """Run one slide's ``work``; in ``exclude`` mode a slide-level failure writes a QC stub at every output and
-    returns the :class:`QCOutcome` (a stub input passes its outcome on). In ``stop`` mode the error propagates."""
+    returns the :class:`QCOutcome` (a stub input passes its outcome on). In ``stop`` mode the error propagates.
+
+    A condition of the environment (a :class:`FaultError`, or an OSError/MemoryError that is one: disk full,
+    EIO, ESTALE, EACCES, EMFILE, ...) is never an exclusion: the outputs this call wrote are removed and the
+    :class:`FaultError` propagates, one line naming the path. ``slide_file``: the slide, recorded in stubs (its
+    size and mtime), so a slide that changes afterwards is retried (:func:`changed_slides`)."""
     if on_bad_slide not in MODES:
         raise MambamilError(f"--on-bad-slide must be one of {MODES}, got {on_bad_slide!r}")
     slide_inputs = list(slide_inputs)
+    outputs = [Path(p) for p in outputs]
+    before = _snapshot(outputs)
+    where = outputs[0].parent if outputs else None
     try:
         return work()
+    except FaultError:
+        _remove_new(before)
+        raise
     except MambamilError as exc:
         found = exclusion_cause(exc, slide_inputs)
         if on_bad_slide == "stop" or found is None:
             raise
-        outcome = QCOutcome(slide_id, found.stage or stage, found.cause)
-        for path in outputs:
-            write_stub(path, outcome)
+        slide = SlideStat.of(slide_file) if slide_file is not None else found.slide
+        outcome = QCOutcome(slide_id, found.stage or stage, found.cause, slide)
+        try:
+            for path in outputs:
+                write_stub(path, outcome)
+        except (OSError, MemoryError) as err:
+            _remove_new(before)
+            raise (fault_from(err, where) or err) from exc
         log.warning("%s: excluded by QC at the %s stage: %s", slide_id, outcome.stage, outcome.cause)
         print(f"{slide_id}: EXCLUDED by QC ({outcome.stage}): {outcome.cause}")
         return outcome
+    except Exception as exc:  # an OSError/MemoryError (or HDF5's errno in a RuntimeError) that is a fault
+        fault = fault_from(exc, where)
+        if fault is None:
+            raise
+        _remove_new(before)
+        raise fault from exc
+
+
+# -- retrying excluded slides -------------------------------------------------------------------------------
+def stale_stub(path: str | Path, slide_file: str | Path) -> QCOutcome | None:
+    """The stub at ``path`` if its slide file has changed (size or mtime) since it was excluded, else None.
+
+    A stub without a recorded slide (written before stubs recorded one) counts as changed: it is retried once."""
+    outcome = read_stub(path)
+    if outcome is None:
+        return None
+    if outcome.slide is None:
+        return outcome
+    now = SlideStat.of(slide_file)
+    if (now.size, now.mtime_ns) != (outcome.slide.size, outcome.slide.mtime_ns):
+        return outcome
+    return None
+
+
+def changed_slides(slide_files: dict[str, str | Path], stage_files: dict[str, list[Path]]) -> dict[str, str]:
+    """slide_id → what changed, for every slide with a stale stub among its stage outputs (:func:`stale_stub`)."""
+    changed = {}
+    for sid, slide in slide_files.items():
+        for path in stage_files.get(sid, []):
+            outcome = stale_stub(path, slide)
+            if outcome is not None:
+                was = outcome.slide.describe() if outcome.slide else "not recorded"
+                changed[sid] = f"slide file changed since excluded ({was} → {SlideStat.of(slide).describe()})"
+                break
+    return changed
+
+
+def age_outputs(paths: Iterable[str | Path], slide_file: str | Path) -> None:
+    """Set the modification time of the existing ``paths`` one second before the slide file's, so Snakemake's own
+    rule (an input newer than its output) reruns the job that writes them and everything downstream."""
+    now = SlideStat.of(slide_file)
+    t = (now.mtime_ns if now.size >= 0 else 0) - 1_000_000_000
+    for p in paths:
+        if os.path.lexists(p):
+            os.utime(p, ns=(t, t))
+
+
+def stage_stubs(results: str | Path) -> dict[str, list[Path]]:
+    """slide_id → every QC stub under a results folder: tile coordinates, features (every encoder) and orders."""
+    from mambamil.paths import features_dir, order_dir, tiles_dir
+
+    results = Path(results)
+    candidates = [*sorted(tiles_dir(results).glob("*.h5"))]
+    for enc in sorted(p for p in features_dir(results, "").glob("*") if p.is_dir()):
+        candidates += sorted(enc.glob("*.h5")) + sorted(enc.glob(str(order_dir("", "*") / "*.npy")))
+    found: dict[str, list[Path]] = {}
+    for path in candidates:
+        if read_stub(path) is not None:
+            found.setdefault(path.stem, []).append(path)
+    return found
+
+
+def retry_excluded(results: str | Path, cause: str | None = None, dry_run: bool = False) -> dict[str, str]:
+    """Remove the QC stubs, at every stage, of each excluded slide (those whose cause matches the regular
+    expression ``cause``, case-insensitive), with the tile stage's side outputs, so the next workflow run redoes
+    them and everything downstream. slide_id → 'stage: cause' of the slides retried (to be, with ``dry_run``)."""
+    from mambamil.paths import tile_outputs, tiles_dir
+
+    try:
+        pattern = re.compile(cause, re.IGNORECASE) if cause else None
+    except re.error as exc:
+        raise MambamilError(f"--cause {cause!r} is not a regular expression: {exc}") from exc
+    retried = {}
+    for sid, stubs in sorted(stage_stubs(results).items()):
+        first = read_stub(stubs[0])
+        if first is None or (pattern is not None and not pattern.search(first.cause)):
+            continue
+        retried[sid] = f"{first.stage}: {first.cause}"
+        if dry_run:
+            continue
+        tile = tile_outputs(tiles_dir(results), sid)
+        if tile["coords"] in stubs:
+            stubs = [*stubs, tile["tissue"], tile["preview"]]
+        for path in stubs:
+            Path(path).unlink(missing_ok=True)
+    return retried
 
 
 # -- the cohort table ---------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ none of these is an error: resolution is never guessed from objective-power buck
 from __future__ import annotations
 
 import math
+import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import cv2
 import numpy as np
 import openslide
 
-from mambamil.errors import SlideError
+from mambamil.errors import FaultError, MambamilError, SlideError, fault_from
 
 #: A pyramid level whose µm/px exceeds the target by at most this fraction still counts as "at or below"
 #: the target (0.499 vs 0.5 and 0.5021 vs 0.5 both read level 0/1 directly rather than a 2× finer level).
@@ -26,6 +28,10 @@ PLAUSIBLE_MPP = (0.05, 50.0)
 
 #: Largest edge, in pixels of the level being read, of one OpenSlide request in block-wise reads.
 READ_BLOCK = 4096
+
+#: OpenSlide/libtiff messages of a read that failed or came back short (an I/O condition), as opposed to image
+#: data that were read and would not decode (damaged data in the file).
+_SHORT_READ = re.compile(r"read error|got \d+ bytes|input/output|i/o error|stale file|no such file", re.IGNORECASE)
 
 _UNIT_TO_UM = {"centimeter": 1e4, "inch": 25400.0, "millimeter": 1e3, "micrometer": 1.0}
 
@@ -49,7 +55,7 @@ class Slide:
     def __init__(self, path: str | Path, mpp: float | None = None, slide_id: str | None = None) -> None:
         self.path = Path(path)
         self.slide_id = slide_id or self.path.stem
-        self._osr = _open(self.path, self.slide_id)
+        self._osr, self.file_size = _open(self.path, self.slide_id)
         try:
             self.mpp, self.mpp_source = self._resolve_mpp(mpp)
         except SlideError:
@@ -81,6 +87,27 @@ class Slide:
     def error(self, cause: str) -> SlideError:
         """A :class:`SlideError` naming this slide."""
         return SlideError(self.path, cause, self.slide_id)
+
+    def fault(self, cause: str) -> FaultError:
+        """A :class:`FaultError` naming this slide (a condition of the environment, not of the slide)."""
+        return FaultError(f"slide '{self.slide_id}' ({self.path})", cause)
+
+    def read_error(self, what: str, exc: Exception) -> MambamilError:
+        """What a failed OpenSlide read is. The file changed size since it was opened, or the read failed or came
+        back short: a fault of the environment (the job fails and is retried). Data that were read but do not
+        decode, in a file unchanged since it opened: damaged data, a property of the slide (a QC exclusion)."""
+        try:
+            size = self.path.stat().st_size
+        except OSError as err:
+            return fault_from(err, self.path) or self.fault(f"{what} failed and the file cannot be checked: {err}")
+        if size != self.file_size:
+            return self.fault(
+                f"{what} failed: the file changed size while it was read ({self.file_size} → {size} bytes), cut short "
+                f"or replaced underneath the job; not a bad slide, retry ({exc})"
+            )
+        if _SHORT_READ.search(str(exc)):
+            return self.fault(f"{what} failed: a read that failed or came back short (I/O fault), retry ({exc})")
+        return self.error(f"{what} failed: the slide's image data are damaged ({exc})")
 
     # -- resolution ---------------------------------------------------------------------------------------
     def _resolve_mpp(self, override: float | None) -> tuple[float, str]:
@@ -133,9 +160,7 @@ class Slide:
         try:
             return np.asarray(self._osr.read_region((int(x0), int(y0)), level, (int(size[0]), int(size[1]))))
         except openslide.OpenSlideError as exc:
-            raise self.error(
-                f"read failed at level {level} ({x0}, {y0}): slide is corrupt or truncated ({exc})"
-            ) from exc
+            raise self.read_error(f"read at level {level} ({x0}, {y0})", exc) from exc
 
     def read_level_region(self, x0: int, y0: int, level: int, size: tuple[int, int]) -> np.ndarray:
         """OpenSlide's read_region as an RGB uint8 array; transparent pixels become white."""
@@ -230,20 +255,78 @@ def resize(rgb: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(rgb, (int(out_size[0]), int(out_size[1])), interpolation=interp)
 
 
-def _open(path: Path, slide_id: str) -> openslide.OpenSlide:
-    if not path.exists():
-        raise SlideError(path, "file not found", slide_id)
-    if path.is_dir():
-        raise SlideError(path, "is a directory, not a slide file", slide_id)
-    if path.stat().st_size == 0:
-        raise SlideError(path, "file is empty (0 bytes)", slide_id)
+def _open(path: Path, slide_id: str) -> tuple[openslide.OpenSlide, int]:
+    """The OpenSlide handle and the file's size. What fails is sorted: a property of the file (not found, empty, not
+    a slide format, corrupt) is a :class:`SlideError`; a condition of the environment (an errno such as EACCES, EIO,
+    ESTALE when the file is stat'ed or its header read, a TIFF cut short of its own directories) a
+    :class:`FaultError`."""
+    name = f"slide '{slide_id}' ({path})"
     try:
+        if not path.exists():
+            raise SlideError(path, "file not found", slide_id)
+        if path.is_dir():
+            raise SlideError(path, "is a directory, not a slide file", slide_id)
+        size = path.stat().st_size
+        if size == 0:
+            raise SlideError(path, "file is empty (0 bytes)", slide_id)
+        with open(path, "rb") as fh:  # OpenSlide hides the errno of an unreadable file; Python's open does not
+            fh.read(16)
         osr = openslide.OpenSlide(str(path))
-    except openslide.OpenSlideUnsupportedFormatError as exc:
-        raise SlideError(path, "not a slide format OpenSlide can read", slide_id) from exc
+    except OSError as exc:
+        raise fault_from(exc, name) or FaultError(name, f"cannot read the file: {exc}") from exc
     except openslide.OpenSlideError as exc:
-        raise SlideError(path, f"slide is corrupt or truncated ({exc})", slide_id) from exc
-    return osr
+        try:
+            short = tiff_truncation(path, size)
+        except OSError as err:
+            raise fault_from(err, name) or FaultError(name, f"cannot read the file: {err}") from exc
+        if short:
+            raise FaultError(
+                name,
+                f"file cut short: {short} (a copy still in progress, or an I/O fault); not a bad slide, retry",
+            ) from exc
+        if isinstance(exc, openslide.OpenSlideUnsupportedFormatError):
+            raise SlideError(path, "not a slide format OpenSlide can read", slide_id) from exc
+        raise SlideError(path, f"slide is corrupt ({exc})", slide_id) from exc
+    return osr, size
+
+
+def tiff_truncation(path: str | Path, size: int) -> str | None:
+    """How a (Big)TIFF file is shorter than its own directory chain says (a directory starting or ending past the
+    end of the file), or None (not a TIFF, or its directories are all there). Only the headers are read: cheap.
+
+    A file whose size is less than its TIFF header and directory offsets claim is a truncated copy: the bytes it
+    should have were never written or never arrived, which is a fault of the copy, not a property of the slide."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        order = {b"II": "<", b"MM": ">"}.get(head[:2])
+        if order is None or len(head) < 4:
+            return None
+        magic = struct.unpack(order + "H", head[2:4])[0]
+        if magic in (42, 43) and len(head) < (8 if magic == 42 else 16):
+            return f"the TIFF header is cut off at {size} bytes"
+        if magic == 42:
+            offset, count_fmt, entry, next_fmt = struct.unpack(order + "I", head[4:8])[0], "H", 12, "I"
+        elif magic == 43 and len(head) == 16:
+            offset, count_fmt, entry, next_fmt = struct.unpack(order + "Q", head[8:16])[0], "Q", 20, "Q"
+        else:
+            return None
+        seen: set[int] = set()
+        while offset and offset not in seen and len(seen) < 100_000:
+            seen.add(offset)
+            n_dir = len(seen)
+            if offset >= size:
+                return f"TIFF directory {n_dir} starts at byte {offset}, the file has {size} bytes"
+            fh.seek(offset)
+            raw = fh.read(struct.calcsize(count_fmt))
+            if len(raw) < struct.calcsize(count_fmt):
+                return f"TIFF directory {n_dir} at byte {offset} is cut off at {size} bytes"
+            n = struct.unpack(order + count_fmt, raw)[0]
+            end = offset + len(raw) + n * entry + struct.calcsize(next_fmt)
+            if end > size:
+                return f"TIFF directory {n_dir} ends at byte {end}, the file has {size} bytes"
+            fh.seek(end - struct.calcsize(next_fmt))
+            offset = struct.unpack(order + next_fmt, fh.read(struct.calcsize(next_fmt)))[0]
+    return None
 
 
 def _mean_mpp(mx: str, my: str | None) -> float | None:

@@ -178,3 +178,55 @@ def test_second_run_in_same_results_folder_is_refused_clearly(repo_root: Path, t
     assert "cannot be locked" in msg and "--unlock" in msg, msg[-2000:]
     assert snakemake(repo_root, "--unlock", *args, timeout=300).returncode == 0
     assert snakemake(repo_root, "-n", *args, timeout=300).returncode == 0
+
+
+def planned(res: subprocess.CompletedProcess) -> dict[str, int]:
+    """Jobs per rule in a dry run's job table."""
+    text = res.stdout + res.stderr
+    return {p[0]: int(p[1]) for line in text.splitlines() if len(p := line.split()) == 2 and p[1].isdigit()}
+
+
+def test_a_slide_cut_short_fails_and_once_restored_is_retried(repo_root: Path, tmp_path: Path) -> None:
+    """Issue 22 in the workflow: a slide cut to a third fails its tile job (no exclusion); the stub an older version
+    left for it is retried once the intact file is back with its original modification time (the stub's recorded
+    size differs), and then stays done."""
+    from mambamil.qc import QCOutcome, SlideStat, read_stub, write_stub
+
+    demo.generate_cohort(tmp_path / "demo", n_slides=2, seed=3, size=(2048, 1536), progress=False)
+    config = {
+        "slides": str(tmp_path / "demo" / "slides.csv"),
+        "labels": str(tmp_path / "demo" / "labels.csv"),
+        "results": str(tmp_path / "results"),
+    }
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    slide = demo.slide_path(tmp_path / "demo", "demo_000")
+    intact, mtime = slide.read_bytes(), slide.stat().st_mtime_ns
+    os.truncate(slide, len(intact) // 3)
+    tiles = tmp_path / "results" / "tiles"
+    targets = [str(tiles / "demo_000.h5"), str(tiles / "demo_001.h5")]
+    args = ["--cores", "1", "--configfile", str(cfg), "--replace-workflow-config", *targets]
+
+    res = snakemake(repo_root, "--keep-going", *args)
+    assert res.returncode != 0  # the cut slide's job failed: Snakemake's --retries / the cluster would retry it
+    log = (tmp_path / "results" / "logs" / "tile" / "demo_000.log").read_text()
+    assert "failed, retry" in log and "file cut short" in log and "EXCLUDED" not in log
+    assert not (tiles / "demo_000.h5").exists() and read_stub(tiles / "demo_001.h5") is None
+
+    # The stubs an older version wrote for the cut file ("not a slide format"): they stand while the file is as then.
+    stub = QCOutcome("demo_000", "tile", "not a slide format OpenSlide can read", SlideStat.of(slide))
+    for suffix in (".h5", ".tissue.geojson", ".preview.png"):
+        write_stub(tiles / f"demo_000{suffix}", stub)
+    dry = snakemake(repo_root, "-n", *args)
+    assert dry.returncode == 0 and planned(dry).get("tile") is None, dry.stdout[-2000:]
+
+    slide.write_bytes(intact)  # the intact file back, with its original modification time: older than the stubs
+    os.utime(slide, ns=(mtime, mtime))
+    dry = snakemake(repo_root, "-n", *args)
+    assert dry.returncode == 0 and planned(dry).get("tile") == 1, (dry.stdout + dry.stderr)[-3000:]
+    assert "demo_000: slide file changed since excluded" in dry.stderr
+
+    assert snakemake(repo_root, *args).returncode == 0
+    assert read_stub(tiles / "demo_000.h5") is None  # included now
+    again = snakemake(repo_root, "-n", *args)
+    assert again.returncode == 0 and planned(again).get("tile") is None  # and it stays done

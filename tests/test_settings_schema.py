@@ -127,7 +127,7 @@ def config_file(tmp_path: Path) -> Path:
     return path
 
 
-def _slide_stage(stage, slide_id, outputs, inputs, on_bad_slide, work):  # type: ignore[no-untyped-def]
+def _slide_stage(stage, slide_id, outputs, inputs, on_bad_slide, work, slide_file=None):  # type: ignore[no-untyped-def]
     return work()
 
 

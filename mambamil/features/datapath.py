@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from mambamil.errors import SlideError
 from mambamil.slide import Slide, open_slide, resize, rgba_to_rgb
 
 #: Edge of a block's cell, in pixels of the level the patches are read from (a block reads at most
@@ -136,8 +137,8 @@ class ListSampler(Sampler[int]):
 
 class BlockDataset(Dataset):
     """Blocks of one slide's patches; item ``b`` is ``{"index", "patches", "error", "times"}`` with patches uint8
-    (k, read_h, read_w, 3) at the read level, or the read error's cause (a failed read reaches the main process
-    as a cause, not as a worker traceback)."""
+    (k, read_h, read_w, 3) at the read level, or the read error as (first patch, cause, is a fault) (a failed read
+    reaches the main process as a cause, not as a worker traceback)."""
 
     def __init__(
         self,
@@ -171,8 +172,11 @@ class BlockDataset(Dataset):
         times: dict[str, float] = {}
         try:
             patches = self._read_block(index, times)
-        except Exception as exc:  # a SlideError's cause, or any reader failure, goes to the main process as text
-            return {"index": torch.from_numpy(index), "patches": None, "error": (int(index[0]), _cause(exc))}
+        except Exception as exc:  # a reader failure goes to the main process as text, and whether it is a fault
+            # Only a SlideError (image data that do not decode) is the slide's; anything else in a reader (an I/O
+            # fault, a file changed underneath, memory) is a condition of the environment (README "Bad slides and QC").
+            fault = not isinstance(exc, SlideError)
+            return {"index": torch.from_numpy(index), "patches": None, "error": (int(index[0]), _cause(exc), fault)}
         return {"index": torch.from_numpy(index), "patches": patches, "error": None, "times": times}
 
     def _read_block(self, index: np.ndarray, times: dict[str, float]) -> torch.Tensor:
@@ -347,9 +351,9 @@ def embed_blocks(
     times: StageTimes | None = None,
     progress: Any = None,
 ) -> torch.Tensor:
-    """Embed every patch of the blocks into an (n, dim) tensor on ``device``; ``on_error(i, cause)`` raises for a
-    failed read. Nothing waits for the device per batch except refilling a staging buffer whose copy is still
-    in flight (two buffers alternate)."""
+    """Embed every patch of the blocks into an (n, dim) tensor on ``device``; ``on_error(i, cause, fault)`` raises
+    for a failed read (``fault``: a condition of the environment, not of the slide). Nothing waits for the device
+    per batch except refilling a staging buffer whose copy is still in flight (two buffers alternate)."""
     feats = torch.empty((n, dim), dtype=out_dtype, device=device)
     done = torch.zeros(n, dtype=torch.bool)
     stages = [_Staging(batch_size, plan, device), _Staging(batch_size, plan, device)]
@@ -401,7 +405,9 @@ def embed_blocks(
         launch(stages[cur])
     if not bool(done.all()):
         missing = int((~done).sum())
-        on_error(int(np.flatnonzero(~done.numpy())[0]), f"{missing} patches were never read (reader stopped early)")
+        on_error(
+            int(np.flatnonzero(~done.numpy())[0]), f"{missing} patches were never read (reader stopped early)", True
+        )
     if times is not None:
         times.n_patches += n
     return feats

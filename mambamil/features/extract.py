@@ -94,7 +94,7 @@ class FeatureResult:
 
 # -- patch reader -----------------------------------------------------------------------------------------
 def _guarded(batches: Iterator[dict[str, Any]], slide: Slide) -> Iterator[dict[str, Any]]:
-    """Items; a reader process that dies (killed, out of memory) becomes a one-line slide error."""
+    """Items; a reader process that dies (killed, out of memory) becomes a one-line fault (never an exclusion)."""
     while True:
         try:
             batch = next(batches)
@@ -104,7 +104,10 @@ def _guarded(batches: Iterator[dict[str, Any]], slide: Slide) -> Iterator[dict[s
             if "DataLoader worker" not in str(exc):
                 raise
             first = (str(exc).strip().splitlines() or [""])[0]
-            raise slide.error(f"patch reader failed: {first}") from exc
+            raise slide.fault(
+                f"a patch reader process died ({first}): killed or out of memory, not a bad slide; retry, with more "
+                "memory (resources mem_mb) or fewer readers (features.num_workers)"
+            ) from exc
         yield batch
 
 
@@ -260,9 +263,10 @@ def _embed_slide(
     workers = 0 if len(blocks) <= 1 else min(workers, len(blocks))  # never start more readers than blocks
     resize = DeviceResize(plan.handover_size, plan.out_size, encoder.spec.mean, encoder.spec.std, device)
 
-    def on_error(i: int, cause: str) -> None:
+    def on_error(i: int, cause: str, fault: bool = True) -> None:
         x, y = coords[i]
-        raise slide.error(f"reading patch {i} at level-0 ({x}, {y}) failed: {cause}")
+        message = f"reading patch {i} at level-0 ({x}, {y}) failed: {cause}"
+        raise slide.fault(message) if fault else slide.error(message)
 
     torch_dtype = torch.float16 if out_dtype == np.float16 else torch.float32
     try:
@@ -296,9 +300,23 @@ def _embed_slide(
             host = feats.cpu().numpy()
             if times is not None:
                 times.main["device_to_host"] += time.perf_counter() - t0
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        where = "GPU" if device.type == "cuda" else "host"
+        raise slide.fault(
+            f"{where} out of memory embedding batches of {settings.batch_size} patches ({encoder.name}, {precision}): "
+            f"lower features.batch_size (e.g. --batch-size {max(1, settings.batch_size // 2)}) or free the "
+            f"{where} memory, then rerun"
+        ) from exc
     finally:
         dataset.close()
     return host
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """A torch allocation that failed: CUDA out of memory, or the CPU allocator's "can't allocate memory"."""
+    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)
 
 
 def _timm_version() -> str:

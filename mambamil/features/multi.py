@@ -107,6 +107,7 @@ def extract_slides(
             lambda: extract_slide(
                 job.slide, job.coords, job.out, settings, job.slide_id, progress, force, encoder, profile=profile
             ),
+            slide_file=job.slide,
         )
 
     outcomes = []

@@ -20,7 +20,7 @@ from mambamil import __version__
 from mambamil.bags import BagDataset, Sample, TaskSpec
 from mambamil.config import settings_from_config
 from mambamil.device import mil_autocast, resolve_device
-from mambamil.errors import MambamilError
+from mambamil.errors import FaultError, MambamilError
 from mambamil.fileio import atomic_output, write_json
 from mambamil.inference import Standardized, load_trained, predict_dataset, unwrap
 from mambamil.models import create_model, save_checkpoint
@@ -259,10 +259,16 @@ def train_epoch(
     losses = []
     for step, idx in enumerate(order):
         x, sample = dataset[int(idx)]
-        with mil_autocast(device, settings.precision):
-            out = model(x.to(device))
-        loss = objective.loss(out, sample)
-        (loss / settings.grad_accum).backward()
+        try:
+            with mil_autocast(device, settings.precision):
+                out = model(x.to(device))
+            loss = objective.loss(out, sample)
+            (loss / settings.grad_accum).backward()
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            fault = bag_out_of_memory(exc, x, sample, device, settings.precision)
+            if fault is None:
+                raise
+            raise fault from exc
         losses.append(loss.item())
         if (step + 1) % settings.grad_accum == 0 or step == n_train - 1:
             optimiser.step()
@@ -341,6 +347,23 @@ def train_final(
     summary = {"task": task.name, "model": model_name, "fold": "final", "n_train": len(data), **chosen}
     write_json(outputs["summary"], summary)
     return summary
+
+
+def bag_out_of_memory(
+    exc: BaseException, x: torch.Tensor, sample: Sample, device: torch.device, precision: str
+) -> FaultError | None:
+    """A one-line :class:`FaultError` for a bag that did not fit in memory (its size and what to change); None for
+    any other error."""
+    if not (isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)):
+        return None
+    where = "GPU" if torch.device(device).type == "cuda" else "host"
+    slides = ", ".join(sample.slide_ids)
+    return FaultError(
+        f"patient {sample.case_id} (slides {slides})",
+        f"{where} out of memory training on a bag of {x.shape[0]} instances × {x.shape[-1]} features "
+        f"(precision {precision}): use training.precision bf16, fewer patches per slide (a coarser "
+        f"tiling.target_mpp or a higher tiling.tissue_threshold), or a {where} with more memory",
+    )
 
 
 def trained_order(order_files: dict[str, Any], order: dict[str, Any] | None, settings: TrainSettings) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from snakemake.utils import validate
 from mambamil import demo, paths
 from mambamil.config import task_model, task_training, verb_settings
 from mambamil.features import encoder_tag
-from mambamil.qc import EXCLUDED, exclusion_report, read_qc_table
+from mambamil.qc import EXCLUDED, age_outputs, changed_slides, exclusion_report, read_qc_table
 from mambamil.sheets import read_label_sheet, read_slide_sheet
 
 
