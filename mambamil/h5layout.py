@@ -24,10 +24,11 @@ Feature file (features stage), ``features/<encoder_tag>/<slide_id>.h5``::
                read_size_level0 (px read at level 0), slide_mpp, coords_file, settings_json (what a rerun
                compares to decide whether to skip), mambamil_version, torch_version, timm_version, preset (the
                encoder preset, "" for timm:<model>), output (recipe: cls | cls+mean | mean | pooled | projection |
-               attn_pool), interpolation, crop_pct, encoder_mpp (µm/px the preset was trained at); files written
-               before presets lack the last five and still read
+               attn_pool), interpolation, crop_pct, encoder_mpp (µm/px the preset was trained at, 0 if none)
     /coords    int64 (N, 2)  level-0 top-left (x, y), identical to the tile stage's coords (same order)
         attrs: the tile stage's coords attributes, copied unchanged
+
+Feature files written before encoder presets lack the last five ``features`` attributes and still read.
 
 CLAM (``h5_files/<slide>.h5``: ``features`` (N, 1024), ``coords`` (N, 2)) and TRIDENT
 (``features_<encoder>/<slide>.h5``: the same two datasets, coords attributes from its patcher) read the two

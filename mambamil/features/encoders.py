@@ -165,7 +165,7 @@ class Encoder:
             output=self.spec.output,
             interpolation=self.spec.interpolation,
             crop_pct=float(self.spec.crop_pct),
-            encoder_mpp=float(self.preset.mpp) if self.preset and self.preset.mpp else None,
+            encoder_mpp=float(self.preset.mpp) if self.preset and self.preset.mpp else 0.0,
         )
 
 
@@ -203,6 +203,8 @@ def _timm_kwargs(arch_kwargs: Any, depth: int | None) -> dict[str, Any]:
     kwargs["num_classes"] = 0
     if depth is not None:
         kwargs["depth"] = depth
+    if torch.get_default_device().type == "meta":
+        kwargs["weight_init"] = "skip"  # shapes only: no initialisation to run
     return kwargs
 
 
@@ -612,10 +614,15 @@ def release_to_model_keys(
 
 
 def matching_presets(state: dict[str, torch.Tensor]) -> list[str]:
-    """Presets whose full-size architecture (built on the meta device) the state dict fits exactly."""
+    """Presets whose full-size architecture (built on the meta device) the state dict fits exactly; only presets
+    whose recorded release shapes (:attr:`Preset.release_keys`) fit are built."""
     out = []
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     for p in PRESETS.values():
+        recorded = release_to_model_keys(dict(p.release_keys), shapes, p.strip_prefix, p.key_renames)
+        probe = release_to_model_keys(shapes, shapes, p.strip_prefix, p.key_renames)
+        if any(probe.get(k) != tuple(s) for k, s in recorded.items()):
+            continue  # the few recorded release shapes already differ: no need to build it
         try:
             with torch.device("meta"):
                 built = build_preset(p)
@@ -626,7 +633,9 @@ def matching_presets(state: dict[str, torch.Tensor]) -> list[str]:
         theirs = {
             k: s
             for k, s in release_to_model_keys(shapes, sd, p.strip_prefix, p.key_renames).items()
-            if not k.startswith(p.ignore_prefixes) and not (p.ignore_suffixes and k.endswith(p.ignore_suffixes))
+            if not k.startswith(p.ignore_prefixes)
+            and not (p.ignore_suffixes and k.endswith(p.ignore_suffixes))
+            and not k.endswith("num_batches_tracked")
         }
         if own == theirs:
             out.append(p.name)

@@ -110,7 +110,7 @@ class Preset:
 
 
 def _fmt(values: tuple[float, ...]) -> str:
-    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
 def _kw(**kwargs: Any) -> Mapping[str, Any]:
