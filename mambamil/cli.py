@@ -649,7 +649,7 @@ def _run_encoders(args: argparse.Namespace) -> int:
     print("|" + "---|" * len(cols))
     for row in rows:
         print("| " + " | ".join(str(row[c]) for c in cols) + " |")
-    print("\nAny other timm model: encoder timm:<name> (optionally features.mean/std/input_size/interpolation/pooling).")
+    print("\nAny other timm model: encoder timm:<name> (features.mean/std/input_size/interpolation/pooling).")
     return 0
 
 

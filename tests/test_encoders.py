@@ -291,3 +291,14 @@ def test_bags_of_another_encoder_are_refused(tmp_path: Path) -> None:
     old = _bag(tmp_path / "old.h5", **{k: v for k, v in r18.items()})
     new = _bag(tmp_path / "new.h5", **r18, output="pooled", interpolation="area", preset="")
     assert check_one_encoder({"old": old, "new": new})["encoder"] == "timm:resnet18"
+
+
+def test_tile_resolution_is_checked_against_the_preset() -> None:
+    from mambamil.features.encoders import check_tile_resolution
+
+    enc = create_encoder("phikon", "random", depth=1)
+    assert check_tile_resolution(enc, 0.5, 256) is None and check_tile_resolution(enc, 0.53, 224) is None
+    msg = check_tile_resolution(enc, 1.0, 256, "S1")
+    assert msg is not None and "S1" in msg and "0.5 µm/px" in msg and "'phikon'" in msg
+    timm_enc = create_encoder("timm:test_vit", "random")
+    assert check_tile_resolution(timm_enc, 2.0, 256) is None  # no trained resolution to compare with
