@@ -15,6 +15,11 @@ device: the ceiling), and ``many`` (``--n-small`` small demo slides: one process
 per-stage table of our path. Prints Markdown tables.
 
     python benchmarks/features.py [--device cpu|cuda] [--batch-size 64] [--num-workers N] [--quick]
+
+``--presets uni_v1 uni_v2 virchow2`` instead measures encoder presets (random weights at full size: the same
+compute as the released ones): patches/s of the model alone on device-resident batches (bf16 autocast, SDPA,
+channels-last, ``--compile``) and end to end (``extract_slide`` on the slide, same model instance), and their
+ratio (the issue asks ≥ 90 % on a GPU for the ViT-L/H presets).
 """
 
 from __future__ import annotations
@@ -143,7 +148,13 @@ def main() -> None:
     ap.add_argument("--small-size", type=int, nargs=2, default=(1536, 1152), metavar=("W", "H"))
     ap.add_argument("--quick", action="store_true", help="skip the many-slides case")
     ap.add_argument("--profile", action="store_true", help="also print our per-stage table")
+    ap.add_argument("--presets", nargs="+", help="measure these encoder presets instead (encoder alone, end to end)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the preset encoders (CUDA only)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="encoder-alone timing per preset")
     args = ap.parse_args()
+    if args.presets:
+        presets_table(args)
+        return
     device = torch.device(args.device)
     workers = default_num_workers() if args.num_workers is None else args.num_workers
     enc = create_encoder("resnet50_trunc", "random")
@@ -201,6 +212,54 @@ def main() -> None:
         print("\nour per-stage profile (large slide):\n" + profile.table())
     if many is not None:
         print("\n" + many)
+
+
+def presets_table(args: argparse.Namespace) -> None:
+    """Encoder alone vs end to end, per preset, on one slide (``--large-size`` demo slide or ``--slide``)."""
+    from mambamil.features.encoders import fast_model
+
+    device = torch.device(args.device)
+    workers = default_num_workers() if args.num_workers is None else args.num_workers
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        slide = args.slide
+        if args.large_size:
+            demo.generate_cohort(tmp / "large", 2, 0, tuple(args.large_size), progress=False)
+            slide = demo.slide_path(tmp / "large", demo.slide_ids(2)[0])
+        coords = tile_slide(slide, tmp / "tiles", TilingSettings.from_config()).outputs["coords"]
+        n = len(read_coords(coords).coords)
+        for name in args.presets:
+            t0 = time.perf_counter()
+            enc = create_encoder(name, "random")
+            t_build = time.perf_counter() - t0
+            enc.model = fast_model(enc, device, args.compile)
+            alone = encoder_only(enc, device, args.batch_size, args.precision, args.seconds)
+            settings = FeatureSettings.from_config(
+                {
+                    "encoder": name,
+                    "weights": "random",
+                    "batch_size": args.batch_size,
+                    "num_workers": workers,
+                    "device": args.device,
+                    "precision": args.precision,
+                }
+            )
+            extract_slide(slide, coords, tmp / f"{name}_warm.h5", settings, progress=False, force=True, encoder=enc)
+            res = extract_slide(slide, coords, tmp / f"{name}.h5", settings, progress=False, force=True, encoder=enc)
+            rows.append((name, enc.dim, enc.spec.input_size[0], t_build, alone, res.patches_per_s))
+            del enc
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(
+        f"{gpu}, torch {torch.__version__} ({torch.get_num_threads()} threads), slide {slide.name} ({n} patches), "
+        f"batch {args.batch_size}, {workers} reader(s), precision {args.precision}, compile {args.compile}"
+    )
+    print("| preset | dim | input px | build s | encoder alone patches/s | end to end patches/s | end to end ÷ alone |")
+    print("|---|---|---|---|---|---|---|")
+    for name, dim, size, t_build, alone, e2e in rows:
+        print(f"| {name} | {dim} | {size} | {t_build:.1f} | {alone:.1f} | {e2e:.1f} | {100 * e2e / alone:.0f} % |")
 
 
 def many_slides(tmp: Path, args: argparse.Namespace, settings: FeatureSettings, enc: Encoder) -> str:

@@ -9,6 +9,9 @@
 # stage (issue 11) is a fourth step, best run as a second call since one call may last at most 10 minutes:
 #     WITH_IMAGECODECS=1 ../shared/device/prepare.sh   # on the workstation: the demo slides need imagecodecs
 #     source .device/gpu_env.sh --no-mamba; GPU_CHECK_STEPS=features bash benchmarks/gpu_check.sh
+# Encoder presets (issue 18): patches/s of uni_v1, uni_v2 and virchow2 alone and end to end (random weights at
+# full size; bf16, SDPA, channels-last; ENCODERS_COMPILE=1 adds torch.compile), needs imagecodecs as above:
+#     source .device/gpu_env.sh --no-mamba; GPU_CHECK_STEPS=encoders bash benchmarks/gpu_check.sh
 set -u
 OUT=${OUT:-benchmarks/out/gpu}
 mkdir -p "$OUT"
@@ -34,10 +37,13 @@ for step in $STEPS; do
     features) timeout 420 "$PY" benchmarks/features.py --device cuda --precision bf16 --batch-size 256 \
                 --num-workers 15 --large-size 17216 12912 --n-small 12 --small-size 4608 3584 --check 256 \
                 --profile > "$OUT/features.txt" 2>&1 ;;
+    encoders) timeout 480 "$PY" benchmarks/features.py --device cuda --precision bf16 --batch-size 256 \
+                --num-workers 15 --large-size 17216 12912 --seconds 10 --presets uni_v1 uni_v2 virchow2 \
+                ${ENCODERS_COMPILE:+--compile} > "$OUT/encoders.txt" 2>&1 ;;
     *) echo "gpu_check: unknown step $step"; continue ;;
   esac
   rc=$?
   echo "gpu_check: $step rc=$rc in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/env.txt"
 done
 tail -n 5 "$OUT/tests.txt" 2>/dev/null
-tail -n 30 "$OUT/scan.txt" "$OUT/aggregator.txt" "$OUT/features.txt" 2>/dev/null
+tail -n 30 "$OUT/scan.txt" "$OUT/aggregator.txt" "$OUT/features.txt" "$OUT/encoders.txt" 2>/dev/null

@@ -741,6 +741,37 @@ def _add_validate_config(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_validate_config)
 
 
+# -- encoders -----------------------------------------------------------------------------------------------
+def _add_encoders(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "encoders",
+        help="list the encoder presets (foundation models exactly as their authors run them)",
+        description="The encoder presets of features.encoder: name, model, output dimension, input size and "
+        "interpolation, µm/px it was trained at, output recipe, mean/std, weight source and licence. Any other "
+        "timm model is timm:<name>.",
+    )
+    p.add_argument("--format", choices=("table", "json"), default="table", help="default: %(default)s")
+    p.set_defaults(func=_run_encoders)
+
+
+def _run_encoders(args: argparse.Namespace) -> int:
+    import json
+
+    from mambamil.features.presets import preset_table
+
+    rows = preset_table()
+    if args.format == "json":
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    cols = list(rows[0])
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for row in rows:
+        print("| " + " | ".join(str(row[c]) for c in cols) + " |")
+    print("\nAny other timm model: encoder timm:<name> (features.mean/std/input_size/interpolation/pooling).")
+    return 0
+
+
 def _check_sheets(config: dict) -> None:
     """Read both sheets and cross-check them; one error lists every problem found in either."""
     from mambamil.errors import ConfigError
@@ -787,6 +818,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_qc,
     _add_qc_retry,
     _add_validate_config,
+    _add_encoders,
 ]
 
 

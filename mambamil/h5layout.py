@@ -22,9 +22,13 @@ Feature file (features stage), ``features/<encoder_tag>/<slide_id>.h5``::
                the weights are random), input_size (h, w), mean, std, resize (the patch resize method),
                precision, device, storage_dtype, slide_id, target_mpp, patch_size, patch_size_level0,
                read_size_level0 (px read at level 0), slide_mpp, coords_file, settings_json (what a rerun
-               compares to decide whether to skip), mambamil_version, torch_version, timm_version
+               compares to decide whether to skip), mambamil_version, torch_version, timm_version, preset (the
+               encoder preset, "" for timm:<model>), output (recipe: cls | cls+mean | mean | pooled | projection |
+               attn_pool), interpolation, crop_pct, encoder_mpp (µm/px the preset was trained at, 0 if none)
     /coords    int64 (N, 2)  level-0 top-left (x, y), identical to the tile stage's coords (same order)
         attrs: the tile stage's coords attributes, copied unchanged
+
+Feature files written before encoder presets lack the last five ``features`` attributes and still read.
 
 CLAM (``h5_files/<slide>.h5``: ``features`` (N, 1024), ``coords`` (N, 2)) and TRIDENT
 (``features_<encoder>/<slide>.h5``: the same two datasets, coords attributes from its patcher) read the two
@@ -144,6 +148,11 @@ class FeatureAttrs(_Attrs):
     mambamil_version: str | None = None
     torch_version: str | None = None
     timm_version: str | None = None
+    preset: str | None = None  # the encoder preset ("" for timm:/registered encoders; absent in older files)
+    output: str | None = None  # output recipe: cls | cls+mean | mean | pooled | projection | attn_pool
+    interpolation: str | None = None  # resize interpolation: area | bilinear | bicubic
+    crop_pct: float | None = None  # < 1: resized to input/crop_pct and centre-cropped
+    encoder_mpp: float | None = None  # µm/px the preset was trained at
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -436,3 +445,79 @@ def _numpy_safe_globals() -> list[Any]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else ""
+
+
+# -- which encoder made a bag ---------------------------------------------------------------------------------
+#: Feature attributes that identify the encoder behind a bag: name, options, preset recipe, preprocessing and
+#: the loaded weights. Files written before some of them existed are compared on the ones both have.
+ENCODER_IDENTITY = (
+    "encoder",
+    "encoder_kwargs",
+    "preset",
+    "output",
+    "mean",
+    "std",
+    "input_size",
+    "interpolation",
+    "crop_pct",
+    "state_dict_sha256",
+)
+
+
+def encoder_identity(meta: FeatureAttrs | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The :data:`ENCODER_IDENTITY` attributes present in ``meta`` (a file's record or a checkpoint's stored
+    ``feature_attrs``), normalised for comparison; empty for bags that record no encoder (CLAM, TRIDENT)."""
+    if meta is None:
+        return {}
+    values = meta.to_attrs() if isinstance(meta, _Attrs) else dict(meta)
+    out: dict[str, Any] = {}
+    for key in ENCODER_IDENTITY:
+        value = values.get(key)
+        if value is None or (key == "preset" and value == ""):
+            continue
+        if isinstance(value, (list, tuple, np.ndarray)):
+            value = tuple(round(float(v), 6) for v in np.asarray(value).reshape(-1))
+        elif isinstance(value, float):
+            value = round(value, 6)
+        out[key] = value
+    return out if "encoder" in out else {}
+
+
+def describe_encoder(identity: Mapping[str, Any]) -> str:
+    """One phrase naming an encoder: ``uni_v2 [cls] (weights 1a2b3c4d5e6f)``."""
+    text = str(identity.get("encoder", "unknown encoder"))
+    if identity.get("output"):
+        text += f" [{identity['output']}]"
+    if identity.get("state_dict_sha256"):
+        text += f" (weights {str(identity['state_dict_sha256'])[:12]})"
+    return text
+
+
+def encoder_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> str | None:
+    """None when two encoder identities agree on every attribute both record, else the first that differs."""
+    for key in ENCODER_IDENTITY:
+        if key in a and key in b and a[key] != b[key]:
+            return f"{key} {a[key]} vs {b[key]}"
+    return None
+
+
+def check_one_encoder(feature_files: Mapping[str, str | Path]) -> dict[str, Any]:
+    """The encoder identity shared by every mambamil feature file of a study; an :class:`InputFileError` naming
+    both encoders (and a file of each) when two differ. Foreign bags that record no encoder are not compared."""
+    first: tuple[Path, dict[str, Any]] | None = None
+    for path in map(Path, feature_files.values()):
+        found = read_feature_attrs(path)
+        identity = encoder_identity(found[0]) if found else {}
+        if not identity:
+            continue
+        if first is None:
+            first = (path, identity)
+            continue
+        diff = encoder_difference(first[1], identity)
+        if diff:
+            raise InputFileError(
+                path,
+                f"features made with {describe_encoder(identity)}, but {first[0]} with "
+                f"{describe_encoder(first[1])} ({diff}): a study cannot mix two encoders",
+            )
+    return first[1] if first else {}

@@ -203,7 +203,7 @@ def heatmap_slide(
     an override warns). Returns a summary with the slide's prediction."""
     settings = settings or HeatmapSettings.from_config()
     ensemble = load_ensemble([Path(c) for c in checkpoints], device, original, order)
-    bag = load_bag(features_path, ensemble.in_dim, slide_id=Path(features_path).stem)
+    bag = load_bag(features_path, ensemble.in_dim, slide_id=Path(features_path).stem, encoder=ensemble.encoder)
     if bag.coords is None:
         raise InputFileError(features_path, "the bag has no patch coordinates, so it cannot be drawn on the slide")
     coords = bag.coords

@@ -15,7 +15,7 @@ this module, so a slide gets the same scores whichever path draws it:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from mambamil.bags import BagDataset, TaskSpec
 from mambamil.device import mil_autocast, resolve_device
 from mambamil.errors import InputFileError, MambamilError
 from mambamil.fileio import atomic_output
+from mambamil.h5layout import describe_encoder, encoder_difference, encoder_identity
 from mambamil.models import load_checkpoint
 from mambamil.order import METHODS, STORED, slide_order
 
@@ -110,6 +111,7 @@ class Ensemble:
     task: TaskSpec
     in_dim: int
     device: torch.device
+    encoder: dict[str, Any] = field(default_factory=dict)  # identity of the encoder its training bags came from
 
     @property
     def models(self) -> list[torch.nn.Module]:
@@ -139,17 +141,23 @@ def load_ensemble(
             used = (order, trained[1])
         members.append(Member(path, model.to(dev).eval(), extra, used, checkpoint_precision(extra)))
     first = members[0]
+    encoder = encoder_identity(first.extra.get("feature_attrs"))
     for m in members[1:]:
         for key in ("task_kind", "classes", "in_dim"):
             if m.extra.get(key) != first.extra.get(key):
                 raise InputFileError(m.path, f"checkpoint's {key} {m.extra.get(key)} differs from {first.path}")
+        other = encoder_identity(m.extra.get("feature_attrs"))
+        if encoder_difference(encoder, other):
+            raise InputFileError(
+                m.path, f"trained on {describe_encoder(other)} features, {first.path} on {describe_encoder(encoder)}"
+            )
     extra = first.extra
     kind = extra.get("task_kind", first.model.task)
     classes = tuple(extra.get("classes") or ())
     if kind == "classification" and len(classes) != first.model.n_classes:
         raise InputFileError(first.path, f"checkpoint names {len(classes)} classes for {first.model.n_classes} outputs")
     task = TaskSpec(name=extra.get("task", "task"), kind=kind, classes=classes, n_bins=first.model.n_classes)
-    return Ensemble(members, task, int(extra.get("in_dim", first.model.in_dim)), dev)
+    return Ensemble(members, task, int(extra.get("in_dim", first.model.in_dim)), dev, encoder)
 
 
 @dataclass
@@ -164,13 +172,25 @@ class Bag:
     feature_meta: dict[str, Any] | None = None  # the feature file's provenance attributes (encoder, weights, …)
 
 
-def load_bag(path: str | Path, in_dim: int | None = None, slide_id: str | None = None) -> Bag:
+def load_bag(
+    path: str | Path, in_dim: int | None = None, slide_id: str | None = None, encoder: dict[str, Any] | None = None
+) -> Bag:
     """Read one slide's feature file (project, CLAM or TRIDENT H5, CLAM ``.pt``) for inference; the feature
-    dimension must match the models' ``in_dim``."""
+    dimension must match the models' ``in_dim`` and the bag's encoder the one they were trained on
+    (``encoder``: an :func:`~mambamil.h5layout.encoder_identity`; bags or checkpoints without one pass)."""
     from mambamil.h5layout import read_bag
 
     path = Path(path)
     bag = read_bag(path)
+    if encoder:
+        own = encoder_identity(bag.feature_meta)
+        diff = encoder_difference(encoder, own) if own else None
+        if diff:
+            raise InputFileError(
+                path,
+                f"features made with {describe_encoder(own)} but the checkpoint was trained on "
+                f"{describe_encoder(encoder)} features ({diff}); re-extract with the checkpoint's encoder",
+            )
     feats = torch.as_tensor(np.asarray(bag.features, dtype=np.float32))
     if in_dim is not None and feats.shape[1] != in_dim:
         raise InputFileError(path, f"feature dimension {feats.shape[1]} does not match the checkpoint's {in_dim}")
@@ -380,7 +400,7 @@ def predict_cohort(
     samples += sorted(groups.items())
     rows = []
     for key, paths in samples:
-        bags = [load_bag(p, ensemble.in_dim, p.stem) for p in paths]
+        bags = [load_bag(p, ensemble.in_dim, p.stem, encoder=ensemble.encoder) for p in paths]
         for bag in bags:
             check_features_match(bag, ensemble)
         ids = sorted(b.slide_id for b in bags)

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mambamil.errors import SlideError
@@ -257,23 +258,50 @@ def area_weights(n_in: int, n_out: int) -> np.ndarray:
 
 
 class DeviceResize:
-    """uint8 (B, h, w, 3) as handed over → float (B, 3, H, W) at the encoder input on the device: shrunk with
-    cv2's INTER_AREA weights (two matrix products) and rounded to uint8 levels as cv2 does, then normalised with
-    the encoder's mean/std exactly as :meth:`Encoder.preprocess`, channels-last."""
+    """uint8 (B, h, w, 3) as handed over → float (B, 3, H, W) at the encoder input on the device, channels-last.
 
-    def __init__(self, size: tuple[int, int], out_size: tuple[int, int], mean, std, device: torch.device) -> None:
+    ``interpolation`` ``area`` (default) shrinks with cv2's INTER_AREA weights (two matrix products);
+    ``bilinear``/``bicubic`` resize with antialiasing as PIL/torchvision ``Resize`` do. Either way the result is
+    rounded to uint8 levels (as cv2 and PIL return images), centre-cropped when ``crop_pct`` < 1 (resized to
+    ``out/crop_pct`` first, as ``Resize(256)`` + ``CenterCrop(224)``), then normalised with the encoder's
+    mean/std exactly as :meth:`Encoder.preprocess`."""
+
+    def __init__(
+        self,
+        size: tuple[int, int],
+        out_size: tuple[int, int],
+        mean,
+        std,
+        device: torch.device,
+        interpolation: str = "area",
+        crop_pct: float = 1.0,
+    ) -> None:
         (w, h), (ow, oh) = size, out_size
-        self.identity = (w, h) == (ow, oh)
-        self.wy = torch.tensor(area_weights(h, oh), dtype=torch.float32, device=device)
-        self.wxt = torch.tensor(area_weights(w, ow).T, dtype=torch.float32, device=device)
+        rw, rh = (round(ow / crop_pct), round(oh / crop_pct)) if crop_pct < 1.0 else (ow, oh)
+        self.resize_to = (rh, rw)
+        self.crop = (round((rh - oh) / 2.0), round((rw - ow) / 2.0), oh, ow) if (rw, rh) != (ow, oh) else None
+        self.mode = interpolation
+        self.identity = (w, h) == (rw, rh)
+        if interpolation == "area":
+            self.wy = torch.tensor(area_weights(h, rh), dtype=torch.float32, device=device)
+            self.wxt = torch.tensor(area_weights(w, rw).T, dtype=torch.float32, device=device)
+        elif interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"unknown interpolation {interpolation!r}")
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float()
         if not self.identity:
-            x = torch.matmul(torch.matmul(self.wy, x), self.wxt).round_().clamp_(0.0, 255.0)
-        x = (x.div_(255.0) - self.mean) / self.std  # the same arithmetic as Encoder.preprocess
+            if self.mode == "area":
+                x = torch.matmul(torch.matmul(self.wy, x), self.wxt)
+            else:
+                x = F.interpolate(x, size=self.resize_to, mode=self.mode, antialias=True, align_corners=False)
+            x = x.round_().clamp_(0.0, 255.0)
+        if self.crop is not None:
+            top, left, oh, ow = self.crop
+            x = x[:, :, top : top + oh, left : left + ow]
+        x = (x.div(255.0) - self.mean) / self.std  # the same arithmetic as Encoder.preprocess
         return x.contiguous(memory_format=torch.channels_last)
 
 

@@ -2,18 +2,23 @@
 
 Names:
 
-- ``resnet50_trunc``: ResNet-50 truncated after ``layer3`` + global average pooling → 1024-d, ImageNet
-  mean/std, 224 px. The CLAM / MambaMIL recipe (CLAM's ``resnet50_baseline``); ``hub`` weights are timm's
-  ``resnet50.tv_in1k`` (the torchvision ImageNet weights CLAM uses). Parameter names are torchvision's, so a
-  torchvision ResNet-50 checkpoint loads directly (its ``layer4``/``fc`` are dropped by the truncation).
-- ``timm:<model>``: any timm model with its classifier removed (``num_classes=0``: pooled pre-logits), with
-  the model's own pretrained config for input size and mean/std. ``encoder_kwargs`` go to
-  ``timm.create_model`` (UNI ViT-L/16: ``timm:vit_large_patch16_224`` with
-  ``{init_values: 1e-5, dynamic_img_size: true}`` and its ``pytorch_model.bin``).
+- a **preset** (:mod:`mambamil.features.presets`: ``resnet50_trunc``, ``plip``, ``uni_v1``, ``uni_v2``,
+  ``conch_v1_5``, ``virchow``, ``virchow2``, ``h_optimus_0``, ``h_optimus_1``, ``gigapath``, ``phikon``,
+  ``phikon_v2``): a foundation model exactly as its authors run it. The preset row pins the architecture,
+  preprocessing (input size, interpolation, crop, mean/std), output recipe, dimension and weight release; a few
+  builders here (timm ViT, truncated ResNet, transformers CLIP/ViT/DINOv2, CONCH v1.5's vision tower) turn a row
+  into a model. Their settings cannot be overridden (that would no longer be the authors' embedding).
+- ``timm:<model>``: any timm model with its classifier removed (``num_classes=0``: pooled pre-logits),
+  ``encoder_kwargs`` to ``timm.create_model``; input size, mean/std, interpolation and pooling come from the timm
+  config unless set explicitly (``features.mean``, ``std``, ``input_size``, ``interpolation``, ``pooling``); a
+  warning names the normalisation a ``timm:`` model falls back to.
 
-Weights: ``random`` (seeded, for the demo and tests; recorded in every output), ``hub`` (download; only when
-asked), or a path to a local checkpoint (``.pth``/``.pt``/``.bin``/``.safetensors``), loaded strictly: missing,
-unexpected or mis-shaped parameters are an error. Nothing is ever silently random.
+Weights: ``random`` (seeded, for the demo and tests; recorded in every output), ``hub`` (download via
+``huggingface_hub``/timm; only when asked), or a local checkpoint file or downloaded hub snapshot folder
+(``model.safetensors``, ``pytorch_model.bin``, ``pytorch_model_vision.bin``, ``open_clip_pytorch_model.bin``),
+loaded strictly: missing, unexpected or mis-shaped parameters are a one-line error naming the encoder, the file,
+the first mismatching keys and, when they fit one, the preset the weights belong to. Nothing is ever silently
+random.
 
 Register more with::
 
@@ -26,48 +31,73 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mambamil.errors import InputFileError, MambamilError
 from mambamil.features import HUB, RANDOM
+from mambamil.features.presets import (  # noqa: F401  (IMAGENET_*: re-exported)
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INTERPOLATIONS,
+    PRESETS,
+    SILU,
+    SWIGLU_PACKED,
+    WEIGHT_FILES,
+    Preset,
+)
 from mambamil.h5layout import FeatureAttrs
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: Seed of ``random`` weights, so random features are reproducible.
 RANDOM_SEED = 0
 
 RANDOM_WARNING = "RANDOM WEIGHTS: these features carry no pretrained knowledge (demo/tests only)"
 
+#: ``timm:`` poolings (``features.pooling``): ``pooled`` is timm's head-less forward.
+TIMM_POOLINGS = ("pooled", "cls", "cls+mean", "mean")
+
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """What a model expects as input: (h, w) pixels, per-channel mean/std on [0, 1] RGB.
-
-    Patches are resized to ``input_size`` whole (no centre crop: a crop would drop tissue at the border)."""
+    """What a model expects as input: (h, w) pixels, per-channel mean/std on [0, 1] RGB, the resize
+    interpolation (``area``: cv2 INTER_AREA weights; ``bilinear``/``bicubic``: antialiased, as PIL/torchvision
+    resize) and the crop (``crop_pct`` < 1: resize to ``input/crop_pct`` and keep the centre)."""
 
     input_size: tuple[int, int]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    interpolation: str = "area"
+    crop_pct: float = 1.0
+    output: str = "pooled"
 
 
 @dataclass
 class BuiltModel:
-    """What a registered builder returns: the module, its input spec, and checkpoint key prefixes to ignore
-    (parameters the encoder drops on purpose, e.g. ``layer4.`` and ``fc.`` of a truncated ResNet)."""
+    """What a builder returns: the module producing embeddings, its input spec, checkpoint key prefixes to ignore
+    (parameters the encoder drops on purpose, e.g. ``layer4.`` and ``fc.`` of a truncated ResNet), and the module
+    whose state dict is the weight file's key layout (the same module unless an output recipe wraps it)."""
 
     module: nn.Module
     spec: EncoderSpec
     ignore_prefixes: tuple[str, ...] = ()
+    weights_module: nn.Module | None = None
+    ignore_suffixes: tuple[str, ...] = ()
+    strip_prefix: str = ""
+    key_renames: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def target(self) -> nn.Module:
+        return self.weights_module if self.weights_module is not None else self.module
 
 
 Builder = Callable[..., BuiltModel]
@@ -78,7 +108,7 @@ def register_encoder(name: str) -> Callable[[Builder], Builder]:
     """Register ``builder(pretrained: bool, **kwargs) -> BuiltModel`` under ``name``."""
 
     def deco(builder: Builder) -> Builder:
-        if name in _REGISTRY:
+        if name in _REGISTRY or name in PRESETS:
             raise ValueError(f"encoder {name!r} is already registered")
         _REGISTRY[name] = builder
         return builder
@@ -87,7 +117,7 @@ def register_encoder(name: str) -> Callable[[Builder], Builder]:
 
 
 def available_encoders() -> list[str]:
-    return [*sorted(_REGISTRY), "timm:<model name>"]
+    return [*PRESETS, *sorted(_REGISTRY), "timm:<model name>"]
 
 
 @dataclass
@@ -103,6 +133,7 @@ class Encoder:
     weights_sha256: str
     state_dict_sha256: str
     kwargs: dict[str, Any]
+    preset: Preset | None = None
 
     @property
     def random(self) -> bool:
@@ -130,21 +161,239 @@ class Encoder:
             input_size=tuple(self.spec.input_size),
             mean=tuple(self.spec.mean),
             std=tuple(self.spec.std),
+            preset=self.preset.name if self.preset else "",
+            output=self.spec.output,
+            interpolation=self.spec.interpolation,
+            crop_pct=float(self.spec.crop_pct),
+            encoder_mpp=float(self.preset.mpp) if self.preset and self.preset.mpp else 0.0,
         )
 
 
-# -- registered encoders ----------------------------------------------------------------------------------
-@register_encoder("resnet50_trunc")
-def _resnet50_trunc(pretrained: bool, **kwargs: Any) -> BuiltModel:
-    """CLAM's ``resnet50_baseline``: conv1 … layer3, adaptive average pool → 1024-d."""
-    model = _timm_create("resnet50.tv_in1k", pretrained, num_classes=0, **kwargs)
+# -- output recipes over token sequences ----------------------------------------------------------------------
+class TokenRecipe(nn.Module):
+    """One vector per image from a backbone's final tokens (B, T, D): ``cls`` (token 0), ``mean`` (mean of the
+    patch tokens, after ``prefix_tokens`` class/register tokens) or ``cls+mean`` (both, concatenated)."""
+
+    def __init__(self, backbone: nn.Module, tokens: Callable[[torch.Tensor], torch.Tensor], output: str, prefix: int):
+        super().__init__()
+        if output not in ("cls", "mean", "cls+mean"):
+            raise ValueError(f"no token recipe {output!r}")
+        self.backbone = backbone
+        self._tokens = tokens
+        self.output, self.prefix = output, prefix
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return token_recipe(self._tokens(x), self.output, self.prefix)
+
+
+def token_recipe(tokens: torch.Tensor, output: str, prefix: int) -> torch.Tensor:
+    """The embedding of final tokens (B, T, D) by recipe (see :class:`TokenRecipe`)."""
+    if output == "cls":
+        return tokens[:, 0]
+    patches = tokens[:, prefix:].mean(dim=1)
+    return patches if output == "mean" else torch.cat([tokens[:, 0], patches], dim=-1)
+
+
+# -- builders of preset families ------------------------------------------------------------------------------
+def _timm_kwargs(arch_kwargs: Any, depth: int | None) -> dict[str, Any]:
+    import timm.layers
+
+    symbols = {SWIGLU_PACKED: timm.layers.SwiGLUPacked, SILU: nn.SiLU}
+    kwargs = {k: symbols.get(v, v) if isinstance(v, str) else v for k, v in arch_kwargs.items()}
+    kwargs["num_classes"] = 0
+    if depth is not None:
+        kwargs["depth"] = depth
+    if torch.get_default_device().type == "meta":
+        kwargs["weight_init"] = "skip"  # shapes only: no initialisation to run
+    return kwargs
+
+
+def _build_timm_vit(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
+    import timm
+
+    vit = timm.create_model(p.arch, pretrained=False, **_timm_kwargs(p.arch_kwargs, depth))
+    return TokenRecipe(vit, vit.forward_features, p.output, p.prefix_tokens), vit
+
+
+def _build_resnet_trunc(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
+    model = _timm_create(f"{p.arch}.tv_in1k", False, num_classes=0)
     model.layer4 = nn.Identity()  # forward_features stops after layer3; the head average-pools 1024 channels
     model.num_features = 1024
-    spec = EncoderSpec((224, 224), IMAGENET_MEAN, IMAGENET_STD)
-    return BuiltModel(model, spec, ignore_prefixes=("layer4.", "fc."))
+    return model, model
 
 
-def _timm_builder(model_name: str) -> Builder:
+def _hf_config(cls_name: str, p: Preset, depth: int | None) -> Any:
+    import transformers
+
+    config = getattr(transformers, cls_name)(**dict(p.arch_kwargs))
+    if depth is not None:
+        config.num_hidden_layers = depth
+    config._attn_implementation = "sdpa"  # fused scaled-dot-product attention
+    return config
+
+
+def _build_hf_clip(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
+    from transformers import CLIPVisionModelWithProjection
+
+    model = CLIPVisionModelWithProjection(_hf_config("CLIPVisionConfig", p, depth))
+    return _HFOutput(model, "image_embeds"), model
+
+
+def _build_hf_vit(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
+    from transformers import ViTModel
+
+    model = ViTModel(_hf_config("ViTConfig", p, depth), add_pooling_layer=False)
+    return TokenRecipe(model, _HFOutput(model, "last_hidden_state"), p.output, p.prefix_tokens), model
+
+
+def _build_hf_dinov2(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
+    from transformers import Dinov2Model
+
+    model = Dinov2Model(_hf_config("Dinov2Config", p, depth))
+    return TokenRecipe(model, _HFOutput(model, "last_hidden_state"), p.output, p.prefix_tokens), model
+
+
+class _HFOutput(nn.Module):
+    """A transformers model called on ``pixel_values``, returning one field of its output."""
+
+    def __init__(self, model: nn.Module, field: str) -> None:
+        super().__init__()
+        self.model, self.field = model, field
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model(pixel_values=x), self.field)
+
+
+class AttentionalPooler(nn.Module):
+    """CoCa/CONCH contrastive attentional pooling: learned queries attend over the tokens (multi-head)."""
+
+    def __init__(self, d_model: int, context_dim: int, n_head: int = 8, n_queries: int = 1) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(n_queries, d_model))
+        self.heads = n_head
+        self.ln_k = nn.LayerNorm(context_dim)
+        self.ln_q = nn.LayerNorm(d_model)
+        self.to_q = nn.Linear(d_model, d_model, bias=False)
+        self.to_kv = nn.Linear(context_dim, d_model * 2, bias=False)
+        self.to_out = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h = x.shape[0], self.heads
+        q = self.to_q(self.ln_q(self.query)).expand(b, -1, -1)
+        k, v = self.to_kv(self.ln_k(x)).chunk(2, dim=-1)
+        q, k, v = (t.unflatten(-1, (h, -1)).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).flatten(2))
+
+
+class ConchVisionTower(nn.Module):
+    """CONCH v1.5's vision encoder: a ViT-L/16 trunk (LayerScale) whose 224-px position embedding is interpolated
+    to the input grid the DINO way (bicubic, scale factor with the +0.1 offset), then the contrastive attentional
+    pooler and a LayerNorm (768-d). Key layout of ``pytorch_model_vision.bin``."""
+
+    def __init__(self, trunk: nn.Module, pooler_dim: int, pooler_heads: int) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.attn_pool_contrast = AttentionalPooler(pooler_dim, trunk.embed_dim, pooler_heads, 1)
+        self.ln_contrast = nn.LayerNorm(pooler_dim)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.trunk
+        grid = t.patch_embed(x)  # (B, h, w, D) with dynamic_img_size
+        b, gh, gw, d = grid.shape
+        pos = self.trunk.pos_embed
+        n = pos.shape[1] - 1
+        side = int(math.sqrt(n))
+        patch_pos = pos[:, 1:]
+        if (gh, gw) != (side, side):
+            patch_pos = F.interpolate(
+                patch_pos.reshape(1, side, side, d).permute(0, 3, 1, 2),
+                scale_factor=((gh + 0.1) / side, (gw + 0.1) / side),
+                mode="bicubic",
+            )
+            patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, -1, d)
+        cls = (t.cls_token + pos[:, :1]).expand(b, -1, -1)
+        seq = torch.cat([cls, grid.reshape(b, gh * gw, d) + patch_pos], dim=1)
+        return t.norm(t.blocks(t.norm_pre(seq)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln_contrast(self.attn_pool_contrast(self.tokens(x))[:, 0])
+
+
+def _build_conch_v1_5(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
+    import timm
+
+    kw = dict(p.arch_kwargs)
+    pooler_dim, pooler_heads = kw.pop("pooler_dim"), kw.pop("pooler_heads")
+    trunk = timm.create_model(p.arch, pretrained=False, dynamic_img_size=True, **_timm_kwargs(kw, depth))
+    tower = ConchVisionTower(trunk, pooler_dim, pooler_heads)
+    return tower, tower
+
+
+_FAMILIES: dict[str, Callable[[Preset, int | None], tuple[nn.Module, nn.Module]]] = {
+    "timm_vit": _build_timm_vit,
+    "resnet_trunc": _build_resnet_trunc,
+    "hf_clip": _build_hf_clip,
+    "hf_vit": _build_hf_vit,
+    "hf_dinov2": _build_hf_dinov2,
+    "conch_v1_5": _build_conch_v1_5,
+}
+
+
+def build_preset(p: Preset, depth: int | None = None) -> BuiltModel:
+    """A preset's model with fresh (random) weights; ``depth`` builds a reduced-depth copy (tests)."""
+    module, target = _FAMILIES[p.family](p, depth)
+    spec = EncoderSpec((p.input_size, p.input_size), p.mean, p.std, p.interpolation, p.crop_pct, p.output)
+    return BuiltModel(module, spec, p.ignore_prefixes, target, p.ignore_suffixes, p.strip_prefix, p.key_renames)
+
+
+def _preset_builder(p: Preset) -> Builder:
+    def build(pretrained: bool, depth: int | None = None, **kwargs: Any) -> BuiltModel:
+        if kwargs:
+            raise MambamilError(
+                f"encoder '{p.name}' is a preset: its architecture is fixed, encoder_kwargs {sorted(kwargs)} are not "
+                "allowed (use timm:<model> for a custom recipe)"
+            )
+        if pretrained:
+            raise MambamilError(f"encoder '{p.name}': a preset's hub weights load through create_encoder")
+        return build_preset(p, depth)
+
+    return build
+
+
+# -- timm: ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TimmOverrides:
+    """Explicit ``features`` settings that override a ``timm:`` model's own config (None / empty: the config's)."""
+
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    input_size: int | None = None
+    interpolation: str | None = None
+    pooling: str | None = None
+
+    @classmethod
+    def of(cls, settings: Any) -> TimmOverrides:
+        """From a settings object with ``mean``, ``std``, ``input_size``, ``interpolation``, ``pooling``."""
+        get = lambda k: getattr(settings, k, None) or None  # noqa: E731  ([] and "" mean unset)
+        mean, std = get("mean"), get("std")
+        for key, value in (("mean", mean), ("std", std)):
+            if value is not None and len(value) != 3:
+                raise MambamilError(f"features.{key} needs 3 values (R, G, B), got {list(value)}")
+        return cls(
+            tuple(float(v) for v in mean) if mean else None,
+            tuple(float(v) for v in std) if std else None,
+            get("input_size"),
+            get("interpolation"),
+            get("pooling"),
+        )
+
+    @property
+    def any(self) -> bool:
+        return any(v is not None for v in (self.mean, self.std, self.input_size, self.interpolation, self.pooling))
+
+
+def _timm_builder(model_name: str, overrides: TimmOverrides) -> Builder:
     def build(pretrained: bool, **kwargs: Any) -> BuiltModel:
         import timm.data
 
@@ -152,13 +401,35 @@ def _timm_builder(model_name: str) -> Builder:
         model = _timm_create(model_name, pretrained, **kwargs)
         cfg = timm.data.resolve_data_config({}, model=model)
         _, h, w = cfg["input_size"]
-        spec = EncoderSpec((int(h), int(w)), _triple(cfg["mean"]), _triple(cfg["std"]))
+        size = (overrides.input_size,) * 2 if overrides.input_size else (int(h), int(w))
+        mean = overrides.mean or _triple(cfg["mean"])
+        std = overrides.std or _triple(cfg["std"])
+        if overrides.mean is None or overrides.std is None:
+            tag = model.pretrained_cfg.get("tag") or ""
+            log.warning(
+                "encoder 'timm:%s' normalises with its timm config's mean %s / std %s (pretrained config %s); set "
+                "features.mean and features.std if its weights were trained with another normalisation",
+                model_name,
+                _rounded(mean),
+                _rounded(std),
+                f"{model_name}.{tag}" if tag else model_name,
+            )
+        interpolation = overrides.interpolation or "area"
+        pooling = overrides.pooling or "pooled"
         classifier = model.pretrained_cfg.get("classifier") or ()
         classifiers = (classifier,) if isinstance(classifier, str) else tuple(classifier)
         ignore = tuple(f"{c}." for c in classifiers) if kwargs["num_classes"] == 0 else ()
-        return BuiltModel(model, spec, ignore_prefixes=ignore)
+        spec = EncoderSpec(size, mean, std, interpolation, 1.0, pooling)
+        if pooling == "pooled":
+            return BuiltModel(model, spec, ignore_prefixes=ignore)
+        prefix = int(getattr(model, "num_prefix_tokens", 1))
+        return BuiltModel(TokenRecipe(model, model.forward_features, pooling, prefix), spec, ignore, model)
 
     return build
+
+
+def _rounded(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
 def _timm_create(model_name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
@@ -193,13 +464,29 @@ def _triple(values: Any) -> tuple[float, float, float]:
     return (v[0], v[0], v[0]) if len(v) == 1 else (v[0], v[1], v[2])
 
 
-def get_builder(name: str) -> Builder:
-    """The builder registered under ``name``, or a timm builder for ``timm:<model>``."""
+def get_builder(name: str, overrides: TimmOverrides | None = None) -> Builder:
+    """The builder of a preset, a registered encoder, or a timm builder for ``timm:<model>``.
+
+    ``overrides`` (explicit mean/std/input size/interpolation/pooling) apply to ``timm:`` models only; a preset
+    refuses them."""
+    overrides = overrides or TimmOverrides()
     if name.startswith("timm:"):
         model_name = name.split(":", 1)[1]
         if not model_name:
             raise MambamilError("encoder 'timm:' needs a model name, e.g. timm:resnet18")
-        return _timm_builder(model_name)
+        if overrides.interpolation and overrides.interpolation not in INTERPOLATIONS:
+            raise MambamilError(f"features.interpolation must be one of {', '.join(INTERPOLATIONS)}")
+        if overrides.pooling and overrides.pooling not in TIMM_POOLINGS:
+            raise MambamilError(f"features.pooling must be one of {', '.join(TIMM_POOLINGS)}")
+        return _timm_builder(model_name, overrides)
+    if overrides.any:
+        set_keys = [k for k in ("mean", "std", "input_size", "interpolation", "pooling") if getattr(overrides, k)]
+        raise MambamilError(
+            f"encoder '{name}' fixes its own preprocessing and output; features.{', '.join(set_keys)} apply to "
+            "timm:<model> encoders only"
+        )
+    if name in PRESETS:
+        return _preset_builder(PRESETS[name])
     if name not in _REGISTRY:
         raise MambamilError(f"unknown encoder {name!r}; choose from {', '.join(available_encoders())}")
     return _REGISTRY[name]
@@ -236,15 +523,28 @@ def state_dict_sha256(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def load_encoder_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """An encoder's state dict from a weights file (unwraps ``state_dict``/``model`` and DDP ``module.`` prefixes)."""
+def resolve_weights_file(path: str | Path, preset: Preset | None = None) -> Path:
+    """The weight file of ``path``: the file itself, or in a folder (a downloaded hub snapshot) the preset's
+    release file, else the first of :data:`~mambamil.features.presets.WEIGHT_FILES` present."""
     path = Path(path)
     if not path.exists():
         raise InputFileError(path, "checkpoint not found")
-    if path.is_dir():
-        raise InputFileError(path, "checkpoint is a directory, not a file")
+    if not path.is_dir():
+        return path
+    names = (*(preset.files if preset else ()), *WEIGHT_FILES)
+    for name in dict.fromkeys(names):
+        if (path / name).is_file():
+            return path / name
+    raise InputFileError(path, f"folder holds no weight file (looked for {', '.join(dict.fromkeys(names))})")
+
+
+def load_encoder_weights(path: str | Path, preset: Preset | None = None) -> dict[str, torch.Tensor]:
+    """An encoder's state dict from a weights file or snapshot folder (unwraps ``state_dict``/``model`` and DDP
+    ``module.`` prefixes)."""
+    path = resolve_weights_file(path, preset)
+    who = f"encoder '{preset.name}': " if preset else ""
     if path.stat().st_size == 0:
-        raise InputFileError(path, "checkpoint is empty (0 bytes)")
+        raise InputFileError(path, f"{who}checkpoint is empty (0 bytes)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -254,24 +554,30 @@ def load_encoder_weights(path: str | Path) -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise InputFileError(path, f"not a loadable checkpoint ({type(exc).__name__}: {first})") from exc
+        raise InputFileError(
+            path, f"{who}not a loadable checkpoint, truncated or corrupt? ({type(exc).__name__}: {first})"
+        ) from exc
     for key in ("state_dict", "model", "model_state_dict", "teacher"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise InputFileError(path, "checkpoint holds no state dict of tensors")
+        raise InputFileError(path, f"{who}checkpoint holds no state dict of tensors")
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
 
 
 def load_strict(built: BuiltModel, state: dict[str, torch.Tensor], path: str | Path, name: str) -> None:
-    """Load ``state`` into ``built.module``: every parameter must be present and shaped right, and every
-    checkpoint key must be used, except those under ``built.ignore_prefixes``."""
-    own = built.module.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own and not k.startswith(built.ignore_prefixes)]
+    """Load ``state`` into ``built.target``: every parameter must be present and shaped right, and every
+    checkpoint key must be used, except those under ``built.ignore_prefixes`` (or ending in ``ignore_suffixes``).
+    A mismatch is one line naming the encoder, the file, the first mismatching keys and the preset the weights
+    fit, if any."""
+    own = built.target.state_dict()
+    state = release_to_model_keys(state, own, built.strip_prefix, built.key_renames)
+    skip = lambda k: k.startswith(built.ignore_prefixes) or k.endswith(built.ignore_suffixes or ("\0",))  # noqa: E731
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked") and not skip(k)]
+    unexpected = [k for k in state if k not in own and not skip(k)]
     shapes = [
         f"{k} {tuple(state[k].shape)}≠{tuple(own[k].shape)}"
         for k in own
@@ -282,37 +588,123 @@ def load_strict(built: BuiltModel, state: dict[str, torch.Tensor], path: str | P
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
             if keys:
                 parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:2])})")
-        raise InputFileError(path, f"checkpoint does not match encoder '{name}': {'; '.join(parts)}")
-    built.module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+        fits = [p for p in matching_presets(state) if p != name]
+        hint = f"; these look like '{fits[0]}' weights" if fits else ""
+        file = resolve_weights_file(path) if Path(path).is_dir() else path
+        raise InputFileError(file, f"checkpoint does not match encoder '{name}': {'; '.join(parts)}{hint}")
+    built.target.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+
+
+def release_to_model_keys(
+    state: dict[str, Any], own: Any, strip_prefix: str = "", renames: tuple[tuple[str, str], ...] = ()
+) -> dict[str, Any]:
+    """A release's state dict under the model's key names: ``strip_prefix`` removed when every key has it, and
+    the ``renames`` applied when the model (its state dict ``own``) no longer uses the release's names."""
+    if strip_prefix and all(k.startswith(strip_prefix) for k in state):
+        state = {k[len(strip_prefix) :]: v for k, v in state.items()}
+    rules = [(re.compile(a), b) for a, b in renames]
+    if rules and not any(rx.search(k) for k in own for rx, _ in rules[:1]):
+        renamed = {}
+        for k, v in state.items():
+            for rx, repl in rules:
+                k = rx.sub(repl, k)
+            renamed[k] = v
+        state = renamed
+    return state
+
+
+def matching_presets(state: dict[str, torch.Tensor]) -> list[str]:
+    """Presets whose full-size architecture (built on the meta device) the state dict fits exactly; only presets
+    whose recorded release shapes (:attr:`Preset.release_keys`) fit are built."""
+    out = []
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    for p in PRESETS.values():
+        recorded = release_to_model_keys(dict(p.release_keys), shapes, p.strip_prefix, p.key_renames)
+        probe = release_to_model_keys(shapes, shapes, p.strip_prefix, p.key_renames)
+        if any(probe.get(k) != tuple(s) for k, s in recorded.items()):
+            continue  # the few recorded release shapes already differ: no need to build it
+        try:
+            with torch.device("meta"):
+                built = build_preset(p)
+        except Exception:  # an optional dependency missing: that preset cannot be the answer here
+            continue
+        sd = built.target.state_dict()
+        own = {k: tuple(v.shape) for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+        theirs = {
+            k: s
+            for k, s in release_to_model_keys(shapes, sd, p.strip_prefix, p.key_renames).items()
+            if not k.startswith(p.ignore_prefixes)
+            and not (p.ignore_suffixes and k.endswith(p.ignore_suffixes))
+            and not k.endswith("num_batches_tracked")
+        }
+        if own == theirs:
+            out.append(p.name)
+    return out
+
+
+def hub_snapshot(p: Preset) -> Path:
+    """Download (or find in the local cache) a preset's release files through ``huggingface_hub``; the token
+    comes from the environment (``HF_TOKEN``) or ``huggingface-cli login``. Never called at import or in tests."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    except ImportError as exc:
+        raise MambamilError(
+            f"encoder '{p.name}': weights=hub needs huggingface_hub (pip install huggingface_hub)"
+        ) from exc
+    try:
+        return Path(snapshot_download(p.hub_id, allow_patterns=list(p.files)))
+    except GatedRepoError as exc:
+        raise MambamilError(
+            f"encoder '{p.name}': https://huggingface.co/{p.hub_id} is gated ({p.licence}): accept its terms on the "
+            "hub with your account, then set HF_TOKEN (or run 'huggingface-cli login'); or download it and set "
+            "weights to the folder"
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise MambamilError(
+            f"encoder '{p.name}': hub repository {p.hub_id} not found or not visible to your token"
+        ) from exc
+    except Exception as exc:
+        raise _hub_error(p.name, exc) from exc
 
 
 # -- creation ---------------------------------------------------------------------------------------------
-def create_encoder(name: str, weights: str | None, checkpoint_sha256: str | None = None, **kwargs: Any) -> Encoder:
-    """Build encoder ``name`` with ``weights`` (``random`` | ``hub`` | checkpoint path), in eval mode on CPU.
-
-    ``checkpoint_sha256`` skips re-hashing a checkpoint the caller has already hashed.
-    """
+def create_encoder(
+    name: str,
+    weights: str | None,
+    checkpoint_sha256: str | None = None,
+    overrides: TimmOverrides | None = None,
+    **kwargs: Any,
+) -> Encoder:
+    """Build encoder ``name`` with ``weights`` (``random`` | ``hub`` | checkpoint file or snapshot folder), in eval
+    mode on CPU. ``checkpoint_sha256`` skips re-hashing a checkpoint the caller has already hashed; ``overrides``
+    are explicit preprocessing/pooling settings of a ``timm:`` model."""
     kind = weights_kind(weights)
-    builder = get_builder(name)
+    builder = get_builder(name, overrides)
+    preset = PRESETS.get(name)
     path, file_hash = "", ""
     if kind == RANDOM:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)
             built = builder(False, **kwargs)
         log.warning("%s: %s", name, RANDOM_WARNING)
-    elif kind == HUB:
+    elif kind == HUB and preset is None:
         built = builder(True, **kwargs)
     else:
-        state = load_encoder_weights(weights)  # type: ignore[arg-type]
-        path = str(Path(weights).resolve())  # type: ignore[arg-type]
-        file_hash = checkpoint_sha256 or file_sha256(path)
+        source = hub_snapshot(preset) if kind == HUB else weights  # type: ignore[arg-type]
+        file = resolve_weights_file(source, preset)  # type: ignore[arg-type]
+        state = load_encoder_weights(file, preset)
+        path = str(file.resolve())
+        file_hash = checkpoint_sha256 or file_sha256(file)
         built = builder(False, **kwargs)
-        load_strict(built, state, weights, name)  # type: ignore[arg-type]
+        load_strict(built, state, file, name)
         del state
     model = built.module.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     dim = _output_dim(model, built.spec, name)
+    if preset is not None and dim != preset.dim:
+        raise MambamilError(f"encoder '{name}' gives {dim}-d features, its preset says {preset.dim}")
     return Encoder(
         name=name,
         model=model,
@@ -321,9 +713,19 @@ def create_encoder(name: str, weights: str | None, checkpoint_sha256: str | None
         weights=kind,
         weights_path=path,
         weights_sha256=file_hash,
-        state_dict_sha256=state_dict_sha256(model),
+        state_dict_sha256=state_dict_sha256(built.target),
         kwargs=dict(kwargs),
+        preset=preset,
     )
+
+
+def fast_model(encoder: Encoder, device: torch.device, compile_model: bool = False) -> nn.Module:
+    """The encoder's model on ``device`` the fast way: channels-last (convolutions), fused SDPA attention (timm
+    and transformers use it by default; set here for transformers), and ``torch.compile`` when asked, on CUDA."""
+    model = encoder.model.to(device=device, memory_format=torch.channels_last)
+    if compile_model and device.type == "cuda":
+        model = torch.compile(model, dynamic=False)
+    return model
 
 
 def _output_dim(model: nn.Module, spec: EncoderSpec, name: str) -> int:
@@ -333,3 +735,19 @@ def _output_dim(model: nn.Module, spec: EncoderSpec, name: str) -> int:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise MambamilError(f"encoder '{name}' returns {shape}, expected (batch, dim)")
     return int(out.shape[1])
+
+
+def check_tile_resolution(encoder: Encoder, target_mpp: float, patch_size: int, slide_id: str = "") -> str | None:
+    """A warning (logged and returned) when the tile stage's resolution differs from the one the preset was
+    trained at by more than 10 %; None when it fits or the encoder has no trained resolution."""
+    p = encoder.preset
+    if p is None or p.mpp is None or not target_mpp:
+        return None
+    if abs(target_mpp - p.mpp) <= 0.1 * p.mpp:
+        return None
+    msg = (
+        f"{slide_id + ': ' if slide_id else ''}patches at {target_mpp:g} µm/px ({patch_size} px) but encoder "
+        f"'{p.name}' was trained at {p.mpp:g} µm/px ({p.input_size} px inputs); set tiling.target_mpp to {p.mpp:g}"
+    )
+    log.warning(msg)
+    return msg

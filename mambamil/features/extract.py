@@ -42,7 +42,18 @@ from mambamil.features.datapath import (
     plan_blocks,
     plan_reads,
 )
-from mambamil.features.encoders import RANDOM_SEED, Encoder, create_encoder, file_sha256, weights_kind
+from mambamil.features.encoders import (
+    RANDOM_SEED,
+    Encoder,
+    TimmOverrides,
+    check_tile_resolution,
+    create_encoder,
+    fast_model,
+    file_sha256,
+    resolve_weights_file,
+    weights_kind,
+)
+from mambamil.features.presets import PRESETS
 from mambamil.h5layout import FEATURES_FORMAT_VERSION, CoordsFile, read_coords, read_feature_attrs, write_features
 from mambamil.slide import Slide, open_slide
 
@@ -66,6 +77,12 @@ class FeatureSettings:
     precision: str
     fp16_storage: bool
     torch_threads: int | None
+    mean: list[float]
+    std: list[float]
+    input_size: int | None
+    interpolation: str | None
+    pooling: str | None
+    compile: bool
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None = None, **overrides: Any) -> FeatureSettings:
@@ -151,6 +168,7 @@ def settings_fingerprint(settings: FeatureSettings, cf: CoordsFile, weights_sha:
         "coords_sha256": _coords_sha256(cf.coords),
         "precision": precision,
         "fp16_storage": settings.fp16_storage,
+        **({"timm_overrides": vars(o)} if (o := TimmOverrides.of(settings)).any else {}),
     }
 
 
@@ -183,9 +201,7 @@ def extract_slide(
     kind = weights_kind(settings.weights)
     weights_sha = ""
     if kind == "checkpoint":
-        ckpt = Path(str(settings.weights))
-        if not ckpt.is_file():
-            raise InputFileError(ckpt, "checkpoint not found" if not ckpt.exists() else "checkpoint is not a file")
+        ckpt = resolve_weights_file(str(settings.weights), PRESETS.get(settings.encoder))  # a file or hub snapshot
         weights_sha = encoder.weights_sha256 if encoder is not None else file_sha256(ckpt)
     device = resolve_device(settings.device)
     precision = resolve_encoder_precision(settings.precision, device)
@@ -205,12 +221,19 @@ def extract_slide(
         _check_coords(slide, cf, coords_path, size0)
         if encoder is None:
             encoder = create_encoder(
-                settings.encoder, settings.weights, checkpoint_sha256=weights_sha or None, **settings.encoder_kwargs
+                settings.encoder,
+                settings.weights,
+                checkpoint_sha256=weights_sha or None,
+                overrides=TimmOverrides.of(settings),
+                **settings.encoder_kwargs,
             )
-        encoder.model.to(device=device, memory_format=torch.channels_last)
+        check_tile_resolution(encoder, cf.target_mpp, cf.patch_size, slide_id)
+        model = fast_model(encoder, device, settings.compile)
         out_dtype = np.dtype(np.float16 if settings.fp16_storage else np.float32)
         times = StageTimes() if profile else None
-        feats = _embed_slide(slide, cf.coords, size0, encoder, settings, device, precision, out_dtype, times, progress)
+        feats = _embed_slide(
+            slide, cf.coords, size0, encoder, model, settings, device, precision, out_dtype, times, progress
+        )
         t_write = time.perf_counter()
         meta = replace(
             encoder.attrs(),
@@ -247,6 +270,7 @@ def _embed_slide(
     coords: np.ndarray,
     size0: float,
     encoder: Encoder,
+    model: torch.nn.Module,
     settings: FeatureSettings,
     device: torch.device,
     precision: str,
@@ -261,7 +285,10 @@ def _embed_slide(
     dataset = BlockDataset(str(slide.path), coords, blocks, plan, slide.mpp, slide.slide_id, profile=times is not None)
     workers = default_num_workers() if settings.num_workers is None else settings.num_workers
     workers = 0 if len(blocks) <= 1 else min(workers, len(blocks))  # never start more readers than blocks
-    resize = DeviceResize(plan.handover_size, plan.out_size, encoder.spec.mean, encoder.spec.std, device)
+    spec = encoder.spec
+    resize = DeviceResize(
+        plan.handover_size, plan.out_size, spec.mean, spec.std, device, spec.interpolation, spec.crop_pct
+    )
 
     def on_error(i: int, cause: str, fault: bool = True) -> None:
         x, y = coords[i]
@@ -275,7 +302,7 @@ def _embed_slide(
             tqdm(total=len(coords), unit="patch", desc=slide.slide_id, disable=not progress) as bar,
         ):
             feats = embed_blocks(
-                encoder.model,
+                model,
                 resize,
                 _guarded(iter(make_block_loader(dataset, workers)), slide),
                 len(coords),

@@ -16,7 +16,7 @@ from pathlib import Path
 from mambamil.batch import run_guarded
 from mambamil.device import resolve_device
 from mambamil.errors import MambamilError
-from mambamil.features.encoders import create_encoder
+from mambamil.features.encoders import TimmOverrides, create_encoder
 from mambamil.features.extract import FeatureResult, FeatureSettings, extract_slide
 from mambamil.paths import feature_file, tile_outputs
 from mambamil.qc import QCOutcome, run_slide_stage
@@ -95,7 +95,8 @@ def extract_slides(
     ``isolate_failures=False`` lets a slide's error propagate (a single-slide call: its error is the command's).
     ``on_bad_slide="exclude"`` records a bad slide as excluded (a QC stub at its output, :mod:`mambamil.qc`)."""
     resolve_device(settings.device)  # a bad device fails the whole job, once
-    encoder = create_encoder(settings.encoder, settings.weights, **settings.encoder_kwargs)  # once, with its hash
+    overrides = TimmOverrides.of(settings)
+    encoder = create_encoder(settings.encoder, settings.weights, overrides=overrides, **settings.encoder_kwargs)  # once
 
     def extract(job: SlideJob) -> FeatureResult | QCOutcome:
         return run_slide_stage(

@@ -22,6 +22,7 @@ from mambamil.config import settings_from_config
 from mambamil.device import mil_autocast, resolve_device
 from mambamil.errors import FaultError, MambamilError
 from mambamil.fileio import atomic_output, write_json
+from mambamil.h5layout import check_one_encoder
 from mambamil.inference import Standardized, load_trained, predict_dataset, unwrap
 from mambamil.models import create_model, save_checkpoint
 from mambamil.paths import fold_outputs
@@ -154,6 +155,7 @@ def train_fold(
     rows = splits[splits["fold"] == fold]
     member = {split: set(rows.loc[rows["split"] == split, "case_id"]) for split in ("train", "val", "test")}
     subsets = {k: [s for s in samples if s.case_id in v] for k, v in member.items()}
+    check_one_encoder({sid: feature_files[sid] for s in samples for sid in s.slide_ids})  # one encoder per study
     data = {k: BagDataset(v, feature_files, order_files) for k, v in subsets.items()}
     in_dim = data["train"].in_dim
     model = create_model(model_name, in_dim=in_dim, n_classes=task.n_outputs, task=task.kind, **model_kwargs)

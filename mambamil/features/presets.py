@@ -1,0 +1,551 @@
+"""Foundation-model encoder presets: everything that decides an embedding, as data (one row per model).
+
+Each :class:`Preset` pins the architecture (a builder ``family`` + its ``arch`` and keyword arguments), the
+preprocessing the authors apply (input size, resize interpolation, crop, mean/std), the output recipe (class
+token, class token + mean of the patch tokens after the class/register tokens, pooled, projection …), the output
+dimension, the µm/px the model was trained at, where its weights come from (hub repository, file names of the
+public release, key layout) and its licence. :mod:`mambamil.features.encoders` builds a model from a row with a
+handful of builders; ``mambamil encoders`` prints the table.
+
+Sources of the facts: each model's card on the Hugging Face hub (``hub_id``) and its reference loading code
+(collected in TRIDENT's ``trident/patch_encoder_models/load.py``); ``reference`` names the recipe followed.
+
+This module imports no torch, so listing presets is instant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)
+HOPTIMUS_STD = (0.211883, 0.230117, 0.177517)
+
+#: Output recipes: how a model's output becomes one vector per patch.
+OUTPUTS = {
+    "cls": "class token of the final (normed) tokens",
+    "cls+mean": "concat(class token, mean of the patch tokens after the class and register tokens)",
+    "mean": "mean of the patch tokens after the class and register tokens",
+    "pooled": "the model's own pooled output (global average pool / timm's head-less forward)",
+    "projection": "the image embedding after the model's projection head (CLIP image features)",
+    "attn_pool": "contrastive attentional pooler + LayerNorm over the final tokens (CONCH)",
+}
+#: Resize interpolations the feature stage implements (``area``: cv2 INTER_AREA weights when shrinking).
+INTERPOLATIONS = ("area", "bilinear", "bicubic")
+#: Weight files a downloaded hub snapshot may hold, in the order they are looked for.
+WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model_vision.bin",
+    "open_clip_pytorch_model.bin",
+    "open_clip_model.safetensors",
+)
+
+# Symbolic values in ``arch_kwargs`` that the builders turn into Python objects (YAML cannot name them).
+SWIGLU_PACKED = "timm.layers.SwiGLUPacked"
+SILU = "torch.nn.SiLU"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One encoder as its authors run it (see the module docstring)."""
+
+    name: str
+    title: str
+    family: str  # builder: timm_vit | resnet_trunc | hf_clip | hf_vit | hf_dinov2 | conch_v1_5
+    arch: str  # timm model name, or the transformers class / architecture it follows
+    arch_kwargs: Mapping[str, Any]
+    input_size: int
+    interpolation: str
+    crop_pct: float  # 1.0: the whole patch resized to input_size; < 1: resized to input/crop_pct, centre-cropped
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    output: str
+    prefix_tokens: int  # class + register tokens before the patch tokens
+    dim: int
+    mpp: float | None  # µm/px of the training patches (None: not a fixed resolution)
+    hub_id: str
+    files: tuple[str, ...]  # file names of the public release holding the weights this preset loads
+    key_layout: str  # how the release's keys are named
+    licence: str
+    gated: bool
+    reference: str
+    ignore_prefixes: tuple[str, ...] = ()  # release keys the encoder does not use (text tower, classifier …)
+    ignore_suffixes: tuple[str, ...] = ()  # buffers some releases store (e.g. CLIP position_ids)
+    strip_prefix: str = ""  # removed when every release key carries it (e.g. ``vit.``)
+    #: (regex, replacement) renames from the release's key names to the library's current ones, applied in order
+    #: when the library no longer uses the release's names (transformers 5 renamed ViT/DINOv2 attention keys).
+    key_renames: tuple[tuple[str, str], ...] = ()
+    #: A few (key, shape) pairs of the release's state dict, and its parameter count (millions): what the tests
+    #: check a full-size build against.
+    release_keys: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    params_m: float = 0.0
+
+    @property
+    def crop(self) -> str:
+        if self.crop_pct >= 1.0:
+            return "none (whole patch resized)"
+        return f"resize to {round(self.input_size / self.crop_pct)} px, centre crop {self.input_size} px"
+
+    def describe(self) -> dict[str, Any]:
+        """A row of ``mambamil encoders``."""
+        return {
+            "name": self.name,
+            "model": self.title,
+            "dim": self.dim,
+            "input": f"{self.input_size} px {self.interpolation}"
+            + (f" crop {self.crop_pct:g}" if self.crop_pct < 1 else ""),
+            "µm/px": "—" if self.mpp is None else f"{self.mpp:g}",
+            "output": self.output,
+            "mean/std": f"{_fmt(self.mean)} / {_fmt(self.std)}",
+            "weights": f"hf:{self.hub_id} ({', '.join(self.files)})",
+            "licence": self.licence + (" (gated)" if self.gated else ""),
+        }
+
+
+def _fmt(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def _kw(**kwargs: Any) -> Mapping[str, Any]:
+    return MappingProxyType(kwargs)
+
+
+# transformers ≤ 4 names (what the Phikon releases hold) → transformers ≥ 5 names.
+_HF_ATTENTION = (
+    (r"\.attention\.attention\.query\.", ".attention.q_proj."),
+    (r"\.attention\.attention\.key\.", ".attention.k_proj."),
+    (r"\.attention\.attention\.value\.", ".attention.v_proj."),
+    (r"\.attention\.output\.dense\.", ".attention.o_proj."),
+)
+_HF_VIT = (
+    *_HF_ATTENTION,
+    (r"\.intermediate\.dense\.", ".mlp.fc1."),
+    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"encoder.layer.\1.mlp.fc2."),
+    (r"^encoder\.layer\.", "layers."),
+)
+
+_PRESETS = [
+    Preset(
+        name="resnet50_trunc",
+        title="ResNet-50 (ImageNet) to layer3 (CLAM / MambaMIL)",
+        family="resnet_trunc",
+        arch="resnet50",
+        arch_kwargs=_kw(),
+        input_size=224,
+        interpolation="area",
+        crop_pct=1.0,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        output="pooled",
+        prefix_tokens=0,
+        dim=1024,
+        mpp=0.5,
+        hub_id="timm/resnet50.tv_in1k",
+        files=("model.safetensors", "pytorch_model.bin"),
+        key_layout="torchvision/timm ResNet (conv1, bn1, layer1-4, fc); layer4 and fc unused",
+        licence="BSD-3-Clause (torchvision weights)",
+        gated=False,
+        reference="CLAM resnet50_baseline (MambaMIL's features)",
+        ignore_prefixes=("layer4.", "fc."),
+        release_keys=_kw(**{"conv1.weight": (64, 3, 7, 7), "layer3.5.conv3.weight": (1024, 256, 1, 1)}),
+        params_m=8.54,
+    ),
+    Preset(
+        name="plip",
+        title="PLIP (CLIP ViT-B/32, image embedding)",
+        family="hf_clip",
+        arch="CLIPVisionModelWithProjection",
+        arch_kwargs=_kw(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
+            patch_size=32,
+            projection_dim=512,
+            hidden_act="quick_gelu",
+            layer_norm_eps=1e-5,
+        ),
+        input_size=224,
+        interpolation="bicubic",
+        crop_pct=1.0,
+        mean=OPENAI_CLIP_MEAN,
+        std=OPENAI_CLIP_STD,
+        output="projection",
+        prefix_tokens=1,
+        dim=512,
+        mpp=None,
+        hub_id="vinid/plip",
+        files=("pytorch_model.bin", "model.safetensors"),
+        key_layout="transformers CLIPModel (vision_model.*, visual_projection; text tower unused)",
+        licence="research use (see model card)",
+        gated=False,
+        reference="PLIP model card (CLIPModel.get_image_features, CLIPProcessor); MambaMIL's second encoder",
+        ignore_prefixes=("text_model.", "text_projection.", "logit_scale"),
+        ignore_suffixes=("position_ids",),
+        release_keys=_kw(
+            **{
+                "vision_model.embeddings.patch_embedding.weight": (768, 3, 32, 32),
+                "vision_model.embeddings.position_embedding.weight": (50, 768),
+                "visual_projection.weight": (512, 768),
+            }
+        ),
+        params_m=87.85,
+    ),
+    Preset(
+        name="uni_v1",
+        title="UNI (ViT-L/16)",
+        family="timm_vit",
+        arch="vit_large_patch16_224",
+        arch_kwargs=_kw(img_size=224, patch_size=16, init_values=1e-5, dynamic_img_size=True),
+        input_size=224,
+        interpolation="bilinear",
+        crop_pct=1.0,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        output="cls",
+        prefix_tokens=1,
+        dim=1024,
+        mpp=0.5,
+        hub_id="MahmoodLab/UNI",
+        files=("pytorch_model.bin",),
+        key_layout="timm VisionTransformer",
+        licence="CC-BY-NC-ND-4.0",
+        gated=True,
+        reference="UNI model card / TRIDENT uni_v1",
+        release_keys=_kw(**{"pos_embed": (1, 197, 1024), "blocks.23.ls2.gamma": (1024,), "norm.weight": (1024,)}),
+        params_m=303.35,
+    ),
+    Preset(
+        name="uni_v2",
+        title="UNI2-h (ViT-H/14, 8 registers, SwiGLU)",
+        family="timm_vit",
+        arch="vit_giant_patch14_224",
+        arch_kwargs=_kw(
+            img_size=224,
+            patch_size=14,
+            depth=24,
+            num_heads=24,
+            init_values=1e-5,
+            embed_dim=1536,
+            mlp_ratio=2.66667 * 2,
+            no_embed_class=True,
+            mlp_layer=SWIGLU_PACKED,
+            act_layer=SILU,
+            reg_tokens=8,
+            dynamic_img_size=True,
+        ),
+        input_size=224,
+        interpolation="bilinear",
+        crop_pct=1.0,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        output="cls",
+        prefix_tokens=9,
+        dim=1536,
+        mpp=0.5,
+        hub_id="MahmoodLab/UNI2-h",
+        files=("pytorch_model.bin",),
+        key_layout="timm VisionTransformer (reg_token, SwiGLU fc1/fc2)",
+        licence="CC-BY-NC-ND-4.0",
+        gated=True,
+        reference="UNI2-h model card / TRIDENT uni_v2",
+        release_keys=_kw(
+            **{
+                "reg_token": (1, 8, 1536),
+                "pos_embed": (1, 256, 1536),
+                "blocks.23.mlp.fc1.weight": (8192, 1536),
+                "blocks.23.mlp.fc2.weight": (1536, 4096),
+            }
+        ),
+        params_m=681.0,
+    ),
+    Preset(
+        name="conch_v1_5",
+        title="CONCH v1.5 (ViT-L/16 vision tower, attentional pooler)",
+        family="conch_v1_5",
+        arch="vit_large_patch16_224",
+        arch_kwargs=_kw(img_size=224, patch_size=16, init_values=1.0, pooler_dim=768, pooler_heads=8),
+        input_size=448,
+        interpolation="bilinear",
+        crop_pct=1.0,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        output="attn_pool",
+        prefix_tokens=1,
+        dim=768,
+        mpp=0.5,
+        hub_id="MahmoodLab/conchv1_5",
+        files=("pytorch_model_vision.bin",),
+        key_layout="trunk.* (timm ViT-L/16), attn_pool_contrast.*, ln_contrast.*",
+        licence="CC-BY-NC-ND-4.0",
+        gated=True,
+        reference="TITAN / TRIDENT conch_v15 (448 px, DINO position-embedding interpolation)",
+        release_keys=_kw(
+            **{
+                "trunk.pos_embed": (1, 197, 1024),
+                "trunk.blocks.23.ls1.gamma": (1024,),
+                "attn_pool_contrast.query": (1, 768),
+                "attn_pool_contrast.to_kv.weight": (1536, 1024),
+                "ln_contrast.weight": (768,),
+            }
+        ),
+        params_m=307.0,
+    ),
+    Preset(
+        name="virchow",
+        title="Virchow (ViT-H/14, SwiGLU)",
+        family="timm_vit",
+        arch="vit_huge_patch14_224",
+        arch_kwargs=_kw(
+            img_size=224,
+            init_values=1e-5,
+            mlp_ratio=5.3375,
+            global_pool="",
+            dynamic_img_size=True,
+            mlp_layer=SWIGLU_PACKED,
+            act_layer=SILU,
+        ),
+        input_size=224,
+        interpolation="bicubic",
+        crop_pct=1.0,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        output="cls+mean",
+        prefix_tokens=1,
+        dim=2560,
+        mpp=0.5,
+        hub_id="paige-ai/Virchow",
+        files=("pytorch_model.bin",),
+        key_layout="timm VisionTransformer (SwiGLU fc1/fc2)",
+        licence="Apache-2.0",
+        gated=True,
+        reference="Virchow model card (class token + mean of tokens 1…) / TRIDENT virchow",
+        release_keys=_kw(
+            **{
+                "pos_embed": (1, 257, 1280),
+                "blocks.31.mlp.fc1.weight": (6832, 1280),
+                "blocks.31.mlp.fc2.weight": (1280, 3416),
+            }
+        ),
+        params_m=631.2,
+    ),
+    Preset(
+        name="virchow2",
+        title="Virchow2 (ViT-H/14, 4 registers, SwiGLU)",
+        family="timm_vit",
+        arch="vit_huge_patch14_224",
+        arch_kwargs=_kw(
+            img_size=224,
+            init_values=1e-5,
+            mlp_ratio=5.3375,
+            reg_tokens=4,
+            global_pool="",
+            dynamic_img_size=True,
+            mlp_layer=SWIGLU_PACKED,
+            act_layer=SILU,
+        ),
+        input_size=224,
+        interpolation="bicubic",
+        crop_pct=1.0,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        output="cls+mean",
+        prefix_tokens=5,
+        dim=2560,
+        mpp=0.5,
+        hub_id="paige-ai/Virchow2",
+        files=("pytorch_model.bin",),
+        key_layout="timm VisionTransformer (reg_token, SwiGLU fc1/fc2)",
+        licence="CC-BY-NC-ND-4.0",
+        gated=True,
+        reference="Virchow2 model card (class token + mean of tokens 5…, after 4 registers) / TRIDENT virchow2",
+        release_keys=_kw(
+            **{"reg_token": (1, 4, 1280), "pos_embed": (1, 261, 1280), "blocks.31.mlp.fc1.weight": (6832, 1280)}
+        ),
+        params_m=631.2,
+    ),
+    Preset(
+        name="h_optimus_0",
+        title="H-optimus-0 (ViT-g/14, 4 registers)",
+        family="timm_vit",
+        arch="vit_giant_patch14_reg4_dinov2",
+        arch_kwargs=_kw(img_size=224, init_values=1e-5, global_pool="token", dynamic_img_size=True),
+        input_size=224,
+        interpolation="bilinear",
+        crop_pct=1.0,
+        mean=HOPTIMUS_MEAN,
+        std=HOPTIMUS_STD,
+        output="cls",
+        prefix_tokens=5,
+        dim=1536,
+        mpp=0.5,
+        hub_id="bioptimus/H-optimus-0",
+        files=("pytorch_model.bin",),
+        key_layout="timm VisionTransformer (reg_token)",
+        licence="Apache-2.0",
+        gated=False,
+        reference="H-optimus-0 model card / TRIDENT hoptimus0",
+        release_keys=_kw(
+            **{"reg_token": (1, 4, 1536), "pos_embed": (1, 256, 1536), "blocks.39.mlp.fc1.weight": (8192, 1536)}
+        ),
+        params_m=1134.8,
+    ),
+    Preset(
+        name="h_optimus_1",
+        title="H-optimus-1 (ViT-g/14, 4 registers)",
+        family="timm_vit",
+        arch="vit_giant_patch14_reg4_dinov2",
+        arch_kwargs=_kw(img_size=224, init_values=1e-5, global_pool="token", dynamic_img_size=True),
+        input_size=224,
+        interpolation="bilinear",
+        crop_pct=1.0,
+        mean=HOPTIMUS_MEAN,
+        std=HOPTIMUS_STD,
+        output="cls",
+        prefix_tokens=5,
+        dim=1536,
+        mpp=0.5,
+        hub_id="bioptimus/H-optimus-1",
+        files=("pytorch_model.bin",),
+        key_layout="timm VisionTransformer (reg_token)",
+        licence="non-commercial (see model card)",
+        gated=True,
+        reference="H-optimus-1 model card / TRIDENT hoptimus1",
+        release_keys=_kw(
+            **{"reg_token": (1, 4, 1536), "pos_embed": (1, 256, 1536), "blocks.39.mlp.fc1.weight": (8192, 1536)}
+        ),
+        params_m=1134.8,
+    ),
+    Preset(
+        name="gigapath",
+        title="Prov-GigaPath tile encoder (ViT-g/16)",
+        family="timm_vit",
+        arch="vit_giant_patch14_dinov2",
+        arch_kwargs=_kw(
+            img_size=224,
+            in_chans=3,
+            patch_size=16,
+            embed_dim=1536,
+            depth=40,
+            num_heads=24,
+            init_values=1e-5,
+            mlp_ratio=5.33334,
+            dynamic_img_size=True,
+        ),
+        input_size=224,
+        interpolation="bicubic",
+        crop_pct=224 / 256,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        output="cls",
+        prefix_tokens=1,
+        dim=1536,
+        mpp=0.5,
+        hub_id="prov-gigapath/prov-gigapath",
+        files=("pytorch_model.bin",),
+        key_layout="timm VisionTransformer",
+        licence="Apache-2.0",
+        gated=True,
+        reference="Prov-GigaPath model card (Resize 256 bicubic, CenterCrop 224) / TRIDENT gigapath",
+        release_keys=_kw(**{"pos_embed": (1, 197, 1536), "blocks.39.mlp.fc1.weight": (8192, 1536)}),
+        params_m=1134.8,
+    ),
+    Preset(
+        name="phikon",
+        title="Phikon (iBOT ViT-B/16)",
+        family="hf_vit",
+        arch="ViTModel",
+        arch_kwargs=_kw(
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            image_size=224,
+            patch_size=16,
+            qkv_bias=True,
+            layer_norm_eps=1e-12,
+        ),
+        input_size=224,
+        interpolation="bilinear",
+        crop_pct=1.0,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        output="cls",
+        prefix_tokens=1,
+        dim=768,
+        mpp=0.5,
+        hub_id="owkin/phikon",
+        files=("model.safetensors", "pytorch_model.bin"),
+        key_layout="transformers ViTModel (embeddings.*, encoder.layer.*, layernorm; pooler unused)",
+        licence="Owkin non-commercial",
+        gated=False,
+        reference="Phikon model card (last_hidden_state[:, 0]) / TRIDENT phikon",
+        ignore_prefixes=("pooler.",),
+        strip_prefix="vit.",
+        key_renames=_HF_VIT,
+        release_keys=_kw(
+            **{
+                "embeddings.cls_token": (1, 1, 768),
+                "embeddings.position_embeddings": (1, 197, 768),
+                "encoder.layer.11.output.dense.weight": (768, 3072),
+            }
+        ),
+        params_m=85.8,
+    ),
+    Preset(
+        name="phikon_v2",
+        title="Phikon-v2 (DINOv2 ViT-L/16)",
+        family="hf_dinov2",
+        arch="Dinov2Model",
+        arch_kwargs=_kw(
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            mlp_ratio=4,
+            image_size=224,
+            patch_size=16,
+            layerscale_value=1e-5,
+            layer_norm_eps=1e-6,
+        ),
+        input_size=224,
+        interpolation="bilinear",
+        crop_pct=1.0,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        output="cls",
+        prefix_tokens=1,
+        dim=1024,
+        mpp=0.5,
+        hub_id="owkin/phikon-v2",
+        files=("model.safetensors",),
+        key_layout="transformers Dinov2Model (embeddings.*, encoder.layer.*, layernorm)",
+        licence="Owkin non-commercial",
+        gated=False,
+        reference="Phikon-v2 model card (last_hidden_state[:, 0]) / TRIDENT phikon_v2",
+        key_renames=_HF_ATTENTION,
+        release_keys=_kw(
+            **{
+                "embeddings.position_embeddings": (1, 197, 1024),
+                "encoder.layer.23.layer_scale2.lambda1": (1024,),
+                "encoder.layer.23.mlp.fc1.weight": (4096, 1024),
+            }
+        ),
+        params_m=303.4,
+    ),
+]
+
+#: Every preset by name.
+PRESETS: dict[str, Preset] = {p.name: p for p in _PRESETS}
+
+
+def preset_table() -> list[dict[str, Any]]:
+    """The rows of ``mambamil encoders``."""
+    return [p.describe() for p in _PRESETS]

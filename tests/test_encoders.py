@@ -1,0 +1,324 @@
+"""Encoder presets: model-card values pinned, full-size architectures against the release key layouts (meta
+device, no download), reduced-depth copies on a real patch of CMU-1-Small-Region.svs loaded from files in the
+release's format and key layout and compared with an independent forward of each recipe, clear errors for
+another preset's or truncated weights, the timm: overrides, and the encoder identity that train/predict/heatmap
+check downstream."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mambamil.cli import main
+from mambamil.errors import InputFileError, MambamilError
+from mambamil.features.datapath import DeviceResize
+from mambamil.features.encoders import (
+    TimmOverrides,
+    build_preset,
+    create_encoder,
+    matching_presets,
+    release_to_model_keys,
+)
+from mambamil.features.presets import PRESETS
+from mambamil.h5layout import (
+    CoordsAttrs,
+    FeatureAttrs,
+    check_one_encoder,
+    encoder_identity,
+    write_features,
+)
+from mambamil.inference import load_bag
+
+IMNET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+HOPT = ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
+
+#: From the model cards / reference code: normalisation, input px, interpolation, crop (resize-to / crop),
+#: output recipe, class+register tokens before the patch tokens, dimension, µm/px.
+CARDS = {
+    "resnet50_trunc": (IMNET, 224, "area", 1.0, "pooled", 0, 1024, 0.5),
+    "plip": (CLIP, 224, "bicubic", 1.0, "projection", 1, 512, None),
+    "uni_v1": (IMNET, 224, "bilinear", 1.0, "cls", 1, 1024, 0.5),
+    "uni_v2": (IMNET, 224, "bilinear", 1.0, "cls", 9, 1536, 0.5),
+    "conch_v1_5": (IMNET, 448, "bilinear", 1.0, "attn_pool", 1, 768, 0.5),
+    "virchow": (IMNET, 224, "bicubic", 1.0, "cls+mean", 1, 2560, 0.5),
+    "virchow2": (IMNET, 224, "bicubic", 1.0, "cls+mean", 5, 2560, 0.5),
+    "h_optimus_0": (HOPT, 224, "bilinear", 1.0, "cls", 5, 1536, 0.5),
+    "h_optimus_1": (HOPT, 224, "bilinear", 1.0, "cls", 5, 1536, 0.5),
+    "gigapath": (IMNET, 224, "bicubic", 224 / 256, "cls", 1, 1536, 0.5),
+    "phikon": (IMNET, 224, "bilinear", 1.0, "cls", 1, 768, 0.5),
+    "phikon_v2": (IMNET, 224, "bilinear", 1.0, "cls", 1, 1024, 0.5),
+}
+
+
+def test_every_preset_is_pinned_to_its_model_card() -> None:
+    assert set(PRESETS) == set(CARDS)
+    for name, ((mean, std), size, interp, crop, output, prefix, dim, mpp) in CARDS.items():
+        p = PRESETS[name]
+        got = (p.mean, p.std, p.input_size, p.interpolation, p.crop_pct, p.output, p.prefix_tokens, p.dim, p.mpp)
+        assert got == (mean, std, size, interp, pytest.approx(crop), output, prefix, dim, mpp), name
+
+
+# -- full-size architectures on the meta device -----------------------------------------------------------------
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_full_size_architecture_has_the_release_layout(name: str) -> None:
+    p = PRESETS[name]
+    with torch.device("meta"):
+        built = build_preset(p)
+    own = built.target.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in own.items()}
+    release = release_to_model_keys(dict(p.release_keys), own, p.strip_prefix, p.key_renames)
+    for key, shape in release.items():
+        assert shapes.get(key) == tuple(shape), f"{name}: {key} is {shapes.get(key)}, the release has {shape}"
+    n = sum(v.numel() for v in built.target.parameters())
+    assert n == pytest.approx(p.params_m * 1e6, rel=0.01), f"{name}: {n / 1e6:.2f} M parameters"
+
+
+# -- reduced-depth copies on a real patch ---------------------------------------------------------------------
+#: transformers ≥ 5 names → the names the Phikon releases carry (written independently of the loader's rules).
+TO_RELEASE = [
+    (r"^layers\.(\d+)\.attention\.q_proj\.", r"encoder.layer.\1.attention.attention.query."),
+    (r"^layers\.(\d+)\.attention\.k_proj\.", r"encoder.layer.\1.attention.attention.key."),
+    (r"^layers\.(\d+)\.attention\.v_proj\.", r"encoder.layer.\1.attention.attention.value."),
+    (r"^layers\.(\d+)\.attention\.o_proj\.", r"encoder.layer.\1.attention.output.dense."),
+    (r"^layers\.(\d+)\.mlp\.fc1\.", r"encoder.layer.\1.intermediate.dense."),
+    (r"^layers\.(\d+)\.mlp\.fc2\.", r"encoder.layer.\1.output.dense."),
+    (r"^layers\.", "encoder.layer."),
+    (r"\.attention\.q_proj\.", ".attention.attention.query."),
+    (r"\.attention\.k_proj\.", ".attention.attention.key."),
+    (r"\.attention\.v_proj\.", ".attention.attention.value."),
+    (r"\.attention\.o_proj\.", ".attention.output.dense."),
+]
+LAYERSCALE = re.compile(r"(\.ls[12]\.gamma|\.layer_scale[12]\.lambda1)$")
+
+
+def release_state(name: str, depth: int | None) -> dict[str, torch.Tensor]:
+    """A random reduced-depth state dict in the release's key layout, LayerScale gammas at 1 (input-sensitive)."""
+    torch.manual_seed(7)
+    built = build_preset(PRESETS[name], depth)
+    state = {}
+    for key, value in built.target.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        value = torch.ones_like(value) if LAYERSCALE.search(key) else value.clone()
+        for rx, repl in TO_RELEASE if name in ("phikon", "phikon_v2") else []:
+            key = re.sub(rx, repl, key)
+        state[key] = value.contiguous()
+    if name == "plip":  # the release is a whole CLIPModel: its text tower is present and unused
+        state["text_model.embeddings.token_embedding.weight"] = torch.zeros(8, 4)
+        state["text_projection.weight"], state["logit_scale"] = torch.zeros(512, 4), torch.tensor(2.6)
+    return state
+
+
+def save_release(state: dict[str, torch.Tensor], folder: Path, file_name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / file_name
+    if file_name.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def real_patch(real_slide: Path) -> np.ndarray:
+    """A 256 px tissue patch of CMU-1-Small-Region.svs at level 0 (≈ 0.5 µm/px), uint8 RGB."""
+    import openslide
+
+    with openslide.OpenSlide(str(real_slide)) as s:
+        return np.asarray(s.read_region((1000, 1400), 0, (256, 256)).convert("RGB"))
+
+
+def reference_input(patch: np.ndarray, name: str, mean=None, std=None) -> torch.Tensor:
+    """The model card's preprocessing with PIL/torchvision (cv2 INTER_AREA for the CLAM recipe)."""
+    import cv2
+    from PIL import Image
+    from torchvision import transforms as T
+
+    (card_mean, card_std), size, interp, crop = CARDS[name][:4]
+    mean, std = mean or card_mean, std or card_std
+    if interp == "area":
+        x = T.ToTensor()(cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA))
+    else:
+        mode = T.InterpolationMode.BICUBIC if interp == "bicubic" else T.InterpolationMode.BILINEAR
+        img = T.CenterCrop(size)(T.Resize(round(size / crop), interpolation=mode)(Image.fromarray(patch)))
+        x = T.ToTensor()(img)
+    return T.Normalize(mean, std)(x)[None]
+
+
+def reference_forward(enc, name: str, x: torch.Tensor) -> torch.Tensor:
+    """Each recipe written out independently of the encoder's wrapper (what the model cards / TRIDENT do)."""
+    p, target = PRESETS[name], enc.model
+    if name == "resnet50_trunc":
+        return target(x)
+    if p.family == "timm_vit":
+        vit = target.backbone
+        if name.startswith("virchow"):
+            out = vit(x)  # global_pool "": every token
+            return torch.cat([out[:, 0], out[:, p.prefix_tokens :].mean(1)], dim=-1)
+        return vit(x)  # timm's own class-token pooling
+    if name == "plip":
+        clip = target.model  # CLIP's image features: projection of the post-LayerNorm class token
+        return clip.visual_projection(clip.vision_model(pixel_values=x).pooler_output)
+    if p.family in ("hf_vit", "hf_dinov2"):
+        return target.backbone(pixel_values=x).last_hidden_state[:, 0]
+    assert name == "conch_v1_5"
+    tokens = target.tokens(x)
+    pool = target.attn_pool_contrast
+    q = pool.to_q(pool.ln_q(pool.query))[None]
+    k, v = pool.to_kv(pool.ln_k(tokens)).chunk(2, dim=-1)
+    heads = pool.heads
+    q, k, v = (t.reshape(t.shape[0], t.shape[1], heads, -1).permute(0, 2, 1, 3) for t in (q, k, v))
+    attn = (torch.einsum("bhid,bhjd->bhij", q * q.shape[-1] ** -0.5, k)).softmax(-1)
+    out = torch.einsum("bhij,bhjd->bhid", attn, v).permute(0, 2, 1, 3).flatten(2)
+    return target.ln_contrast(pool.to_out(out)[:, 0])
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_reduced_depth_preset_on_a_real_patch(name: str, real_patch: np.ndarray, tmp_path: Path) -> None:
+    p = PRESETS[name]
+    depth = None if p.family == "resnet_trunc" else 1
+    folder = tmp_path / name  # a downloaded hub snapshot: the release's file name in a folder
+    save_release(release_state(name, depth), folder, p.files[0])
+    kwargs = {} if depth is None else {"depth": depth}
+    enc = create_encoder(name, str(folder), **kwargs)
+    assert enc.dim == p.dim and enc.weights == "checkpoint" and enc.weights_path.endswith(p.files[0])
+    size = p.input_size
+    resize = DeviceResize((256, 256), (size, size), enc.spec.mean, enc.spec.std, torch.device("cpu"),
+                          enc.spec.interpolation, enc.spec.crop_pct)  # fmt: skip
+    with torch.inference_mode():
+        ours = enc.model(resize(torch.from_numpy(real_patch)[None]))
+        ref = reference_forward(enc, name, reference_input(real_patch, name))
+        wrong = reference_forward(enc, name, reference_input(real_patch, name, (0.5,) * 3, (0.5,) * 3))
+    assert ours.shape == (1, p.dim)
+    err = float((ours - ref).norm() / ref.norm())
+    sensitivity = float((wrong - ref).norm() / ref.norm())
+    assert err < 0.02, f"{name}: pipeline vs model-card recipe differ by {err:.2%}"
+    assert sensitivity > 5 * err and sensitivity > 0.02, f"{name}: normalisation changes features by {sensitivity:.2%}"
+
+
+# -- errors ---------------------------------------------------------------------------------------------------
+def test_another_presets_weights_are_refused(tmp_path: Path) -> None:
+    path = save_release(release_state("uni_v1", 1), tmp_path / "UNI", "pytorch_model.bin")
+    with pytest.raises(InputFileError) as err:
+        create_encoder("uni_v2", str(tmp_path / "UNI"), depth=1)
+    msg = str(err.value)
+    assert "\n" not in msg and "'uni_v2'" in msg and str(path) in msg
+    assert "missing" in msg and "reg_token" in msg and "mis-shaped" in msg
+
+
+def test_full_size_weights_are_recognised_by_preset() -> None:
+    with torch.device("meta"):
+        uni = build_preset(PRESETS["uni_v1"]).target.state_dict()
+        virchow2 = build_preset(PRESETS["virchow2"]).target.state_dict()
+    assert matching_presets(uni) == ["uni_v1"]
+    assert matching_presets(virchow2) == ["virchow2"]
+
+
+@pytest.mark.parametrize("file_name", ["pytorch_model.bin", "model.safetensors"])
+def test_truncated_weights_name_preset_and_file(file_name: str, tmp_path: Path) -> None:
+    state = release_state("phikon", 1) if file_name.endswith("safetensors") else release_state("uni_v1", 1)
+    name = "phikon" if file_name.endswith("safetensors") else "uni_v1"
+    path = save_release(state, tmp_path, file_name)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(InputFileError) as err:
+        create_encoder(name, str(path), depth=1)
+    assert str(path) in str(err.value) and f"'{name}'" in str(err.value) and "truncated" in str(err.value)
+
+
+def test_snapshot_folder_without_weights(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(InputFileError, match="no weight file"):
+        create_encoder("uni_v1", str(tmp_path))
+
+
+def test_presets_refuse_overrides_and_kwargs() -> None:
+    with pytest.raises(MambamilError, match="timm:<model> encoders only"):
+        create_encoder("uni_v1", "random", overrides=TimmOverrides(mean=(0.5, 0.5, 0.5)))
+    with pytest.raises(MambamilError, match="is a preset"):
+        create_encoder("uni_v1", "random", init_values=1.0)
+
+
+def test_timm_overrides_and_normalisation_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        plain = create_encoder("timm:test_vit", "random")
+    assert "timm config's mean (0.5, 0.5, 0.5)" in caplog.text
+    caplog.clear()
+    over = TimmOverrides(mean=IMNET[0], std=IMNET[1], input_size=96, interpolation="bicubic", pooling="cls+mean")
+    with caplog.at_level(logging.WARNING):
+        enc = create_encoder("timm:test_vit", "random", overrides=over)
+    assert "timm config's mean" not in caplog.text
+    assert enc.spec.mean == IMNET[0] and enc.spec.input_size == (96, 96) and enc.spec.interpolation == "bicubic"
+    assert enc.dim == 2 * plain.dim and enc.attrs().output == "cls+mean"
+
+
+def test_encoders_verb_lists_every_preset(capsys: pytest.CaptureFixture) -> None:
+    assert main(["encoders"]) == 0
+    out = capsys.readouterr().out
+    for name, p in PRESETS.items():
+        row = next(line for line in out.splitlines() if line.startswith(f"| {name} |"))
+        assert f"| {p.dim} |" in row and p.hub_id in row
+
+
+# -- one encoder downstream -----------------------------------------------------------------------------------
+def _bag(path: Path, **attrs) -> Path:
+    rng = np.random.default_rng(0)
+    meta = FeatureAttrs(feature_dim=4, **attrs)
+    coords = CoordsAttrs(patch_size=256, target_mpp=0.5, patch_size_level0=512)
+    write_features(path, rng.normal(size=(3, 4)).astype(np.float32), np.zeros((3, 2), np.int64), meta, coords)
+    return path
+
+
+def test_bags_of_another_encoder_are_refused(tmp_path: Path) -> None:
+    r18 = dict(encoder="timm:resnet18", encoder_kwargs="{}", mean=IMNET[0], std=IMNET[1], state_dict_sha256="aa")
+    r34 = {**r18, "encoder": "timm:resnet34", "state_dict_sha256": "bb"}
+    a, b = _bag(tmp_path / "a.h5", **r18), _bag(tmp_path / "b.h5", **r34)
+    trained = encoder_identity(r18)
+    assert load_bag(a, 4, encoder=trained).features.shape == (3, 4)
+    with pytest.raises(InputFileError) as err:
+        load_bag(b, 4, encoder=trained)
+    assert "timm:resnet34" in str(err.value) and "timm:resnet18" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(InputFileError, match="cannot mix two encoders"):
+        check_one_encoder({"a": a, "b": b})
+    # an older file (no preset/output attributes) of the same encoder still passes
+    old = _bag(tmp_path / "old.h5", **{k: v for k, v in r18.items()})
+    new = _bag(tmp_path / "new.h5", **r18, output="pooled", interpolation="area", preset="")
+    assert check_one_encoder({"old": old, "new": new})["encoder"] == "timm:resnet18"
+
+
+def test_tile_resolution_is_checked_against_the_preset() -> None:
+    from mambamil.features.encoders import check_tile_resolution
+
+    enc = create_encoder("phikon", "random", depth=1)
+    assert check_tile_resolution(enc, 0.5, 256) is None and check_tile_resolution(enc, 0.53, 224) is None
+    msg = check_tile_resolution(enc, 1.0, 256, "S1")
+    assert msg is not None and "S1" in msg and "0.5 µm/px" in msg and "'phikon'" in msg
+    timm_enc = create_encoder("timm:test_vit", "random")
+    assert check_tile_resolution(timm_enc, 2.0, 256) is None  # no trained resolution to compare with
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_device_resize_matches_pil(mode: str, real_patch: np.ndarray) -> None:
+    """The presets' bilinear/bicubic resize is PIL's (torchvision Resize on images): within one uint8 level for
+    ≥ 99.5 % of pixels of a real patch; cv2-area weights (the default) are not."""
+    from PIL import Image
+
+    pil = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[mode]
+    ref = np.asarray(Image.fromarray(real_patch).resize((224, 224), pil)).astype(np.float64)
+    off = {}
+    for m in (mode, "area"):
+        resize = DeviceResize((256, 256), (224, 224), (0.0,) * 3, (1.0,) * 3, torch.device("cpu"), m)
+        out = resize(torch.from_numpy(real_patch.copy())[None])[0].permute(1, 2, 0).numpy() * 255
+        off[m] = float((np.abs(out - ref) > 1.5).mean())
+    assert off[mode] < 0.005 and off["area"] > 0.1, off
+    crop = DeviceResize((256, 256), (224, 224), (0.0,) * 3, (1.0,) * 3, torch.device("cpu"), mode, 224 / 256)
+    x = torch.from_numpy(real_patch.copy())[None]
+    assert crop(x).shape == (1, 3, 224, 224) and crop.resize_to == (256, 256) and crop.crop == (16, 16, 224, 224)
+    torch.testing.assert_close(crop(x)[0], x[0, 16:240, 16:240].permute(2, 0, 1).float() / 255)  # 256 px: crop only
