@@ -13,7 +13,10 @@ files a CLI verb writes into the folder it is given with ``--out`` (:func:`tile_
         splits/<task>.csv                                                       splits
         models/<task>/<model>/fold_<k>/checkpoint.pt | test_predictions.csv …   train
         evaluation/<task>/<model>/metrics.json | predictions.csv | …           evaluate
-        evaluation/summary.csv                                                  summary
+        evaluation/summary.csv | comparison.csv                                 summary
+        evaluation/<task>/comparison.csv                                        compare
+        external/<cohort>/<task>/<model>/metrics.json | …                       external cohorts
+        report.html                                                             report
         heatmaps/<slide_id>/<slide_id>.attention.png | … ;  heatmaps/index.csv  heatmaps
         logs/<rule>/…                                                           every rule
 """
@@ -104,6 +107,7 @@ def fold_outputs(out_dir: PathLike) -> dict[str, Path]:
     return {
         "checkpoint": out_dir / "checkpoint.pt",
         "predictions": out_dir / "test_predictions.csv",
+        "val_predictions": out_dir / "val_predictions.csv",
         "log_csv": out_dir / "log.csv",
         "curves": out_dir / "curves.png",
         "summary": out_dir / "summary.json",
@@ -117,7 +121,29 @@ def evaluation_outputs(out_dir: PathLike) -> dict[str, Path]:
         "metrics": out_dir / "metrics.json",
         "predictions": out_dir / "predictions.csv",
         "curves": out_dir / "test_curves.png",
+        "calibration": out_dir / "calibration.png",
+        "time_auc": out_dir / "time_auc.png",
     }
+
+
+def comparison_file(results: PathLike, task: str) -> Path:
+    """The paired comparison of every two models of one task."""
+    return Path(results) / "evaluation" / task / "comparison.csv"
+
+
+def comparison_table(results: PathLike) -> Path:
+    """Every task's model comparisons in one table."""
+    return Path(results) / "evaluation" / "comparison.csv"
+
+
+def report_file(results: PathLike) -> Path:
+    """The self-contained HTML report of a run."""
+    return Path(results) / "report.html"
+
+
+def external_dir(results: PathLike) -> Path:
+    """External validation cohorts: ``external/<cohort>/<task>/<model>/`` hold :func:`evaluation_outputs`."""
+    return Path(results) / "external"
 
 
 def heatmap_outputs(out_dir: PathLike, slide_id: str, maps: tuple[str, ...] = ("attention", "gradxinput")) -> dict:
