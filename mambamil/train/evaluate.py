@@ -519,7 +519,9 @@ def _legacy(rows: pd.DataFrame, kind: str, classes: list[str]) -> dict[str, Any]
     """The counts, confusion matrix and metrics of :mod:`mambamil.train.metrics` (also used by training)."""
     if kind == "classification":
         probs = rows[[probability_column(c) for c in classes]].to_numpy()
-        return classification_metrics(rows["target"].to_numpy(), probs, classes)
+        with warnings.catch_warnings():  # a fold whose predictions name a class its patients lack
+            warnings.simplefilter("ignore", UserWarning)
+            return classification_metrics(rows["target"].to_numpy(), probs, classes)
     return survival_metrics(rows["time"].to_numpy(), rows["event"].to_numpy(), rows["risk"].to_numpy())
 
 
