@@ -396,8 +396,9 @@ def metrics_with_intervals(
     classes: list[str],
     settings: dict[str, Any] | EvaluationSettings | None = None,
 ) -> dict[str, Any]:
-    """Every metric of the pooled frame: {name: {estimate, ci_low, ci_high, resamples, reason}} plus the method,
-    the survival times and the bootstrap replicates (``"replicates"``, not JSON) for the plots."""
+    """Every metric of the pooled frame: ``metrics`` {name: {estimate, ci_low, ci_high, resamples, reason}}, the
+    interval ``method``, the ``survival_times`` and IBS range; and, for the plots (not JSON), the prepared
+    ``frame``, the bootstrap ``weights`` and the IBS ``grid``."""
     settings = _settings(settings)
     times, grid = evaluation_times(preds, settings) if kind == "survival" else ([], None)
     names = metric_names(kind, times)
@@ -413,9 +414,7 @@ def metrics_with_intervals(
     for name in names:
         low, high, used = bs.percentile_interval(replicates.get(name, []), settings.confidence_level)
         reason = reasons.get(name)
-        if name in P_VALUES and not reason:
-            reason = None
-        elif not reason and used == 0:
+        if not reason and used == 0 and name not in P_VALUES:
             reason = "no bootstrap resample could be evaluated"
         metrics[name] = {
             "estimate": values.get(name, float("nan")),
