@@ -334,7 +334,10 @@ def _survival_replicates(
         return out
     y = _survival_array(f.time, f.event)
     cens = CensoringDistributionEstimator().fit(y)
-    ipcw = cens.predict_ipcw(y)
+    try:
+        ipcw = cens.predict_ipcw(y)
+    except ValueError:  # censoring survival 0 at an event time: the estimates already carry the reason
+        ipcw = np.zeros(len(f.time))
     if "uno_c_index" in names:
         out["uno_c_index"] = bs.concordance(f.time, f.event, f.risk, W, row_weight=np.square(ipcw))
     for t in times:
