@@ -338,5 +338,6 @@ def test_summary_table_has_fold_mean_and_pooled_interval_columns(tmp_path) -> No
     row = table.iloc[0]
     assert row["auc"] == f"{result['summary']['auc']['mean']:.3f} ± {result['summary']['auc']['std']:.3f}"
     assert row["auc_pooled"] == pytest.approx(result["metrics"]["auc"]["estimate"])
-    assert row["auc_ci_low"] < row["auc_pooled"] < row["auc_ci_high"]
+    assert row["auc_ci_low"] < row["auc_pooled"] < row["auc_ci_high"] and row["auc_reason"] is None
+    assert "no operating point" in row["sensitivity_reason"]
     assert "bootstrap" in row["ci_method"]

@@ -653,7 +653,8 @@ def _comparison_method(settings: EvaluationSettings) -> str:
 # -- cohort tables ------------------------------------------------------------------------------------------------
 def summary_table(metric_files: dict[tuple[str, str], Path]) -> pd.DataFrame:
     """One row per (task, model): fold mean ± std of each metric, and the pooled estimate with its bootstrap
-    interval (``<metric>_pooled``, ``<metric>_ci_low``, ``<metric>_ci_high``) and the interval method."""
+    interval (``<metric>_pooled``, ``<metric>_ci_low``, ``<metric>_ci_high``; ``<metric>_reason`` when it is NaN)
+    and the interval method."""
     rows = []
     for (task, model), path in sorted(metric_files.items()):
         result = json.loads(Path(path).read_text())
@@ -664,6 +665,7 @@ def summary_table(metric_files: dict[tuple[str, str], Path]) -> pd.DataFrame:
             row[f"{key}_pooled"] = m["estimate"]
             row[f"{key}_ci_low"] = m["ci_low"]
             row[f"{key}_ci_high"] = m["ci_high"]
+            row[f"{key}_reason"] = m["reason"]
         row["ci_method"] = result.get("interval_method")
         rows.append(row)
     return pd.DataFrame(rows)
