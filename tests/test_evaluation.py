@@ -341,3 +341,43 @@ def test_summary_table_has_fold_mean_and_pooled_interval_columns(tmp_path) -> No
     assert row["auc_ci_low"] < row["auc_pooled"] < row["auc_ci_high"] and row["auc_reason"] is None
     assert "no operating point" in row["sensitivity_reason"]
     assert "bootstrap" in row["ci_method"]
+
+
+def test_training_writes_validation_predictions_and_survival_curves(tmp_path) -> None:
+    """The engine's outputs the evaluation needs: val_predictions.csv, and each survival row's curve (surv_k at
+    surv_time_k = the task's bin ends, stored in the checkpoint)."""
+    from mambamil.cli import main
+    from mambamil.config import default_section
+    from mambamil.h5layout import CoordsAttrs, FeatureAttrs, write_features
+    from mambamil.models import load_checkpoint
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(16):
+        feats = rng.normal(size=(20, 8)).astype(np.float32)
+        coords = np.stack([np.arange(20) * 256, np.zeros(20, int)], axis=1)
+        write_features(tmp_path / "features" / f"S{i:02d}.h5", feats, coords, FeatureAttrs(patch_size=256),
+                       CoordsAttrs(patch_size=256, patch_size_level0=256, step_level0=256))  # fmt: skip
+        rows.append({"case_id": f"P{i:02d}", "slide_id": f"S{i:02d}", "time": 1.0 + i, "event": i % 3 != 0})
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    training = {**default_section("training"), "folds": 2, "epochs": 1, "min_epochs": 1, "device": "cpu"}
+    task = {"type": "survival", "n_bins": 3}
+    spec = json.dumps({"task_name": "os", "task": task, "training": training, "model_name": "mean",
+                       "model": {"model": "mean"}})  # fmt: skip
+    common = ["--labels", tmp_path / "labels.csv", "--features-dir", tmp_path / "features", "--settings", spec]
+    argv = ["--quiet", "--threads", "1"]
+    assert main([*argv, *map(str, ["splits", *common, "--out", tmp_path / "splits.csv"])]) == 0
+    out = tmp_path / "fold_0"
+    assert (
+        main([*argv, *map(str, ["train", *common, "--splits", tmp_path / "splits.csv", "--fold", 0, "--out", out])])
+        == 0
+    )
+    files = fold_outputs(out)
+    edges = load_checkpoint(files["checkpoint"])[1]["meta"]["bin_edges"]
+    for key in ("predictions", "val_predictions"):
+        preds = pd.read_csv(files[key])
+        assert len(preds) and (preds["fold"] == 0).all(), key
+        surv = preds[["surv_1", "surv_2", "surv_3"]].to_numpy()
+        assert (np.diff(surv, axis=1) <= 1e-7).all() and ((surv > 0) & (surv < 1)).all(), key  # a survival curve
+        np.testing.assert_allclose(preds[["surv_time_1", "surv_time_2", "surv_time_3"]].iloc[0], edges[1:])
+        np.testing.assert_allclose(preds["risk"], -surv.sum(axis=1), rtol=1e-5)
