@@ -124,19 +124,26 @@ def evaluate_cohort(
     out_dir: str | Path,
     title: str,
     problems: list[str],
-    settings: dict[str, Any] | None = None,
+    info: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Metrics of the labelled rows of ``preds`` (:func:`mambamil.train.evaluate.evaluate_predictions`, the
-    development cohort's metrics) in ``out_dir``; with no labelled row, ``metrics.json`` says why."""
-    from mambamil.train.evaluate import evaluate_predictions
+    development cohort's metrics and intervals; ``evaluation``: that config section, schema defaults when None) in
+    ``out_dir``; with no labelled row, ``metrics.json`` says why. ``info`` (checkpoints, level), the label problems
+    and the counts are recorded under ``settings`` beside the evaluation settings."""
+    from mambamil.train.evaluate import evaluate_predictions, json_safe
 
     scored = labelled(preds, kind)
-    settings = {**(settings or {}), "label_problems": problems, "n_predicted": len(preds), "n_scored": len(scored)}
+    provenance = {**(info or {}), "label_problems": problems, "n_predicted": len(preds), "n_scored": len(scored)}
     if scored.empty:
         result = {"kind": kind, "n": 0, "pooled": {}, "reason": "no labelled patient with a prediction",
-                  "settings": settings}  # fmt: skip
+                  "settings": provenance}  # fmt: skip
         write_json(evaluation_outputs(out_dir)["metrics"], result)
         return result
     if kind == "survival":
         scored["event"] = scored["event"].astype(int)
-    return evaluate_predictions(scored, kind, classes, out_dir, title, settings)
+    result = evaluate_predictions(scored, kind, classes, out_dir, title, evaluation)
+    result["n"] = len(scored)
+    result["settings"] = {**result["settings"], **provenance}
+    write_json(evaluation_outputs(out_dir)["metrics"], json_safe(result))
+    return result

@@ -263,7 +263,11 @@ def summarise(outs: list[dict[str, torch.Tensor]], task: TaskSpec, source: str) 
         row: dict[str, Any] = {probability_column(c): float(probs[k]) for k, c in enumerate(task.classes)}
         row["predicted"] = task.classes[int(probs.argmax())]
         return row
-    return {"risk": float(torch.stack([o["risk"].reshape(-1)[0] for o in outs]).mean())}
+    row = {"risk": float(torch.stack([o["risk"].reshape(-1)[0] for o in outs]).mean())}
+    if all("S" in o for o in outs):  # the survival curve: surv_k = P(surviving past the end of time bin k)
+        surv = torch.stack([o["S"].float().reshape(-1) for o in outs]).mean(0).numpy()
+        row.update({f"surv_{k + 1}": float(v) for k, v in enumerate(surv)})
+    return row
 
 
 @dataclass

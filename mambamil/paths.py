@@ -14,7 +14,10 @@ files a CLI verb writes into the folder it is given with ``--out`` (:func:`tile_
         models/<task>/<model>/fold_<k>/checkpoint.pt | test_predictions.csv …   train
         models/<task>/<model>/final/checkpoint.pt | summary.json | log.csv      train-final
         evaluation/<task>/<model>/metrics.json | predictions.csv | …           evaluate
-        evaluation/summary.csv                                                  summary
+        evaluation/summary.csv | comparison.csv                                 summary
+        evaluation/<task>/comparison.csv                                        compare
+        external/<cohort>/<task>/<model>/metrics.json | …                       external cohorts
+        report.html                                                             report
         heatmaps/<slide_id>/<slide_id>.attention.png | … ;  heatmaps/index.csv  heatmaps
         external/<cohort>/tiles/… | features/<encoder_tag>/… | qc/…             an external cohort's own stages
         external/<cohort>/<task>/<model>/cohort_predictions.csv | metrics.json …  predict (fold ensemble)
@@ -64,10 +67,12 @@ def final_model_dir(results: PathLike, task: str, model: str) -> Path:
     return Path(results) / "models" / task / model / "final"
 
 
-def external_dir(results: PathLike, cohort: str) -> Path:
+def external_dir(results: PathLike, cohort: str | None = None) -> Path:
     """The results root of one external validation cohort: its tiles, features and QC tables, as under
-    ``results`` (pass it to :func:`tiles_dir`, :func:`features_dir`, :func:`qc_dir`)."""
-    return Path(results) / "external" / cohort
+    ``results`` (pass it to :func:`tiles_dir`, :func:`features_dir`, :func:`qc_dir`); without ``cohort``, the
+    folder of all cohorts (``external/<cohort>/<task>/<model>/`` hold :func:`evaluation_outputs`)."""
+    root = Path(results) / "external"
+    return root / cohort if cohort else root
 
 
 def external_evaluation_dir(results: PathLike, cohort: str, task: str, model: str, final: bool = False) -> Path:
@@ -130,6 +135,7 @@ def fold_outputs(out_dir: PathLike) -> dict[str, Path]:
     return {
         "checkpoint": out_dir / "checkpoint.pt",
         "predictions": out_dir / "test_predictions.csv",
+        "val_predictions": out_dir / "val_predictions.csv",
         "log_csv": out_dir / "log.csv",
         "curves": out_dir / "curves.png",
         "summary": out_dir / "summary.json",
@@ -143,6 +149,8 @@ def evaluation_outputs(out_dir: PathLike) -> dict[str, Path]:
         "metrics": out_dir / "metrics.json",
         "predictions": out_dir / "predictions.csv",
         "curves": out_dir / "test_curves.png",
+        "calibration": out_dir / "calibration.png",
+        "time_auc": out_dir / "time_auc.png",
     }
 
 
@@ -150,6 +158,21 @@ def external_outputs(out_dir: PathLike) -> dict[str, Path]:
     """What predicting an external cohort writes: every patient's prediction with its label where known
     (``cohort_predictions``) and, with a label sheet, the :func:`evaluation_outputs` of the labelled ones."""
     return {"cohort_predictions": Path(out_dir) / "cohort_predictions.csv", **evaluation_outputs(out_dir)}
+
+
+def comparison_file(results: PathLike, task: str) -> Path:
+    """The paired comparison of every two models of one task."""
+    return Path(results) / "evaluation" / task / "comparison.csv"
+
+
+def comparison_table(results: PathLike) -> Path:
+    """Every task's model comparisons in one table."""
+    return Path(results) / "evaluation" / "comparison.csv"
+
+
+def report_file(results: PathLike) -> Path:
+    """The self-contained HTML report of a run."""
+    return Path(results) / "report.html"
 
 
 def heatmap_outputs(out_dir: PathLike, slide_id: str, maps: tuple[str, ...] = ("attention", "gradxinput")) -> dict:

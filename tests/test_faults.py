@@ -17,13 +17,13 @@ import pytest
 import torch
 
 from mambamil import demo
+from mambamil.bags import Sample
 from mambamil.cli import main
 from mambamil.errors import FAULT_EXIT, FaultError, fault_from
 from mambamil.paths import tile_outputs
 from mambamil.qc import QCOutcome, SlideStat, changed_slides, read_stub, run_slide_stage, write_stub
 from mambamil.slide import open_slide
 from mambamil.tiling import TilingSettings, tile_slide
-from mambamil.train.data import Sample
 from mambamil.train.engine import bag_out_of_memory
 
 ENCODER = ("--encoder", "timm:test_convnext", "--weights", "random", "--device", "cpu", "--num-workers", "0")

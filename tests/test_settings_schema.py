@@ -19,12 +19,14 @@ from mambamil.features.extract import FeatureSettings
 from mambamil.heatmaps import HeatmapSettings
 from mambamil.tiling import TilingSettings
 from mambamil.train.engine import TrainSettings
+from mambamil.train.evaluate import EvaluationSettings
 
 DATACLASSES = [
     (TilingSettings, "tiling"),
     (FeatureSettings, "features"),
     (HeatmapSettings, "heatmaps"),
     (TrainSettings, "training"),
+    (EvaluationSettings, "evaluation"),
 ]
 VERBS = {"tile": "tiling", "features": "features", "order": "order", "heatmap": "heatmaps"}
 

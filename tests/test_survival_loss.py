@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
+from mambamil.bags import Sample, TaskSpec, build_samples
 from mambamil.config import default_section
-from mambamil.train.data import Sample, TaskSpec, build_samples
 from mambamil.train.engine import Objective, TrainSettings
 from mambamil.train.metrics import nll_survival_loss
 

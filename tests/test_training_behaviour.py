@@ -14,12 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mambamil.bags import Sample, TaskSpec
 from mambamil.config import default_section
 from mambamil.h5layout import CoordsAttrs, FeatureAttrs, read_bag, write_features
 from mambamil.inference import load_trained, unwrap
 from mambamil.models import create_model, load_checkpoint
 from mambamil.models.common import MILModel
-from mambamil.train.data import Sample, TaskSpec
 from mambamil.train.engine import TrainSettings, train_fold
 
 DIM = 3

@@ -26,6 +26,7 @@ from mambamil.h5layout import check_one_encoder
 from mambamil.inference import Standardized, load_trained, predict_dataset, unwrap
 from mambamil.models import create_model, save_checkpoint
 from mambamil.paths import fold_outputs
+from mambamil.train.evaluate import add_survival_times
 from mambamil.train.metrics import c_index, classification_metrics, nll_survival_loss
 from mambamil.train.plots import loss_curves
 
@@ -144,8 +145,9 @@ def train_fold(
     progress: bool = True,
     order: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train one fold; writes ``checkpoint.pt``, ``log.csv``, ``curves.png``, ``test_predictions.csv`` and
-    ``summary.json`` into ``out_dir``. Returns the summary.
+    """Train one fold; writes ``checkpoint.pt``, ``log.csv``, ``curves.png``, ``test_predictions.csv``,
+    ``val_predictions.csv`` (the best checkpoint on the validation patients) and ``summary.json`` into ``out_dir``.
+    Returns the summary.
 
     ``order`` ({"method", "seed"}) is the order stage's setting behind ``order_files``, stored in the checkpoint
     so inference recomputes the same sequences; without order files bags are read as stored."""
@@ -218,10 +220,15 @@ def train_fold(
         history_df.to_csv(tmp, index=False)
     loss_curves(history_df, outputs["curves"], monitor if monitor in history_df else "val_loss")
     best_model, _ = load_trained(outputs["checkpoint"])
-    preds = predict_dataset([best_model.to(device)], data["test"], device, task, settings.precision)
-    preds.insert(0, "fold", fold)
-    with atomic_output(outputs["predictions"]) as tmp:
-        preds.to_csv(tmp, index=False)
+    best_model = best_model.to(device)
+    # Test predictions, and the validation predictions that choose the operating point of the evaluation.
+    for key, split in (("predictions", "test"), ("val_predictions", "val")):
+        preds = predict_dataset([best_model], data[split], device, task, settings.precision)
+        preds.insert(0, "fold", fold)
+        if task.kind == "survival" and "bin_edges" in meta:
+            preds = add_survival_times(preds, meta["bin_edges"])
+        with atomic_output(outputs[key]) as tmp:
+            preds.to_csv(tmp, index=False)
     summary = {
         "task": task.name,
         "model": model_name,

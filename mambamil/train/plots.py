@@ -1,4 +1,5 @@
-"""Plots people would rather look at than read: loss curves, ROC curves, Kaplan–Meier curves."""
+"""Plots people would rather look at than read: loss curves, ROC and precision–recall curves with bootstrap bands,
+reliability curves, Kaplan–Meier curves, time-dependent AUC."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from lifelines import KaplanMeierFitter
-from sklearn.metrics import roc_curve
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import precision_recall_curve, roc_curve
 
 from mambamil.fileio import atomic_output
+from mambamil.train import bootstrap as bs
 
 
 def _save(fig: plt.Figure, path: str | Path) -> None:
@@ -64,4 +67,89 @@ def km_plot(time: np.ndarray, event: np.ndarray, risk: np.ndarray, path: str | P
                 time[mask], event[mask]
             ).plot_survival_function(ax=ax, ci_show=False)
     ax.set(xlabel="time", ylabel="survival probability", title=title)
+    _save(fig, path)
+
+
+def _band(ax: plt.Axes, grid: np.ndarray, replicates: np.ndarray, level: float, color: str) -> None:
+    """Pointwise percentile band of bootstrap curves (rows of ``replicates``, NaN rows left out)."""
+    valid = replicates[np.isfinite(replicates).all(axis=1)]
+    if len(valid):
+        alpha = (1 - level) / 2
+        low, high = np.quantile(valid, [alpha, 1 - alpha], axis=0)
+        ax.fill_between(grid, low, high, color=color, alpha=0.2, lw=0)
+
+
+def roc_pr_plot(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    W: np.ndarray,
+    path: str | Path,
+    title: str,
+    level: float = 0.95,
+) -> None:
+    """ROC and precision–recall curves (one-vs-rest per class for multiclass tasks) on the pooled test
+    predictions, each with its pointwise bootstrap band (the resamples ``W`` of the intervals)."""
+    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(9, 4.2))
+    grid = np.linspace(0, 1, 101)
+    indices = [1] if len(classes) == 2 else range(len(classes))
+    for i, k in enumerate(indices):
+        positive = np.asarray(y_true) == k
+        if positive.all() or not positive.any():
+            continue
+        color = f"C{i}"
+        fpr, tpr, _ = roc_curve(positive, probs[:, k])
+        roc_ax.plot(fpr, tpr, color=color, label=classes[k])
+        _band(roc_ax, grid, bs.roc_band(probs[:, k], positive, W, grid), level, color)
+        precision, recall, _ = precision_recall_curve(positive, probs[:, k])
+        pr_ax.step(
+            recall, precision, where="post", color=color, label=f"{classes[k]} (prevalence {positive.mean():.2f})"
+        )
+        _band(pr_ax, grid, bs.pr_band(probs[:, k], positive, W, grid), level, color)
+    roc_ax.plot([0, 1], [0, 1], color="grey", ls=":")
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC — {title}")
+    pr_ax.set(xlabel="recall", ylabel="precision", title="precision–recall", ylim=(0, 1.02))
+    for ax in (roc_ax, pr_ax):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right" if ax is roc_ax else "lower left", fontsize=8)
+    fig.text(0.5, -0.02, f"bands: pointwise {100 * level:g} % patient-bootstrap percentiles", ha="center", fontsize=8)
+    _save(fig, path)
+
+
+def calibration_plot(
+    confidence: np.ndarray, outcome: np.ndarray, n_bins: int, path: str | Path, title: str, what: str
+) -> None:
+    """Reliability curve (scikit-learn's equal-width bins) over a histogram of the predicted probabilities."""
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(4.8, 5.2), height_ratios=[3, 1], sharex=True)
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", label="perfectly calibrated")
+    if len(np.unique(outcome)) > 1:
+        observed, predicted = calibration_curve(outcome, confidence, n_bins=n_bins, strategy="uniform")
+        ax.plot(predicted, observed, marker="o", label="model")
+    ax.set(ylabel="observed frequency", title=f"calibration — {title}", ylim=(-0.02, 1.02))
+    ax.legend(loc="upper left", fontsize=8)
+    hist.hist(confidence, bins=np.linspace(0, 1, n_bins + 1), color="C0", alpha=0.6)
+    hist.set(xlabel=f"predicted probability ({what})", ylabel="patients")
+    _save(fig, path)
+
+
+def time_auc_plot(metrics: dict, times: list[float], path: str | Path, title: str) -> None:
+    """Time-dependent (cumulative/dynamic) AUC at each evaluation time with its bootstrap interval, beside
+    Harrell's and Uno's c-index."""
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    pts = [(t, metrics[f"td_auc_{t:g}"]) for t in times if np.isfinite(metrics[f"td_auc_{t:g}"]["estimate"])]
+    if pts:
+        t = np.array([p[0] for p in pts])
+        est = np.array([p[1]["estimate"] for p in pts])
+        low = np.array([p[1]["ci_low"] for p in pts])
+        high = np.array([p[1]["ci_high"] for p in pts])
+        ax.errorbar(t, est, yerr=[np.nan_to_num(est - low), np.nan_to_num(high - est)], marker="o", capsize=4,
+                    label="AUC(t)")  # fmt: skip
+    for name, style in (("c_index", "--"), ("uno_c_index", ":")):
+        value = metrics.get(name, {}).get("estimate", float("nan"))
+        if np.isfinite(value):
+            ax.axhline(value, color="grey", ls=style, lw=1, label=f"{name} {value:.3f}")
+    ax.axhline(0.5, color="black", lw=0.5)
+    ax.set(xlabel="time", ylabel="cumulative/dynamic AUC", title=f"time-dependent AUC — {title}", ylim=(0, 1.02))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
     _save(fig, path)

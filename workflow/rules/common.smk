@@ -36,6 +36,9 @@ SPLITS = paths.splits_file(RESULTS, "{task}")
 FOLD = paths.fold_outputs(paths.fold_dir(RESULTS, "{task}", "{model}", "{fold}"))
 EVALUATION = paths.evaluation_outputs(paths.evaluation_dir(RESULTS, "{task}", "{model}"))
 SUMMARY = paths.summary_file(RESULTS)
+COMPARISON = paths.comparison_file(RESULTS, "{task}")
+COMPARISON_TABLE = paths.comparison_table(RESULTS)
+REPORT = paths.report_file(RESULTS)
 HEATMAP = paths.heatmap_outputs(paths.heatmap_dir(RESULTS, "{slide_id}"), "{slide_id}")
 HEATMAPS_INDEX = paths.heatmaps_index(RESULTS)
 DEMO = config.get("demo_cohort") or None
@@ -144,6 +147,21 @@ def task_spec(task, model=None):
     return spec
 
 
+def evaluation_spec(task, model=None):
+    """The settings of evaluate / compare: the task (and model), and the `evaluation` section. Kept out of
+    task_spec, so that changing how results are evaluated retrains nothing."""
+    return {**task_spec(task, model), "evaluation": config["evaluation"]}
+
+
+#: Further inputs of the report rule (e.g. external validation metrics), added by the rules that make them; the
+#: report reads whatever of them exists under results/.
+REPORT_INPUTS = []
+
+
+def report_inputs(wildcards):
+    return REPORT_INPUTS
+
+
 def task_folds(task):
     """Fold indices of one task (its own `folds` when set in tasks.<task>.training)."""
     return list(range(task_training(config, task)["folds"]))
@@ -169,7 +187,7 @@ def all_targets():
     targets += expand(FEATURES, slide_id=SLIDE_IDS)
     targets += expand(ORDER, method=ORDER_METHODS, slide_id=SLIDE_IDS)
     if TASKS and MODELS:
-        targets.append(SUMMARY)
+        targets += [SUMMARY, REPORT]
     targets.append(QC["slides"])
     if HEATMAP_TASK and HEATMAP_MODEL:
         # Heatmaps follow the splits (a checkpoint): only slides that passed QC and were tested (qc.smk).

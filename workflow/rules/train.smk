@@ -1,4 +1,5 @@
-# Stage 4 — splits, train (one job per task × model × fold), evaluate, and the cohort summary (mambamil/train/).
+# Stage 4 — splits, train (one job per task × model × fold), evaluate, compare (the models of a task), the cohort
+# summary and the HTML report (mambamil/train/, mambamil/report.py).
 
 
 checkpoint splits:
@@ -34,6 +35,7 @@ rule train:
     output:
         checkpoint=FOLD["checkpoint"],
         predictions=FOLD["predictions"],
+        val_predictions=FOLD["val_predictions"],
         log_csv=FOLD["log_csv"],
         summary=FOLD["summary"],
         curves=report(
@@ -67,6 +69,10 @@ rule train:
 rule evaluate:
     input:
         predictions=lambda wc: expand(FOLD["predictions"], task=wc.task, model=wc.model, fold=task_folds(wc.task)),
+        # read beside each test file: the validation predictions that choose the operating point
+        val_predictions=lambda wc: expand(
+            FOLD["val_predictions"], task=wc.task, model=wc.model, fold=task_folds(wc.task)
+        ),
     output:
         metrics=EVALUATION["metrics"],
         predictions=EVALUATION["predictions"],
@@ -78,7 +84,7 @@ rule evaluate:
         ),
     params:
         out_dir=lambda wc: paths.evaluation_dir(RESULTS, wc.task, wc.model),
-        settings=lambda wc: settings_option(task_spec(wc.task, wc.model)),
+        settings=lambda wc: settings_option(evaluation_spec(wc.task, wc.model)),
     log:
         LOGS / "evaluate" / "{task}" / "{model}.log",
     threads: 1
@@ -92,12 +98,35 @@ rule evaluate:
         "> {log:q} 2>&1"
 
 
+rule compare:
+    input:
+        predictions=lambda wc: expand(EVALUATION["predictions"], task=wc.task, model=MODELS),
+    output:
+        comparison=COMPARISON,
+    params:
+        models=MODELS,
+        settings=lambda wc: settings_option(evaluation_spec(wc.task)),
+    log:
+        LOGS / "compare" / "{task}.log",
+    threads: 1
+    resources:
+        mem_mb=mem_mb("compare", 2000),
+        runtime=resource("compare", "runtime", 10),
+    conda:
+        "../../envs/mambamil.yaml"
+    shell:
+        "python -m mambamil --threads {threads} compare {input.predictions:q} --names {params.models:q} "
+        "{params.settings} --out {output.comparison:q} > {log:q} 2>&1"
+
+
 rule summary:
     input:
         metrics=[expand(EVALUATION["metrics"], task=t, model=m)[0] for t in TASKS for m in MODELS],
+        comparisons=expand(COMPARISON, task=TASKS),
         qc=QC["slides"],
     output:
         summary=report(SUMMARY, category="Evaluation"),
+        comparison=report(COMPARISON_TABLE, category="Evaluation"),
     params:
         runs=[(t, m) for t in TASKS for m in MODELS],
     log:
@@ -107,3 +136,20 @@ rule summary:
         "../../envs/mambamil.yaml"
     script:
         "../scripts/summary.py"
+
+
+rule report:
+    input:
+        summary=SUMMARY,
+        comparison=COMPARISON_TABLE,
+        qc=QC["slides"],
+        extra=report_inputs,
+    output:
+        report=REPORT,
+    log:
+        LOGS / "report.log",
+    localrule: True
+    conda:
+        "../../envs/mambamil.yaml"
+    script:
+        "../scripts/report.py"

@@ -1,11 +1,14 @@
-"""Cohort summary: one row per task × model with mean ± std of each test-fold metric."""
+"""Cohort summary: one row per task × model with mean ± std of each test-fold metric and the pooled estimate with
+its bootstrap interval; and every task's paired model comparisons in one table."""
 
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from mambamil.fileio import atomic_output
 from mambamil.qc import exclusion_report, qc_counts, read_qc_table
-from mambamil.train.evaluate import summary_table
+from mambamil.train.evaluate import COMPARISON_COLUMNS, summary_table
 
 snakemake = snakemake  # noqa: F821 (injected by Snakemake)
 with open(snakemake.log[0], "w") as log:
@@ -19,3 +22,8 @@ with open(snakemake.log[0], "w") as log:
     with atomic_output(snakemake.output.summary) as tmp:
         table.to_csv(tmp, index=False)
     print(table.to_string(index=False), file=log)
+    frames = [pd.read_csv(p) for p in snakemake.input.comparisons]
+    comparison = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COMPARISON_COLUMNS)
+    with atomic_output(snakemake.output.comparison) as tmp:
+        comparison.to_csv(tmp, index=False)
+    print(comparison.to_string(index=False), file=log)

@@ -1,0 +1,247 @@
+"""Patient-level bootstrap, vectorised: one matrix of resampling weights and weighted estimators that evaluate
+every resample at once.
+
+A resample is a row of ``W`` (resamples × prediction rows): how many times each row's patient was drawn (all rows
+of one patient share it). Each estimator below is the library's estimator with those counts as weights; with
+``W`` a row of ones it equals the library's value (``tests/test_evaluation.py`` checks each against scikit-learn,
+lifelines or scikit-survival on the same data). Survival estimators with inverse-probability-of-censoring weights
+take the censoring distribution from the full sample (fixed over resamples).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: How the intervals are made, written next to the numbers (metrics.json, summary.csv, the report).
+METHOD = (
+    "{level:g} % percentile bootstrap interval: {n} resamples of patients with replacement (seed {seed}) on the "
+    "pooled out-of-fold test predictions"
+)
+
+
+def bootstrap_weights(groups: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """Resampling counts (``n_resamples`` × rows, float): each resample draws as many patients as there are, with
+    replacement, and every row of a patient (``groups``: its case id) gets the patient's count. Seeded."""
+    _, index = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    n = int(index.max()) + 1 if len(index) else 0
+    if n == 0:
+        return np.zeros((n_resamples, 0))
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_resamples)
+    return counts[:, index].astype(float)
+
+
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float, int]:
+    """(low, high, resamples used) from bootstrap replicates (NaN replicates, e.g. a resample with one class
+    only, are left out)."""
+    samples = np.asarray(samples, dtype=float)
+    valid = samples[np.isfinite(samples)]
+    if valid.size == 0:
+        return float("nan"), float("nan"), 0
+    alpha = (1 - level) / 2
+    low, high = np.quantile(valid, [alpha, 1 - alpha])
+    return float(low), float(high), int(valid.size)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def _tie_groups(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The order that sorts ``score`` ascending and the start of each run of equal scores in it."""
+    order = np.argsort(score, kind="stable")
+    s = score[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    return order, starts
+
+
+def weighted_mann_whitney(score: np.ndarray, w_pos: np.ndarray, w_neg: np.ndarray) -> np.ndarray:
+    """P(score of a positive > score of a negative) + ½ P(tie) per resample, positives and negatives weighted by
+    ``w_pos`` / ``w_neg`` (resamples × rows, zero for rows of the other kind): the AUC as scikit-learn's
+    ``roc_auc_score`` computes it (and, with inverse-probability weights on the cases, scikit-survival's
+    cumulative/dynamic AUC)."""
+    score = np.asarray(score, dtype=float)
+    if score.size == 0:
+        return np.full(w_pos.shape[0], np.nan)
+    order, starts = _tie_groups(score)
+    pos = np.add.reduceat(w_pos[:, order], starts, axis=1)
+    neg = np.add.reduceat(w_neg[:, order], starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    num = (pos * (below + 0.5 * neg)).sum(axis=1)
+    return _ratio(num, pos.sum(axis=1) * neg.sum(axis=1))
+
+
+def auc(score: np.ndarray, positive: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """Binary ROC AUC per resample."""
+    positive = np.asarray(positive, dtype=bool)
+    return weighted_mann_whitney(score, W * positive, W * ~positive)
+
+
+def macro_ovr_auc(y: np.ndarray, probs: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """AUC of a binary task (class 1's probability), or the unweighted mean of one-vs-rest AUCs (multiclass; NaN
+    when a class is missing from a resample), as ``roc_auc_score(multi_class="ovr", average="macro")``."""
+    y = np.asarray(y, dtype=int)
+    if probs.shape[1] == 2:
+        return auc(probs[:, 1], y == 1, W)
+    return np.mean([auc(probs[:, k], y == k, W) for k in range(probs.shape[1])], axis=0)
+
+
+def average_precision(score: np.ndarray, positive: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """Average precision (step-wise area under the precision–recall curve, thresholds at every distinct score)
+    per resample, as scikit-learn's ``average_precision_score``."""
+    positive = np.asarray(positive, dtype=bool)
+    order, starts = _tie_groups(-np.asarray(score, dtype=float))  # descending scores
+    tp = np.cumsum(np.add.reduceat((W * positive)[:, order], starts, axis=1), axis=1)
+    fp = np.cumsum(np.add.reduceat((W * ~positive)[:, order], starts, axis=1), axis=1)
+    precision = _ratio(tp, tp + fp)
+    total = tp[:, -1:]
+    recall_step = np.diff(np.concatenate([np.zeros_like(total), tp], axis=1), axis=1)
+    return _ratio(np.nansum(recall_step * precision, axis=1), total[:, 0])
+
+
+def macro_average_precision(y: np.ndarray, probs: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """Average precision of class 1 (binary), or the mean over classes one-vs-rest (multiclass)."""
+    y = np.asarray(y, dtype=int)
+    if probs.shape[1] == 2:
+        return average_precision(probs[:, 1], y == 1, W)
+    return np.mean([average_precision(probs[:, k], y == k, W) for k in range(probs.shape[1])], axis=0)
+
+
+def weighted_mean(values: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """Weighted mean of one value per row, per resample (Brier score from per-row squared errors, ...)."""
+    return _ratio(W @ np.asarray(values, dtype=float), W.sum(axis=1))
+
+
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray, n_classes: int, W: np.ndarray) -> np.ndarray:
+    """Mean recall over the classes present in the resample (``balanced_accuracy_score``)."""
+    y, pred = np.asarray(y, dtype=int), np.asarray(pred, dtype=int)
+    recalls = np.array(
+        [_ratio(W @ ((y == k) & (pred == k)).astype(float), W @ (y == k).astype(float)) for k in range(n_classes)]
+    )
+    present = np.isfinite(recalls)
+    return _ratio(np.where(present, recalls, 0).sum(axis=0), present.sum(axis=0).astype(float))
+
+
+def weighted_f1(y: np.ndarray, pred: np.ndarray, n_classes: int, W: np.ndarray) -> np.ndarray:
+    """Per-class F1 averaged with the classes' supports as weights (``f1_score(average="weighted")``)."""
+    y, pred = np.asarray(y, dtype=int), np.asarray(pred, dtype=int)
+    total = np.zeros(W.shape[0])
+    for k in range(n_classes):
+        tp = W @ ((y == k) & (pred == k)).astype(float)
+        fp = W @ ((y != k) & (pred == k)).astype(float)
+        fn = W @ ((y == k) & (pred != k)).astype(float)
+        f1 = np.nan_to_num(_ratio(2 * tp, 2 * tp + fp + fn))
+        total += f1 * (tp + fn)
+    return _ratio(total, W.sum(axis=1))
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int, W: np.ndarray) -> np.ndarray:
+    """Σ over equal-width confidence bins of (bin share) × |observed frequency − mean confidence|.
+
+    Binary tasks pass the positive class's probability and whether the patient is positive; multiclass tasks the
+    top-class probability and whether the top class is right. No library computes it; the test checks it against
+    scikit-learn's ``calibration_curve`` bins."""
+    confidence = np.asarray(confidence, dtype=float)
+    bins = np.clip((confidence * n_bins).astype(int), 0, n_bins - 1)
+    onehot = np.eye(n_bins)[bins]
+    gap = np.abs(W @ (onehot * np.asarray(correct, dtype=float)[:, None]) - W @ (onehot * confidence[:, None]))
+    return _ratio(gap.sum(axis=1), W.sum(axis=1))
+
+
+def recall(hit: np.ndarray, relevant: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """Share of ``relevant`` rows that are ``hit`` (sensitivity: positives called positive; specificity:
+    negatives called negative)."""
+    relevant = np.asarray(relevant, dtype=bool)
+    return _ratio(W @ (np.asarray(hit, dtype=bool) & relevant).astype(float), W @ relevant.astype(float))
+
+
+def concordance(
+    time: np.ndarray,
+    event: np.ndarray,
+    risk: np.ndarray,
+    W: np.ndarray,
+    row_weight: np.ndarray | None = None,
+    block: int = 1024,
+) -> np.ndarray:
+    """Harrell's concordance index per resample (lifelines' ``concordance_index`` and scikit-survival's
+    ``concordance_index_censored``): a pair is comparable when the earlier time is an event (or both times are
+    equal, one an event and the other censored); concordant when that patient has the higher risk; risk ties
+    count ½. ``row_weight`` weights pairs by their event patient (Uno's IPCW c-index: 1/G(tᵢ)², 0 beyond τ).
+
+    O(resamples × events × rows) time; the pair matrix is built ``block`` events at a time."""
+    time, risk = np.asarray(time, dtype=float), np.asarray(risk, dtype=float)
+    event = np.asarray(event, dtype=bool)
+    weight = np.ones(len(time)) if row_weight is None else np.asarray(row_weight, dtype=float)
+    rows = np.flatnonzero(event & (weight > 0))
+    num = np.zeros(W.shape[0])
+    den = np.zeros(W.shape[0])
+    for start in range(0, len(rows), block):
+        i = rows[start : start + block]
+        ti, ri = time[i, None], risk[i, None]
+        comparable = (ti < time[None, :]) | ((ti == time[None, :]) & ~event[None, :])
+        score = comparable * np.where(ri > risk[None, :], 1.0, np.where(ri == risk[None, :], 0.5, 0.0))
+        wi = W[:, i] * weight[i]
+        num += ((wi @ score) * W).sum(axis=1)
+        den += ((wi @ comparable.astype(float)) * W).sum(axis=1)
+    return _ratio(num, den)
+
+
+def survival_brier(
+    time: np.ndarray,
+    event: np.ndarray,
+    surv: np.ndarray,
+    grid: np.ndarray,
+    g_at_time: np.ndarray,
+    g_at_grid: np.ndarray,
+    W: np.ndarray,
+) -> np.ndarray:
+    """IPCW Brier score at each ``grid`` time per resample (resamples × grid), as scikit-survival's
+    ``brier_score``: ``surv`` (rows × grid) the predicted survival, ``g_at_time`` / ``g_at_grid`` the censoring
+    survival at each row's time and at the grid times."""
+    time, event = np.asarray(time, dtype=float)[:, None], np.asarray(event, dtype=bool)[:, None]
+    with np.errstate(divide="ignore"):
+        inv_time = np.where(g_at_time > 0, 1.0 / np.where(g_at_time > 0, g_at_time, 1), 0.0)[:, None]
+        inv_grid = np.where(g_at_grid > 0, 1.0 / np.where(g_at_grid > 0, g_at_grid, 1), 0.0)[None, :]
+    case = (time <= grid[None, :]) & event
+    control = time > grid[None, :]
+    loss = np.square(surv) * case * inv_time + np.square(1.0 - surv) * control * inv_grid
+    return _ratio(W @ loss, W.sum(axis=1)[:, None])
+
+
+def integrated(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Trapezoid integral over ``grid`` divided by its span, per row (the integrated Brier score)."""
+    return np.trapezoid(values, grid, axis=-1) / (grid[-1] - grid[0])
+
+
+def _curve_points(score: np.ndarray, positive: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative true and false positives (resamples × thresholds, from (0, 0)) as the threshold falls through
+    the distinct scores."""
+    positive = np.asarray(positive, dtype=bool)
+    order, starts = _tie_groups(-np.asarray(score, dtype=float))
+    tp = np.cumsum(np.add.reduceat((W * positive)[:, order], starts, axis=1), axis=1)
+    fp = np.cumsum(np.add.reduceat((W * ~positive)[:, order], starts, axis=1), axis=1)
+    zero = np.zeros((W.shape[0], 1))
+    return np.concatenate([zero, tp], axis=1), np.concatenate([zero, fp], axis=1)
+
+
+def roc_band(score: np.ndarray, positive: np.ndarray, W: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """True-positive rate at each false-positive rate of ``grid``, per resample (NaN rows: one class only)."""
+    tp, fp = _curve_points(score, positive, W)
+    tpr, fpr = _ratio(tp, tp[:, -1:]), _ratio(fp, fp[:, -1:])
+    out = np.full((W.shape[0], len(grid)), np.nan)
+    for b in np.flatnonzero(np.isfinite(tpr[:, -1]) & np.isfinite(fpr[:, -1])):
+        out[b] = np.interp(grid, fpr[b], tpr[b])
+    return out
+
+
+def pr_band(score: np.ndarray, positive: np.ndarray, W: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Precision at each recall of ``grid``, per resample (NaN rows: no positives)."""
+    tp, fp = _curve_points(score, positive, W)
+    recall_ = _ratio(tp, tp[:, -1:])
+    precision = _ratio(tp, tp + fp)
+    precision[:, 0] = 1.0
+    out = np.full((W.shape[0], len(grid)), np.nan)
+    for b in np.flatnonzero(np.isfinite(recall_[:, -1])):
+        keep = np.isfinite(precision[b])
+        out[b] = np.interp(grid, recall_[b, keep], precision[b, keep])
+    return out
