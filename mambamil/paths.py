@@ -16,6 +16,7 @@ files a CLI verb writes into the folder it is given with ``--out`` (:func:`tile_
         evaluation/summary.csv                                                  summary
         heatmaps/<slide_id>/<slide_id>.attention.png | … ;  heatmaps/index.csv  heatmaps
         logs/<rule>/…                                                           every rule
+        review/verdicts.csv                                                     review (mambamil review)
 """
 
 from __future__ import annotations
@@ -65,6 +66,15 @@ def heatmaps_index(results: PathLike) -> Path:
 
 def logs_dir(results: PathLike) -> Path:
     return Path(results) / "logs"
+
+
+def review_dir(results: PathLike) -> Path:
+    return Path(results) / "review"
+
+
+def verdicts_file(results: PathLike) -> Path:
+    """Reviewers' verdicts, one row per slide and reviewer (written by ``mambamil review``)."""
+    return review_dir(results) / "verdicts.csv"
 
 
 # -- the files of one stage's output folder ----------------------------------------------------------------
