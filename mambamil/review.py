@@ -36,7 +36,6 @@ import pandas as pd
 from mambamil import paths
 from mambamil.errors import InputFileError
 from mambamil.fileio import atomic_output
-from mambamil.heatmaps import colour_lut
 from mambamil.qc import EXCLUDED, read_stub
 
 log = logging.getLogger(__name__)
@@ -302,6 +301,7 @@ class ReviewData:
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         row = {"slide_id": slide_id, "reviewer": reviewer, "verdict": verdict, "note": note, "updated": now}
         with self._verdict_lock:
+            self.verdicts = self._read_verdicts()  # another server on the same folder may have written since
             self.verdicts[(slide_id, reviewer)] = row
             buffer = io.StringIO()
             writer = csv.DictWriter(buffer, VERDICT_COLUMNS, lineterminator="\n")
@@ -423,6 +423,8 @@ def rgba_lut(cmap: str) -> np.ndarray:
     """257×4 uint8: a colour map's 256 colours (opaque), then transparent for cells without a patch."""
     if cmap not in CMAPS:
         raise NotFound(cmap)
+    from mambamil.heatmaps import colour_lut  # the heatmap PNGs' colours; imports torch (inference), so lazily
+
     lut = np.zeros((257, 4), np.uint8)
     lut[:256, :3] = colour_lut(cmap)
     lut[:256, 3] = 255
