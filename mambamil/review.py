@@ -228,7 +228,13 @@ class ReviewData:
         return path if path is not None and path.is_file() else None
 
     def cohort(self) -> list[dict[str, Any]]:
-        return [e.row() for e in self.slides.values()]
+        return [{**e.row(), "thumb": self._has_thumbnail(e.slide_id)} for e in self.slides.values()]
+
+    def _has_thumbnail(self, slide_id: str) -> bool:
+        try:
+            return bool(self.thumbnail(slide_id))
+        except NotFound:
+            return False
 
     # -- per-slide files ---------------------------------------------------------------------------------------
     def thumbnail(self, slide_id: str) -> Path:

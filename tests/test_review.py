@@ -270,6 +270,7 @@ def test_browser_cohort_viewer_and_verdict(server: Server, results: Path, browse
     page.fill("#filter", "case_a")
     assert page.locator("#cohort tbody tr").count() == 1
     page.fill("#filter", "")
+    page.evaluate("document.activeElement.blur()")  # keys typed in the filter box do not navigate
     page.keyboard.press("j")
     second = page.locator("#cohort tbody tr.sel").get_attribute("data-id")
     page.keyboard.press("Enter")
