@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import h5py
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from mambamil import paths
 from mambamil.errors import InputFileError
@@ -41,6 +41,8 @@ from mambamil.qc import EXCLUDED, read_stub
 log = logging.getLogger(__name__)
 
 TILE = 256
+#: Palette index of overlay pixels without a patch (transparent); percentiles map to indices 0 … EMPTY − 1.
+EMPTY = 255
 #: Colour maps offered for the overlay (matplotlib names).
 CMAPS = ("jet", "viridis", "magma", "inferno", "coolwarm", "RdYlBu_r", "gray")
 VERDICTS = ("agree", "disagree", "artefact", "unsure")
@@ -329,19 +331,19 @@ class SlideTiles:
         self.dz = DeepZoomGenerator(self.osr, tile_size=TILE, overlap=0, limit_bounds=False)
         self.dimensions = self.osr.dimensions
         self.max_level = self.dz.level_count - 1
-        self._blank = _encode_jpeg(np.full((TILE, TILE, 3), 255, np.uint8))
+        self._blank = _encode_jpeg(Image.new("RGB", (TILE, TILE), "white"))
 
     def tile(self, level: int, col: int, row: int) -> bytes:
         check_tile(level, col, row, self.max_level)
         cols, rows = self.dz.level_tiles[level]
         if col >= cols or row >= rows:
             return self._blank  # inside Bokeh's tile grid, outside the slide
-        rgb = np.asarray(self.dz.get_tile(level, (col, row)).convert("RGB"))
-        if rgb.shape[:2] != (TILE, TILE):
-            padded = np.full((TILE, TILE, 3), 255, np.uint8)
-            padded[: rgb.shape[0], : rgb.shape[1]] = rgb
-            rgb = padded
-        return _encode_jpeg(rgb)
+        image = self.dz.get_tile(level, (col, row)).convert("RGB")
+        if image.size != (TILE, TILE):
+            padded = Image.new("RGB", (TILE, TILE), "white")
+            padded.paste(image)
+            image = padded
+        return _encode_jpeg(image)
 
 
 def check_tile(level: int, col: int, row: int, max_level: int) -> None:
@@ -349,9 +351,10 @@ def check_tile(level: int, col: int, row: int, max_level: int) -> None:
         raise BadRequest(f"tile ({level}, {col}, {row}) outside the pyramid (levels 0–{max_level})")
 
 
-def _encode_jpeg(rgb: np.ndarray) -> bytes:
-    _ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 85])
-    return buf.tobytes()
+def _encode_jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
 
 
 @functools.lru_cache(maxsize=16)
@@ -376,31 +379,33 @@ class ScoreGrid:
         self.grids: dict[str, np.ndarray] = {}
         self.values: dict[str, np.ndarray] = {}
         for name in self.names:
-            grid = np.full(shape, 256, np.uint16)  # 256: no patch (transparent)
+            grid = np.full(shape, EMPTY, np.uint8)
             pct = table[f"{name}_percentile"].to_numpy(np.float64)
-            grid[gy, gx] = np.clip(np.round(pct * 255), 0, 255).astype(np.uint16)
+            grid[gy, gx] = np.clip(np.round(pct * (EMPTY - 1)), 0, EMPTY - 1).astype(np.uint8)
             self.grids[name] = grid
             self.values[name] = table[name].to_numpy(np.float64)
-            self.values[f"{name}_percentile"] = pct
 
     def tile(self, name: str, cmap: str, level: int, col: int, row: int, max_level: int) -> bytes:
-        """An RGBA PNG of the score map over tile (level, col, row) of a pyramid whose top level is ``max_level``."""
+        """A palette PNG of the score map over tile (level, col, row) of a pyramid whose top level is
+        ``max_level``: each pixel takes the patch grid cell under its centre; no patch is transparent."""
         if name not in self.grids:
             raise NotFound(name)
         check_tile(level, col, row, max_level)
-        lut = rgba_lut(cmap)
+        colours = palette(cmap)
         down = 2.0 ** (max_level - level)  # level-0 px per tile px
         centres = (np.arange(TILE) + 0.5) * down
         grid = self.grids[name]
         gx = np.floor((col * TILE * down + centres) / self.step).astype(np.int64)
         gy = np.floor((row * TILE * down + centres) / self.step).astype(np.int64)
         okx, oky = (gx >= 0) & (gx < grid.shape[1]), (gy >= 0) & (gy < grid.shape[0])
-        cells = np.full((TILE, TILE), 256, np.uint16)
+        cells = np.full((TILE, TILE), EMPTY, np.uint8)
         if okx.any() and oky.any():
             cells[np.ix_(oky, okx)] = grid[np.ix_(gy[oky], gx[okx])]
-        rgba = lut[cells]
-        _ok, buf = cv2.imencode(".png", rgba[..., [2, 1, 0, 3]], [cv2.IMWRITE_PNG_COMPRESSION, 1])
-        return buf.tobytes()
+        image = Image.fromarray(cells, "P")
+        image.putpalette(colours)
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG", transparency=EMPTY, compress_level=1)
+        return buffer.getvalue()
 
     def extremes(self, name: str, k: int) -> dict[str, list[dict[str, float]]]:
         """The top-k and bottom-k patches of one map: level-0 x, y (top-left), size and score."""
@@ -425,13 +430,12 @@ def _score_grid(scores_csv: str, mtime_ns: int, coords_h5: str) -> ScoreGrid:
 
 
 @functools.lru_cache(maxsize=len(CMAPS))
-def rgba_lut(cmap: str) -> np.ndarray:
-    """257×4 uint8: a colour map's 256 colours (opaque), then transparent for cells without a patch."""
+def palette(cmap: str) -> bytes:
+    """A PNG palette: a colour map's colours at ``EMPTY`` evenly spaced positions (index i is the percentile
+    i / (EMPTY − 1)), then the transparent index ``EMPTY`` (no patch)."""
     if cmap not in CMAPS:
         raise NotFound(cmap)
     from mambamil.heatmaps import colour_lut  # the heatmap PNGs' colours; imports torch (inference), so lazily
 
-    lut = np.zeros((257, 4), np.uint8)
-    lut[:256, :3] = colour_lut(cmap)
-    lut[:256, 3] = 255
-    return lut
+    lut = colour_lut(cmap)[np.round(np.arange(EMPTY) * 255 / (EMPTY - 1)).astype(int)]
+    return np.concatenate([lut, np.zeros((256 - EMPTY, 3), np.uint8)]).tobytes()

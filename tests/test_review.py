@@ -181,7 +181,8 @@ def test_slide_and_overlay_tiles(server: Server, results: Path, real_slide: Path
     rgba = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED)
     assert rgba.shape == (256, 256, 4)
     assert rgba[cy % 256, cx % 256, 3] == 255
-    assert rgba[cy % 256, cx % 256, 2::-1].tolist() == lut[round(patch.attention_percentile * 255)].tolist()
+    index = round(patch.attention_percentile * 254)  # 255 palette colours, index 255 transparent
+    assert rgba[cy % 256, cx % 256, 2::-1].tolist() == lut[round(index * 255 / 254)].tolist()
     # Far below the slide: no patch, fully transparent.
     status, body, _ = server.get(f"/overlay/cmu1/gradxinput/jet/{top}/0/{2**top - 1}.png")
     assert status == 200 and (cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED)[..., 3] == 0).all()
