@@ -435,7 +435,9 @@ def palette(cmap: str) -> bytes:
     i / (EMPTY − 1)), then the transparent index ``EMPTY`` (no patch)."""
     if cmap not in CMAPS:
         raise NotFound(cmap)
-    from mambamil.heatmaps import colour_lut  # the heatmap PNGs' colours; imports torch (inference), so lazily
+    from matplotlib import colormaps
 
-    lut = colour_lut(cmap)[np.round(np.arange(EMPTY) * 255 / (EMPTY - 1)).astype(int)]
+    # The heatmap PNGs' 256 colours (mambamil.heatmaps.colour_lut, not imported: it would import torch).
+    lut = (colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+    lut = lut[np.round(np.arange(EMPTY) * 255 / (EMPTY - 1)).astype(int)]
     return np.concatenate([lut, np.zeros((256 - EMPTY, 3), np.uint8)]).tobytes()

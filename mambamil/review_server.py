@@ -18,7 +18,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from mambamil.review import CMAPS, TILE, VERDICTS, BadRequest, NotFound, ReviewData, palette
+from mambamil.review import CMAPS, TILE, VERDICTS, BadRequest, NotFound, ReviewData
 
 BOKEH_PREFIX = "/bokeh/"
 #: Browsers may cache tiles for an hour (they change only when the results are redrawn).
@@ -207,11 +207,7 @@ def create_app(data: ReviewData) -> Starlette:
 
 def serve(data: ReviewData, host: str = "127.0.0.1", port: int = 8765) -> None:
     """Run the review server until interrupted."""
-    import threading
-
     import uvicorn
-
-    threading.Thread(target=palette, args=(CMAPS[0],), daemon=True).start()  # warm up off the first request
 
     print(f"mambamil review: http://{host}:{port}/  ({len(data.slides)} slides, {data.results})", flush=True)
     uvicorn.run(create_app(data), host=host, port=port, log_level="warning")

@@ -197,3 +197,13 @@ def print_qc_summary():
         text = exclusion_report(read_qc_table(QC["slides"]))
         if text:
             print(f"\n{text}\n(full table: {QC['slides']})", file=sys.stderr)
+
+
+def print_review_hint():
+    """The command that opens the heatmaps in a browser (README "Reviewing heatmaps"), once they are drawn."""
+    if HEATMAPS_INDEX.exists():
+        print(
+            f"\nReview the heatmaps in a browser: mambamil review {shlex.quote(str(RESULTS))}"
+            "  (then open http://127.0.0.1:8765/; on a cluster see README 'Reviewing heatmaps')",
+            file=sys.stderr,
+        )

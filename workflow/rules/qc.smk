@@ -44,6 +44,7 @@ rule heatmaps_index:
 
 onsuccess:
     print_qc_summary()
+    print_review_hint()
 
 
 onerror:
