@@ -109,7 +109,7 @@ def _pick_run(runs: dict, predictions: dict[str, dict], task: str | None, model:
     with the heatmaps' own (same keys, closest values: the heatmap of a slide uses the model that tested it)."""
     candidates = [k for k in runs if (task is None or k[0] == task) and (model is None or k[1] == model)]
     if (task or model) and not candidates:
-        raise NotFound(f"no evaluation/{task or '*'}/{model or '*'}/predictions.csv")
+        raise InputFileError(f"evaluation/{task or '*'}/{model or '*'}/predictions.csv", "no such evaluation")
     if len(candidates) <= 1:
         return candidates[0] if candidates else None
 
@@ -162,12 +162,11 @@ class ReviewData:
     def _load(self, task: str | None, model: str | None) -> None:
         qc = _read_csv(paths.qc_tables(paths.qc_dir(self.results))["slides"])
         index = _read_csv(paths.heatmaps_index(self.results))
-        ids: list[str] = []
+        ids: dict[str, None] = {}  # ordered, without repeats: QC table, heatmap index, then any other tiles
         for table in (qc, index):
-            if table is not None:
-                ids += [s for s in table["slide_id"] if s not in ids]
+            ids.update(dict.fromkeys(table["slide_id"] if table is not None else []))
         tiles = paths.tiles_dir(self.results)
-        ids += sorted(p.stem for p in tiles.glob("*.h5") if p.stem not in ids) if tiles.is_dir() else []
+        ids.update(dict.fromkeys(sorted(p.stem for p in tiles.glob("*.h5")) if tiles.is_dir() else []))
         for sid in ids:
             self.slides[sid] = SlideEntry(sid)
         if qc is not None:

@@ -36,8 +36,8 @@ from mambamil.heatmaps import colour_lut, rank_percentiles
 
 REPO = Path(__file__).resolve().parents[1]
 IDS = ["demo_000", "demo_001", "cmu1", "blank"]
-
-pytestmark = pytest.mark.slow  # a tile run and server start-ups (~1 min on 2 cores)
+#: Tests on the served folder (a tile run and server start-ups, ~1-2 min on 2 cores in all) are slow.
+slow = pytest.mark.slow
 
 
 def _run(*args: object) -> None:
@@ -79,6 +79,12 @@ def results(tmp_path_factory: pytest.TempPathFactory, demo_cohort: Path, real_sl
     evaluation = paths.evaluation_outputs(paths.evaluation_dir(res, "subtype", "mambamil"))["predictions"]
     evaluation.parent.mkdir(parents=True)
     pd.DataFrame(preds).to_csv(evaluation, index=False)
+    # Other runs of the study: the cohort page must take the heatmaps' own (closest predictions), not these.
+    other = pd.DataFrame(preds).assign(fold=lambda d: d["fold"] + 10, prob_tumor=lambda d: 1 - d["prob_tumor"])
+    for task, model in (("subtype", "abmil"), ("survival", "mambamil")):
+        path = paths.evaluation_outputs(paths.evaluation_dir(res, task, model))["predictions"]
+        path.parent.mkdir(parents=True)
+        (other if task == "subtype" else other[["fold", "case_id"]].assign(risk=0.5)).to_csv(path, index=False)
     # A slide whose files link out of the results folder: its preview is a symlink to a file outside.
     shutil.copy(tiles / "demo_000.h5", tiles / "linked.h5")
     (root / "secret.png").write_bytes(b"SECRET outside the results folder")
@@ -141,6 +147,7 @@ def server(results: Path):
     srv.kill()
 
 
+@slow
 def test_cohort_page_lists_every_slide(server: Server) -> None:
     status, body, _ = server.get("/")
     assert status == 200
@@ -157,6 +164,7 @@ def test_cohort_page_lists_every_slide(server: Server) -> None:
     assert "subtype/mambamil" in page
 
 
+@slow
 def test_slide_and_overlay_tiles(server: Server, results: Path, real_slide: Path) -> None:
     osr = openslide.OpenSlide(str(real_slide))
     top = DeepZoomGenerator(osr, tile_size=256, overlap=0, limit_bounds=False).level_count - 1
@@ -188,6 +196,7 @@ def test_slide_and_overlay_tiles(server: Server, results: Path, real_slide: Path
     assert status == 200 and (cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED)[..., 3] == 0).all()
 
 
+@slow
 @pytest.mark.parametrize(
     ("path", "codes"),
     [
@@ -220,6 +229,7 @@ def test_nothing_outside_the_results_folder(server: Server, path: str, codes: se
     assert b"root:" not in body and b"SECRET" not in body
 
 
+@slow
 def test_thumbnail_and_bokeh_served_offline(server: Server, results: Path) -> None:
     status, body, ctype = server.get("/thumb/demo_000")
     assert status == 200 and ctype == "image/png"
@@ -229,6 +239,7 @@ def test_thumbnail_and_bokeh_served_offline(server: Server, results: Path) -> No
     assert js and all(server.get(p)[0] == 200 for p in js)
 
 
+@slow
 def test_verdict_survives_kill_9(results: Path) -> None:
     srv = Server(results)
     try:
@@ -258,6 +269,7 @@ def test_verdict_survives_kill_9(results: Path) -> None:
         again.kill()
 
 
+@slow
 def test_browser_cohort_viewer_and_verdict(server: Server, results: Path, browser) -> None:
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     problems: list[str] = []
@@ -299,3 +311,9 @@ def test_browser_cohort_viewer_and_verdict(server: Server, results: Path, browse
     assert "cmu1,carol,unsure,blurred corner" in text
     assert not problems, problems
     page.close()
+
+
+def test_missing_results_folder_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    assert main(["review", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope" in err and "results folder not found" in err, err
