@@ -23,6 +23,7 @@ files a CLI verb writes into the folder it is given with ``--out`` (:func:`tile_
         external/<cohort>/<task>/<model>/cohort_predictions.csv | metrics.json …  predict (fold ensemble)
         external/<cohort>/<task>/<model>/final/…                                 predict (final model)
         logs/<rule>/…                                                           every rule
+        review/verdicts.csv                                                     review (mambamil review)
 
 An external validation cohort's slides go through the stages under its own root (:func:`external_dir`, used as
 a results root with :func:`tiles_dir`, :func:`features_dir`, :func:`qc_dir`), so slide ids may repeat between
@@ -96,6 +97,15 @@ def heatmaps_index(results: PathLike) -> Path:
 
 def logs_dir(results: PathLike) -> Path:
     return Path(results) / "logs"
+
+
+def review_dir(results: PathLike) -> Path:
+    return Path(results) / "review"
+
+
+def verdicts_file(results: PathLike) -> Path:
+    """Reviewers' verdicts, one row per slide and reviewer (written by ``mambamil review``)."""
+    return review_dir(results) / "verdicts.csv"
 
 
 # -- the files of one stage's output folder ----------------------------------------------------------------

@@ -299,3 +299,13 @@ def external_checkpoints(final):
     if final:
         return lambda wc: expand(FINAL["checkpoint"], task=wc.task, model=wc.model)
     return lambda wc: expand(FOLD["checkpoint"], task=wc.task, model=wc.model, fold=task_folds(wc.task))
+
+
+def print_review_hint():
+    """The command that opens the heatmaps in a browser (README "Reviewing heatmaps"), once they are drawn."""
+    if HEATMAPS_INDEX.exists():
+        print(
+            f"\nReview the heatmaps in a browser: mambamil review {shlex.quote(str(RESULTS))}"
+            "  (then open http://127.0.0.1:8765/; on a cluster see README 'Reviewing heatmaps')",
+            file=sys.stderr,
+        )

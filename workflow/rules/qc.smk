@@ -64,6 +64,7 @@ rule heatmaps_index:
 
 onsuccess:
     print_qc_summary()
+    print_review_hint()
 
 
 onerror:

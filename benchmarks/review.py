@@ -1,0 +1,164 @@
+"""Review server tiles: p50/p95 latency of 256-px slide and score-overlay tiles over HTTP, warm slide cache.
+
+Runs ``mambamil review``'s application (uvicorn, in this process's thread) on a temporary results folder made
+by the tile stage on CMU-1-Small-Region.svs and a large demo slide (16384 × 12288 px), with per-patch scores in
+the heatmap stage's format. Requests distinct random tiles of the deepest pyramid levels over one keep-alive
+connection after a warm-up that opens the slide. Baselines, measured in the same run on the same tiles:
+slide tile with a fresh ``OpenSlide`` + ``DeepZoomGenerator`` per tile (no slide cache); overlay tile drawn by
+the heatmap stage's renderer (``mambamil.heatmaps.render_heatmap``) for the tile's area.
+
+    python benchmarks/review.py [--quick] [--slide PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import random
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openslide
+import pandas as pd
+from openslide.deepzoom import DeepZoomGenerator
+
+from mambamil import demo, paths
+from mambamil.cli import main as cli
+from mambamil.h5layout import read_coords
+from mambamil.heatmaps import HeatmapSettings, rank_percentiles, render_heatmap
+from mambamil.review import ReviewData
+from mambamil.review_server import create_app
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SLIDE = Path(os.environ.get("MAMBAMIL_TEST_SLIDE", SHARED / "CMU-1-Small-Region.svs"))
+
+
+def build_results(root: Path, slides: dict[str, Path]) -> Path:
+    res = root / "results"
+    tiles = paths.tiles_dir(res)
+    assert cli(["--quiet", "tile", *map(str, slides.values()), "--slide-id", *slides, "--out", str(tiles)]) == 0
+    for sid in slides:
+        coords = read_coords(tiles / f"{sid}.h5").coords
+        score = np.random.default_rng(0).random(len(coords))
+        table = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1], "attention": score})
+        table["attention_percentile"] = rank_percentiles(score)
+        out = paths.heatmap_outputs(paths.heatmap_dir(res, sid), sid)["scores"]
+        out.parent.mkdir(parents=True)
+        table.to_csv(out, index=False)
+    return res
+
+
+def start_server(res: Path) -> int:
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(ReviewData(res)), port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return port
+
+
+def sample_tiles(path: Path, n: int, seed: int) -> list[tuple[int, int, int]]:
+    """Distinct (level, col, row) tiles inside the slide, from the 4 deepest levels."""
+    dz = DeepZoomGenerator(openslide.OpenSlide(str(path)), tile_size=256, overlap=0, limit_bounds=False)
+    pool = [(z, c, r) for z in range(dz.level_count - 4, dz.level_count) for c in range(dz.level_tiles[z][0])
+            for r in range(dz.level_tiles[z][1])]  # fmt: skip
+    random.Random(seed).shuffle(pool)
+    return pool[:n]
+
+
+def fetch(conn: http.client.HTTPConnection, url: str) -> float:
+    t0 = time.perf_counter()
+    conn.request("GET", url)
+    resp = conn.getresponse()
+    body = resp.read()
+    dt = time.perf_counter() - t0
+    assert resp.status == 200 and body, (url, resp.status)
+    return dt
+
+
+def baseline_slide_tile(path: Path, z: int, c: int, r: int) -> float:
+    t0 = time.perf_counter()
+    dz = DeepZoomGenerator(openslide.OpenSlide(str(path)), tile_size=256, overlap=0, limit_bounds=False)
+    rgb = np.asarray(dz.get_tile(z, (c, r)).convert("RGB"))
+    cv2.imencode(".jpg", rgb[..., ::-1])
+    return time.perf_counter() - t0
+
+
+def baseline_overlay_tile(res: Path, sid: str, path: Path, z: int, c: int, r: int, top: int) -> float:
+    t0 = time.perf_counter()
+    scores = pd.read_csv(paths.heatmap_outputs(paths.heatmap_dir(res, sid), sid)["scores"])
+    meta = read_coords(paths.tiles_dir(res) / f"{sid}.h5")
+    down = 2.0 ** (top - z)
+    x0, y0 = c * 256 * down, r * 256 * down
+    coords = scores[["x", "y"]].to_numpy() - [x0, y0]
+    mpp = 0.5
+    settings = HeatmapSettings.from_config(mpp=mpp * down, alpha=1.0)
+    img = render_heatmap(coords, scores["attention_percentile"].to_numpy(), meta.patch_size_level0,
+                         (256 * down, 256 * down), mpp, settings)  # fmt: skip
+    cv2.imencode(".png", img)
+    return time.perf_counter() - t0
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer tiles, smaller large slide (8192 × 6144)")
+    ap.add_argument("--slide", type=Path, default=SLIDE, help="the real slide (default: %(default)s)")
+    ap.add_argument("--n", type=int, default=200, help="tiles per slide and kind (default: %(default)s)")
+    args = ap.parse_args()
+    n = 60 if args.quick else args.n
+    size = (8192, 6144) if args.quick else (16384, 12288)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        spec = demo.cohort_specs(1, seed=5, size=size)[0]
+        rgb, _, _ = demo.render_slide(spec)
+        big = tmp / "big.tiff"
+        demo.write_pyramidal_tiff(big, rgb, demo.DEMO_MPP)
+        del rgb
+        slides = {"cmu1": args.slide, "big": big}
+        res = build_results(tmp, slides)
+        print(f"results folder built in {time.perf_counter() - t0:.1f} s; {os.cpu_count()} CPUs\n")
+        port = start_server(res)
+        print("| slide | tiles | kind | p50 ms | p95 ms | baseline p50 ms | baseline p95 ms | baseline ÷ ours (p50) |")
+        print("|---|---|---|---|---|---|---|---|")
+        for sid, path in slides.items():
+            top = DeepZoomGenerator(openslide.OpenSlide(str(path)), 256, 0).level_count - 1
+            tiles = sample_tiles(path, n, seed=1)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)  # keep-alive, new per slide
+            fetch(conn, f"/tile/{sid}/{top}/0/0.jpg")  # warm-up: opens the slide and builds the score grid
+            fetch(conn, f"/overlay/{sid}/attention/jet/{top}/0/0.png")
+            ours = {
+                "slide": [fetch(conn, f"/tile/{sid}/{z}/{c}/{r}.jpg") for z, c, r in tiles],
+                "overlay": [fetch(conn, f"/overlay/{sid}/attention/jet/{z}/{c}/{r}.png") for z, c, r in tiles],
+            }
+            conn.close()
+            base = {
+                "slide": [baseline_slide_tile(path, z, c, r) for z, c, r in tiles],
+                "overlay": [baseline_overlay_tile(res, sid, path, z, c, r, top) for z, c, r in tiles],
+            }
+            name = f"{path.name} ({openslide.OpenSlide(str(path)).dimensions[0]}×"
+            name += f"{openslide.OpenSlide(str(path)).dimensions[1]})"
+            for kind in ("slide", "overlay"):
+                a, b = ours[kind], base[kind]
+                ratio = statistics.median(b) / statistics.median(a)
+                print(f"| {name} | {len(a)} | {kind} | {pct(a, 50):.1f} | {pct(a, 95):.1f} | {pct(b, 50):.1f} | "
+                      f"{pct(b, 95):.1f} | {ratio:.1f}× |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
