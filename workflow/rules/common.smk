@@ -309,3 +309,19 @@ def print_review_hint():
             "  (then open http://127.0.0.1:8765/; on a cluster see README 'Reviewing heatmaps')",
             file=sys.stderr,
         )
+
+
+def retry_changed_slides():
+    """A slide whose file changed in any way (size or modification time) since a QC stub excluded it is retried: its
+    tile outputs are dated a second before the slide file, so Snakemake's own rule (an input newer than its output)
+    reruns its tile job and everything downstream. Runs when the workflow is parsed, so `snakemake -n` shows it."""
+    if GENERATE_DEMO:
+        return
+    stage_files = {
+        s: [paths.tile_outputs(TILES_DIR, s)["coords"], paths.feature_file(FEATURES_DIR, s)]
+        + expand(ORDER, method=ORDER_METHODS, slide_id=s)
+        for s in SLIDE_IDS
+    }
+    for sid, why in changed_slides({s: SLIDE_PATHS[s] for s in SLIDE_IDS}, stage_files).items():
+        age_outputs(paths.tile_outputs(TILES_DIR, sid).values(), SLIDE_PATHS[sid])
+        print(f"QC: {sid}: {why}; retrying it", file=sys.stderr)
