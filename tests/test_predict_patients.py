@@ -126,7 +126,9 @@ def test_labels_beside_predictions_and_row_problems(cohort: Path, tmp_path: Path
     assert result["n"] == 9  # 10 patients, P03's label unknown
     scored = pd.read_csv(metrics / "predictions.csv", dtype={"sample_id": str})
     assert "P03" not in set(scored["sample_id"]) and len(scored) == 9
-    assert 0 <= result["pooled"]["auc"] <= 1 and (metrics / "test_curves.png").exists()
+    # 9 scored patients are fewer than evaluation.min_patients (10): NaN (null) with the reason, never a number
+    assert result["pooled"]["auc"] is None and (metrics / "test_curves.png").exists()
+    assert result["metrics"]["auc"]["reason"] == "fewer than 10 patients (9)"
 
 
 def test_attach_labels_survival_and_slide_level() -> None:
