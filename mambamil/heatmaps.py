@@ -34,7 +34,7 @@ from matplotlib import colormaps
 from mambamil.config import settings_from_config
 from mambamil.errors import InputFileError
 from mambamil.fileio import atomic_output, write_json, write_png
-from mambamil.inference import bag_outputs, load_bag, load_ensemble
+from mambamil.inference import bag_outputs, check_features_match, load_bag, load_ensemble
 from mambamil.paths import heatmap_outputs
 from mambamil.slide import Slide, open_slide
 
@@ -204,6 +204,7 @@ def heatmap_slide(
     settings = settings or HeatmapSettings.from_config()
     ensemble = load_ensemble([Path(c) for c in checkpoints], device, original, order)
     bag = load_bag(features_path, ensemble.in_dim, slide_id=Path(features_path).stem, encoder=ensemble.encoder)
+    check_features_match(bag, ensemble)
     if bag.coords is None:
         raise InputFileError(features_path, "the bag has no patch coordinates, so it cannot be drawn on the slide")
     coords = bag.coords

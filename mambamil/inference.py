@@ -327,18 +327,19 @@ def predict_dataset(
     return pd.DataFrame(rows)
 
 
-#: Feature-file attributes that must match the checkpoint's training features (where both record them).
-FEATURE_KEYS = ("encoder", "encoder_tag", "encoder_kwargs", "weights", "weights_sha256", "target_mpp", "patch_size")
+#: Patch-grid attributes that must match the checkpoint's training features (where both record them). The encoder
+#: itself (name, recipe, preprocessing, weights) is checked once, in :func:`load_bag` (``h5layout.encoder_identity``).
+RESOLUTION_KEYS = ("target_mpp", "patch_size")
 
 
 def check_features_match(bag: Bag, ensemble: Ensemble) -> None:
-    """Refuse a bag embedded differently from the features the models were trained on (another encoder, weights,
-    resolution or patch size): its predictions would be meaningless, not merely worse."""
+    """Refuse a bag tiled differently from the features the models were trained on (another µm/px or patch size):
+    its predictions would be meaningless, not merely worse."""
     if bag.coords_meta is None and not bag.feature_meta:
         return
     attrs = {**(bag.coords_meta.to_attrs() if bag.coords_meta else {}), **(bag.feature_meta or {})}
     trained = ensemble.members[0].extra.get("feature_attrs") or {}
-    for key in FEATURE_KEYS:
+    for key in RESOLUTION_KEYS:
         mine, theirs = attrs.get(key), trained.get(key)
         if mine is None or theirs is None:
             continue
