@@ -14,6 +14,9 @@ import torch
 
 from mambamil.errors import InputFileError, MambamilError
 from mambamil.order import read_order
+from mambamil.paths import order_file
+from mambamil.qc import drop_excluded
+from mambamil.sheets import read_label_sheet
 
 log = logging.getLogger(__name__)
 
@@ -198,3 +201,34 @@ class BagDataset(torch.utils.data.Dataset):
     @property
     def in_dim(self) -> int:
         return int(self[0][0].shape[1])
+
+
+@dataclass
+class Cohort:
+    """A task's samples and where their bags are: feature files and (optional) sequence orders by slide id."""
+
+    task: TaskSpec
+    samples: list[Sample]
+    meta: dict[str, Any]
+    features: dict[str, Path]
+    orders: dict[str, Path]
+
+
+def load_cohort(
+    labels: str | Path,
+    features_dir: str | Path,
+    spec: dict[str, Any],
+    order_dir: str | Path | None = None,
+    qc_table: str | Path | None = None,
+) -> Cohort:
+    """The samples of ``spec``'s task (``task_name``, ``task``, validated ``training``) from the label sheet and
+    the feature files in ``features_dir``, leaving out the slides QC excluded (:func:`mambamil.qc.drop_excluded`)."""
+    task = TaskSpec.from_config(spec["task_name"], spec["task"])
+    training = spec["training"]
+    features = {p.stem: p for p in sorted(Path(features_dir).glob("*.h5"))}
+    if not features:
+        raise MambamilError(f"{features_dir}: no feature files (*.h5)")
+    features, label_rows = drop_excluded(features, read_label_sheet(labels), qc_table)
+    samples, meta = build_samples(label_rows, features, task, training["level"], training["on_missing"])
+    orders = {sid: order_file(order_dir, sid) for sid in features} if order_dir else {}
+    return Cohort(task, samples, meta, features, orders)

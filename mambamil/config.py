@@ -151,6 +151,15 @@ def section_properties(section: str) -> dict[str, dict[str, Any]]:
     return _schema_and_validator()[0]["properties"][section]["properties"]
 
 
+def schema_choices(*path: str) -> list[Any]:
+    """The ``enum`` of the schema property at ``path`` (``"*"``: any key of a mapping), e.g.
+    ``schema_choices("training", "level")``; the schema owns the choice lists the command line offers."""
+    node = _schema_and_validator()[0]
+    for key in path:
+        node = node["additionalProperties"] if key == "*" else node["properties"][key]
+    return list(node["enum"])
+
+
 def verb_settings(section: str, values: dict[str, Any]) -> dict[str, Any]:
     """``values`` of a section without its workflow-only keys: what a rule passes to its verb."""
     return {k: v for k, v in values.items() if k not in WORKFLOW_ONLY.get(section, {})}

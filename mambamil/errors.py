@@ -91,3 +91,8 @@ def errno_in_message(exc: BaseException) -> int | None:
     h5py raises as an OSError without errno or as a RuntimeError ("Disable slist on flush dest failure failed")."""
     found = re.search(r"file (?:write|read) failed.*?errno = (\d+)", str(exc), re.DOTALL)
     return int(found.group(1)) if found else None
+
+
+def one_line(text: object) -> str:
+    """``text`` on one line (runs of white space, newlines included, become one space): how errors are printed."""
+    return " ".join(str(text).split())

@@ -365,6 +365,26 @@ def excluded_slides(qc: pd.DataFrame | None) -> dict[str, str]:
     return {r.slide_id: f"{r.stage}: {r.cause}" for r in bad.itertuples()}
 
 
+def drop_excluded(
+    features: dict[str, Path], labels: pd.DataFrame, qc_table: str | Path | None = None
+) -> tuple[dict[str, Path], pd.DataFrame]:
+    """``features`` (slide_id → feature file) and label rows without the slides QC excluded (those of
+    ``qc_table``, else the QC stubs among ``features``), each excluded slide and lost patient logged as a warning."""
+    if qc_table:
+        excluded = excluded_slides(read_qc_table(qc_table))
+    else:
+        excluded = {sid: f"{o.stage}: {o.cause}" for sid, p in features.items() if (o := read_stub(p)) is not None}
+    if not excluded:
+        return features, labels
+    for sid, why in sorted(excluded.items()):
+        log.warning("slide %s EXCLUDED by QC (%s)", sid, why)
+    kept = labels[~labels["slide_id"].isin(excluded)]
+    lost = sorted(set(labels["case_id"].astype(str)) - set(kept["case_id"].astype(str)))
+    if lost:
+        log.warning("%d patient(s) EXCLUDED, no usable slide: %s", len(lost), lost[:20])
+    return {sid: p for sid, p in features.items() if sid not in excluded}, kept
+
+
 def qc_counts(qc: pd.DataFrame) -> dict[str, int]:
     """Slides and patients used / excluded, for the evaluation summary."""
     ok = qc["status"] == OK

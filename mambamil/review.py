@@ -47,6 +47,8 @@ EMPTY = 255
 CMAPS = ("jet", "viridis", "magma", "inferno", "coolwarm", "RdYlBu_r", "gray")
 VERDICTS = ("agree", "disagree", "artefact", "unsure")
 VERDICT_COLUMNS = ["slide_id", "reviewer", "verdict", "note", "updated"]
+#: Where the review server listens by default (this machine only; README "Reviewing heatmaps").
+HOST, PORT = "127.0.0.1", 8765
 #: Tile columns/rows a Bokeh zoom level may ask for are [0, 2**z); levels above this are refused outright.
 MAX_LEVEL = 24
 

@@ -18,7 +18,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from mambamil.review import CMAPS, TILE, VERDICTS, BadRequest, NotFound, ReviewData
+from mambamil.review import CMAPS, HOST, PORT, TILE, VERDICTS, BadRequest, NotFound, ReviewData
 
 BOKEH_PREFIX = "/bokeh/"
 #: Browsers may cache tiles for an hour (they change only when the results are redrawn).
@@ -205,7 +205,7 @@ def create_app(data: ReviewData) -> Starlette:
     return Starlette(routes=routes, exception_handlers=handlers)
 
 
-def serve(data: ReviewData, host: str = "127.0.0.1", port: int = 8765) -> None:
+def serve(data: ReviewData, host: str = HOST, port: int = PORT) -> None:
     """Run the review server until interrupted."""
     import uvicorn
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mambamil.errors import InputFileError
+from mambamil.errors import ConfigError, InputFileError, MambamilError
+
+log = logging.getLogger(__name__)
 
 
 def _read_csv(path: str | Path, what: str) -> pd.DataFrame:
@@ -143,3 +146,19 @@ def sheet_problems(slides: pd.DataFrame, labels: pd.DataFrame, tasks: dict | Non
                 f"{_lines(np.flatnonzero(outside))} are not in classes {task.get('classes')}"
             )
     return problems
+
+
+def check_sheets(config: dict) -> None:
+    """Read the config's slide and label sheets and cross-check them; one :class:`ConfigError` lists every
+    problem found in either."""
+    problems, sheets = [], {}
+    for key, reader in (("slides", read_slide_sheet), ("labels", read_label_sheet)):
+        try:
+            sheets[key] = reader(config[key])
+        except MambamilError as exc:
+            problems.append(str(exc))
+    if len(sheets) == 2:
+        problems += sheet_problems(sheets["slides"], sheets["labels"], config.get("tasks"))
+    if problems:
+        raise ConfigError(f"{len(problems)} sheet problem(s): " + " | ".join(problems))
+    log.info("%d slides, %d labelled slides", len(sheets["slides"]), len(sheets["labels"]))

@@ -304,9 +304,11 @@ def external_checkpoints(final):
 def print_review_hint():
     """The command that opens the heatmaps in a browser (README "Reviewing heatmaps"), once they are drawn."""
     if HEATMAPS_INDEX.exists():
+        from mambamil.review import HOST, PORT
+
         print(
             f"\nReview the heatmaps in a browser: mambamil review {shlex.quote(str(RESULTS))}"
-            "  (then open http://127.0.0.1:8765/; on a cluster see README 'Reviewing heatmaps')",
+            f"  (then open http://{HOST}:{PORT}/; on a cluster see README 'Reviewing heatmaps')",
             file=sys.stderr,
         )
 
