@@ -13,7 +13,6 @@ import torch
 import yaml
 
 from mambamil import demo
-from mambamil.batch import parse_shard, shard
 from mambamil.cli import main
 from mambamil.errors import MambamilError
 from mambamil.features.datapath import (
@@ -26,6 +25,7 @@ from mambamil.features.datapath import (
 )
 from mambamil.h5layout import read_coords, read_features
 from mambamil.slide import open_slide, resize
+from mambamil.slide_jobs import parse_shard, shard
 from mambamil.tiling import TilingSettings, tile_slide
 
 TINY = "timm:test_convnext"

@@ -61,7 +61,7 @@ def add_shard(p: argparse.ArgumentParser | argparse._ArgumentGroup, does: str) -
 
 def sheet_shard(args: argparse.Namespace, jobs: Sequence[T]) -> list[T]:
     """The --shard of ``jobs`` read from --sheet (all of them without --shard)."""
-    from mambamil.batch import parse_shard, shard
+    from mambamil.slide_jobs import parse_shard, shard
 
     return shard(jobs, *parse_shard(args.shard)) if args.shard else list(jobs)
 

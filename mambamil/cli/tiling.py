@@ -42,9 +42,9 @@ def add_tile(sub: Subparsers) -> None:
 
 
 def run_tile(args: argparse.Namespace) -> int:
-    from mambamil.batch import run_guarded
     from mambamil.paths import tile_outputs
     from mambamil.qc import QCOutcome, run_slide_stage
+    from mambamil.slide_jobs import run_guarded
     from mambamil.tiling import TilingSettings, tile_slide
 
     settings = TilingSettings.from_config(section_from_args(args, "tiling"))

@@ -4,7 +4,7 @@ fingerprint-based skip, atomic write). One slide's bad input is reported on one 
 the others still run; :func:`run_slide` is the one place that decides what a failed slide becomes.
 
 Slides come from the command line or a slide sheet; ``--shard i/k`` takes every k-th row
-starting at row i (:func:`mambamil.batch.shard`), so k array jobs split a cohort without overlap.
+starting at row i (:func:`mambamil.slide_jobs.shard`), so k array jobs split a cohort without overlap.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mambamil.batch import run_guarded
 from mambamil.device import resolve_device
 from mambamil.errors import MambamilError
 from mambamil.features.encoders import TimmOverrides, create_encoder
@@ -21,6 +20,7 @@ from mambamil.features.extract import FeatureResult, FeatureSettings, extract_sl
 from mambamil.paths import feature_file, tile_outputs
 from mambamil.qc import QCOutcome, run_slide_stage
 from mambamil.sheets import read_slide_sheet
+from mambamil.slide_jobs import run_guarded
 
 
 @dataclass(frozen=True)

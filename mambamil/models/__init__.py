@@ -4,14 +4,14 @@
 >>> out = model(torch.randn(500, 1024))   # {"logits", "attention", "attention_raw"}
 
 The registry and factory live in :mod:`mambamil.models.registry`; each family registers its entry functions
-beside its code (:mod:`mambamil.models.mambamil`, :mod:`mambamil.models.baselines`); checkpoint IO and the
+beside its code (:mod:`mambamil.models.sr_mamba`, :mod:`mambamil.models.baselines`); checkpoint IO and the
 import of original MambaMIL state dicts live in :mod:`mambamil.models.checkpoint`.
 """
 
 from __future__ import annotations
 
 # Importing the families registers their models.
-from mambamil.models import baselines, mambamil  # noqa: F401
+from mambamil.models import baselines, sr_mamba  # noqa: F401
 from mambamil.models.checkpoint import (
     ORIGINAL_OPTIONS,
     ORIGINAL_SOURCE,

@@ -18,9 +18,9 @@ from torch import nn
 
 from mambamil.errors import CheckpointError
 from mambamil.fileio import atomic_output
-from mambamil.models.common import MILModel
-from mambamil.models.mambamil import original_config
+from mambamil.models.common import TASKS, MILModel
 from mambamil.models.registry import create_model
+from mambamil.models.sr_mamba import LAYERS, original_config
 
 __all__ = [
     "ORIGINAL_OPTIONS",
@@ -105,11 +105,11 @@ def original_metadata(path: Path, state: dict[str, torch.Tensor], given: dict[st
         raise CheckpointError(
             path, f"an original MambaMIL state dict carries no {'/'.join(missing)}; add {opts} (never guessed)"
         )
-    if task not in ("classification", "survival"):
+    if task not in TASKS:
         raise CheckpointError(path, f"--task must be classification or survival, got {task!r}")
     layer = str(given["layer"]).lower()
     two_branch = inferred["layer"] == "srmamba"
-    if layer not in ("srmamba", "bimamba", "mamba") or (layer == "mamba") == two_branch:
+    if layer not in LAYERS or (layer == "mamba") == two_branch:
         family = "two-branch (srmamba or bimamba)" if two_branch else "one-branch (mamba)"
         raise CheckpointError(path, f"--layer {layer} does not fit the weights: their mixer is {family}")
     n_out = inferred["n_classes"]
