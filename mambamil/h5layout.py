@@ -232,6 +232,26 @@ def _attr_value(value: Any) -> Any:
     return value
 
 
+def read_coords_attrs(path: str | Path) -> CoordsAttrs | None:
+    """The ``coords`` attributes of a coordinates or feature file, without reading the coordinates (None when it
+    has no ``coords``); the caller has checked the file exists and is not a QC stub."""
+    with h5py.File(path, "r") as f:
+        return CoordsAttrs.from_attrs(f["coords"].attrs, path, strict=False) if "coords" in f else None
+
+
+# -- QC stubs: a tiny HDF5 file of root attributes (what they mean: mambamil.qc) --------------------------
+def write_root_attrs(path: str | Path, attrs: Mapping[str, Any]) -> None:
+    """Write an HDF5 file holding only the root attributes ``attrs`` (atomically)."""
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update(attrs)
+
+
+def read_root_attrs(path: str | Path) -> dict[str, Any]:
+    """The root attributes of an HDF5 file (strings decoded, numpy values as Python ones); OSError if unreadable."""
+    with h5py.File(path, "r") as f:
+        return {k: _attr_value(v) for k, v in f.attrs.items()}
+
+
 # -- features ---------------------------------------------------------------------------------------------
 FEATURES_FORMAT = "mambamil.features"
 FEATURES_FORMAT_VERSION = 1

@@ -198,3 +198,29 @@ def heatmap_outputs(out_dir: PathLike, slide_id: str, maps: tuple[str, ...] = ("
         prediction=out_dir / f"{slide_id}.prediction.json",
     )
     return files
+
+
+# -- what a finished results folder holds (read back by the report and the review server) ---------------
+def evaluation_runs(
+    results: PathLike, cohort: str | None = None, output: str = "metrics"
+) -> dict[str, dict[str, Path]]:
+    """task → model → evaluation folder (:func:`evaluation_dir`; with ``cohort``, that external cohort's
+    :func:`external_evaluation_dir`) for every one that holds its ``output`` (a key of :func:`evaluation_outputs`)."""
+    root = external_dir(results, cohort) if cohort else Path(results) / "evaluation"
+    name = evaluation_outputs("")[output].name
+    runs: dict[str, dict[str, Path]] = {}
+    for found in sorted(root.glob(f"*/*/{name}")):
+        runs.setdefault(found.parent.parent.name, {})[found.parent.name] = found.parent
+    return runs
+
+
+def external_cohorts(results: PathLike) -> list[str]:
+    """The external cohorts with a folder under ``results`` (:func:`external_dir`), sorted."""
+    root = external_dir(results)
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def tiled_slides(results: PathLike) -> list[str]:
+    """The slide ids with a coordinates file (or its QC stub) in :func:`tiles_dir`, sorted."""
+    tiles = tiles_dir(results)
+    return sorted(p.stem for p in tiles.glob("*.h5")) if tiles.is_dir() else []

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import h5py
 import numpy as np
 import pandas as pd
 
@@ -104,26 +103,27 @@ def write_stub(path: str | Path, outcome: QCOutcome) -> None:
     elif suffix == ".png":
         write_png(path, np.full((64, 64, 3), 200, dtype=np.uint8))
     else:
-        with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
-            f.attrs.update(attrs)
-            f.attrs["slide_id"] = outcome.slide_id
+        from mambamil.h5layout import write_root_attrs  # deferred: h5layout's readers refuse stubs (refuse_stub)
+
+        write_root_attrs(path, {**attrs, "slide_id": outcome.slide_id})
 
 
 def read_stub(path: str | Path) -> QCOutcome | None:
     """The outcome recorded in a QC stub, or None if ``path`` is not a stub (or does not exist)."""
+    from mambamil.h5layout import read_root_attrs  # deferred: h5layout's readers refuse stubs (refuse_stub)
+
     path = Path(path)
     try:
         with open(path, "rb") as fh:
             if os.fstat(fh.fileno()).st_size > _STUB_MAX_BYTES or fh.read(8) != _HDF5_MAGIC:
                 return None
-        with h5py.File(path, "r") as f:
-            a = f.attrs
-            if a.get("qc_status") != EXCLUDED:
-                return None
-            slide = None
-            if "slide_size" in a:
-                slide = SlideStat(str(a["slide_file"]), int(a["slide_size"]), int(a["slide_mtime_ns"]))
-            return QCOutcome(str(a.get("slide_id", path.stem)), str(a["qc_stage"]), str(a["qc_cause"]), slide)
+        a = read_root_attrs(path)
+        if a.get("qc_status") != EXCLUDED:
+            return None
+        slide = None
+        if "slide_size" in a:
+            slide = SlideStat(str(a["slide_file"]), int(a["slide_size"]), int(a["slide_mtime_ns"]))
+        return QCOutcome(str(a.get("slide_id", path.stem)), str(a["qc_stage"]), str(a["qc_cause"]), slide)
     except OSError:
         return None
 

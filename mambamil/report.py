@@ -23,6 +23,7 @@ import yaml
 
 from mambamil import __version__, paths
 from mambamil.fileio import atomic_output
+from mambamil.qc import EXCLUDED
 
 #: Packages whose versions the report lists.
 PACKAGES = (
@@ -162,25 +163,19 @@ def _comparison_section(path: Path) -> str:
     return text
 
 
-def _runs(folder: Path) -> dict[str, dict[str, Path]]:
-    """task → model → evaluation folder, for every ``<task>/<model>/metrics.json`` under ``folder``."""
-    runs: dict[str, dict[str, Path]] = {}
-    for metrics in sorted(folder.glob("*/*/metrics.json")):
-        runs.setdefault(metrics.parent.parent.name, {})[metrics.parent.name] = metrics.parent
-    return runs
-
-
 def _qc_section(results: Path) -> str:
     parts = []
     tables = [("development cohort", paths.qc_tables(paths.qc_dir(results))["slides"])]
-    for path in sorted(paths.external_dir(results).glob("*/qc/slides.csv")):
-        tables.append((f"external cohort {path.parents[1].name}", path))
+    for cohort in paths.external_cohorts(results):
+        path = paths.qc_tables(paths.qc_dir(paths.external_dir(results, cohort)))["slides"]
+        if path.exists():
+            tables.append((f"external cohort {cohort}", path))
     for name, path in tables:
         if not path.exists():
             parts.append(f'<p class="note">{html.escape(name)}: no QC table ({html.escape(str(path))}).</p>')
             continue
         qc = pd.read_csv(path, dtype=str, keep_default_na=False)
-        bad = qc[qc.get("status", pd.Series(dtype=str)) == "excluded"]
+        bad = qc[qc.get("status", pd.Series(dtype=str)) == EXCLUDED]
         parts.append(f"<h4>{html.escape(name)}: {len(bad)} of {len(qc)} slide(s) excluded</h4>")
         if not bad.empty:
             parts.append(_table(bad))
@@ -207,20 +202,17 @@ def build_report(results: str | Path, config: dict[str, Any] | None = None) -> s
     results = Path(results)
     body = []
     toc = []
-    evaluation = results / "evaluation"
-    for task, models in _runs(evaluation).items():
+    for task, models in paths.evaluation_runs(results).items():
         toc.append(f'<li><a href="#task-{_slug(task)}">{html.escape(task)}</a></li>')
         heading = f'<h2 id="task-{_slug(task)}">Task {html.escape(task)}</h2>'
         body.append(_metrics_section(models, heading))
         body.append(_comparison_section(paths.comparison_file(results, task)))
     if not body:
         body.append('<p class="note">No evaluation results yet.</p>')
-    external = paths.external_dir(results)
-    cohorts = sorted(p for p in external.glob("*") if p.is_dir()) if external.exists() else []
     ext = []
-    for cohort in cohorts:
-        for task, models in _runs(cohort).items():
-            heading = f"<h3>Cohort {html.escape(cohort.name)}, task {html.escape(task)}</h3>"
+    for cohort in paths.external_cohorts(results):
+        for task, models in paths.evaluation_runs(results, cohort).items():
+            heading = f"<h3>Cohort {html.escape(cohort)}, task {html.escape(task)}</h3>"
             ext.append(_metrics_section(models, heading))
     toc.append('<li><a href="#external">External validation</a></li>')
     body.append('<h2 id="external">External validation</h2>')

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -36,6 +35,7 @@ from PIL import Image
 from mambamil import paths
 from mambamil.errors import InputFileError
 from mambamil.fileio import atomic_output
+from mambamil.h5layout import read_coords_attrs
 from mambamil.qc import EXCLUDED, read_stub
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,10 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
 
 def _evaluation_runs(results: Path) -> dict[tuple[str, str], pd.DataFrame]:
     runs = {}
-    for pred in sorted((results / "evaluation").glob("*/*/predictions.csv")):
-        runs[(pred.parent.parent.name, pred.parent.name)] = pd.read_csv(pred, dtype={"case_id": str, "slide_id": str})
+    for task, models in paths.evaluation_runs(results, output="predictions").items():
+        for model, folder in models.items():
+            pred = paths.evaluation_outputs(folder)["predictions"]
+            runs[(task, model)] = pd.read_csv(pred, dtype={"case_id": str, "slide_id": str})
     return runs
 
 
@@ -167,8 +169,7 @@ class ReviewData:
         ids: dict[str, None] = {}  # ordered, without repeats: QC table, heatmap index, then any other tiles
         for table in (qc, index):
             ids.update(dict.fromkeys(table["slide_id"] if table is not None else []))
-        tiles = paths.tiles_dir(self.results)
-        ids.update(dict.fromkeys(sorted(p.stem for p in tiles.glob("*.h5")) if tiles.is_dir() else []))
+        ids.update(dict.fromkeys(paths.tiled_slides(self.results)))
         for sid in ids:
             self.slides[sid] = SlideEntry(sid)
         if qc is not None:
@@ -225,9 +226,9 @@ class ReviewData:
         coords = paths.tile_outputs(paths.tiles_dir(self.results), sid)["coords"]
         if not coords.is_file() or read_stub(coords) is not None:
             return None
-        with h5py.File(coords, "r") as f:
-            value = f["coords"].attrs.get("slide_path") if "coords" in f else None
-        path = Path(value.decode() if isinstance(value, bytes) else str(value)) if value is not None else None
+        meta = read_coords_attrs(coords)
+        value = meta.slide_path if meta is not None else None
+        path = Path(str(value)) if value is not None else None
         return path if path is not None and path.is_file() else None
 
     def cohort(self) -> list[dict[str, Any]]:
@@ -368,10 +369,9 @@ class ScoreGrid:
 
     def __init__(self, scores_csv: str, coords_h5: str) -> None:
         table = pd.read_csv(scores_csv)
-        with h5py.File(coords_h5, "r") as f:
-            attrs = f["coords"].attrs
-            self.step = float(attrs.get("step_level0") or attrs.get("patch_size_level0"))
-            self.patch_size = float(attrs.get("patch_size_level0") or self.step)
+        meta = read_coords_attrs(coords_h5)
+        self.step = float(meta.step_level0 or meta.patch_size_level0)
+        self.patch_size = float(meta.patch_size_level0 or self.step)
         self.names = [c[: -len("_percentile")] for c in table.columns if c.endswith("_percentile")]
         xy = table[["x", "y"]].to_numpy(np.float64)
         self.coords = xy
