@@ -118,16 +118,22 @@ def main() -> int:
     if args.digest_only:
         return write_digest(run_dir)
     env = {**os.environ, "PYTHONPATH": str(repo), "PYTHONHASHSEED": "0"}
-    demo = [sys.executable, "-m", "mambamil", "--quiet", "demo-cohort", str(run_dir / "demo"), *DEMO]
-    subprocess.run(demo, check=True, env=env, cwd=run_dir)
+    if not (run_dir / "demo" / "slides.csv").exists():  # a second call resumes the run (snakemake's own rules)
+        demo = [sys.executable, "-m", "mambamil", "--quiet", "demo-cohort", str(run_dir / "demo"), *DEMO]
+        subprocess.run(demo, check=True, env=env, cwd=run_dir)
+    # --keep-going: a job that fails (in both checkouts alike) leaves the rest of the study to compare; which
+    # outputs are missing is part of the digest (the file list) and snakemake's exit status is recorded.
     cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory", str(run_dir),
-           "--configfile", str(run_dir / "config.yaml"), "--cores", str(args.cores), "--quiet", "progress"]  # fmt: skip
-    subprocess.run(cmd, check=True, env=env, cwd=run_dir)
+           "--configfile", str(run_dir / "config.yaml"), "--cores", str(args.cores), "--keep-going"]  # fmt: skip
+    rc = subprocess.run(cmd, env=env, cwd=run_dir).returncode
+    (run_dir / "snakemake_rc").write_text(f"{rc}\n")
     return write_digest(run_dir)
 
 
 def write_digest(run_dir: Path) -> int:
     result = digest(run_dir / "results", run_dir)
+    rc_file = run_dir / "snakemake_rc"
+    result["snakemake exit status"] = rc_file.read_text().strip() if rc_file.exists() else "not recorded"
     (run_dir / "digest.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(f"{len(result)} files digested → {run_dir / 'digest.json'}")
     return 0

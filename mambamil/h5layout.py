@@ -1,45 +1,17 @@
-"""H5 layouts: the one place that writes and reads the pipeline's HDF5 files.
+"""H5 layouts: the one place that writes and reads the pipeline's HDF5 files (every dataset and attribute, and
+how CLAM and TRIDENT read them: docs/h5.md).
 
-Coordinates file (tile stage), ``tiles/<slide_id>.h5``::
+- coordinates file (tile stage), ``tiles/<slide_id>.h5``: ``/coords`` int64 (N, 2), level-0 top-left (x, y) of
+  each patch in row-major grid order; ``/tissue_fraction`` float32 (N,).
+- feature file (features stage), ``features/<encoder_tag>/<slide_id>.h5``: root ``format = "mambamil.features"``,
+  ``format_version``; ``/features`` float32 or float16 (N, D), row i belongs to ``coords[i]``; ``/coords`` the
+  tile stage's, unchanged.
+- QC stubs (:mod:`mambamil.qc`): root attributes only (:func:`write_root_attrs`, :func:`read_root_attrs`).
 
-    /coords  int64 (N, 2)  level-0 top-left (x, y) of each patch, row-major grid order
-        attrs: target_mpp, patch_size (px at target_mpp), patch_size_level0, slide_mpp, mpp_source,
-               level0_dim (w, h), patch_level, downsample (ds_x, ds_y), level_dim (w, h of patch_level),
-               downsampled_level_dim (CLAM's name for level_dim), overlap, step_level0, tissue_threshold,
-               name (slide_id), slide_path, mambamil_version
-    /tissue_fraction  float32 (N,)  tissue fraction of each kept patch
-
-CLAM and TRIDENT readers find the attributes they expect on ``coords`` (``patch_level``, ``patch_size``,
-``downsample``, ``level_dim``, ``patch_size_level0``).
-
-Feature file (features stage), ``features/<encoder_tag>/<slide_id>.h5``::
-
-    /          attrs: format = "mambamil.features", format_version = 1
-    /features  float32 or float16 (N, D)  one embedding per patch, row i belongs to coords[i]
-        attrs: encoder, encoder_tag, encoder_kwargs (JSON), feature_dim, weights ("random" | "hub" |
-               "checkpoint"), weights_path, weights_sha256 (SHA-256 of the checkpoint file, "" otherwise),
-               state_dict_sha256 (SHA-256 of the loaded parameters), random_weights (bool), warning (set when
-               the weights are random), input_size (h, w), mean, std, resize (the patch resize method),
-               precision, device, storage_dtype, slide_id, target_mpp, patch_size, patch_size_level0,
-               read_size_level0 (px read at level 0), slide_mpp, coords_file, settings_json (what a rerun
-               compares to decide whether to skip), mambamil_version, torch_version, timm_version, preset (the
-               encoder preset, "" for timm:<model>), output (recipe: cls | cls+mean | mean | pooled | projection |
-               attn_pool), interpolation, crop_pct, encoder_mpp (µm/px the preset was trained at, 0 if none)
-    /coords    int64 (N, 2)  level-0 top-left (x, y), identical to the tile stage's coords (same order)
-        attrs: the tile stage's coords attributes, copied unchanged
-
-Feature files written before encoder presets lack the last five ``features`` attributes and still read.
-
-CLAM (``h5_files/<slide>.h5``: ``features`` (N, 1024), ``coords`` (N, 2)) and TRIDENT
-(``features_<encoder>/<slide>.h5``: the same two datasets, coords attributes from its patcher) read the two
-datasets by name, so they read these files too; :func:`read_bag` reads theirs (and CLAM ``.pt`` bags).
-
-:class:`CoordsAttrs` and :class:`FeatureAttrs` are these attribute lists as typed records; their ``to_attrs`` and
-``from_attrs`` are the only code that knows the names on disk (attributes they do not name, such as TRIDENT's
-``target_magnification``, are kept in ``extra``).
-
-A QC stub (:mod:`mambamil.qc`) at either path marks an excluded slide; every reader here refuses it, and every bag
-reader refuses empty, non-finite and all-zero bags (:func:`check_bag_values`).
+:class:`CoordsAttrs` and :class:`FeatureAttrs` are the attribute lists as typed records; their ``to_attrs`` and
+``from_attrs`` are the only code that knows the names on disk (unnamed attributes are kept in ``extra``).
+:func:`read_bag` also reads CLAM and TRIDENT feature files and CLAM ``.pt`` bags. Every reader refuses a QC stub,
+and every bag reader refuses empty, non-finite and all-zero bags (:func:`check_bag_values`).
 """
 
 from __future__ import annotations
@@ -61,7 +33,7 @@ from mambamil.qc import refuse_stub
 
 # -- attribute records ------------------------------------------------------------------------------------
 class _Attrs:
-    """A dataclass whose fields are the attributes of one dataset, named as on disk (see the module docstring).
+    """A dataclass whose fields are the attributes of one dataset, named as on disk (docs/h5.md).
 
     Every field is optional (foreign CLAM/TRIDENT files carry few or none); ``REQUIRED`` names those a mambamil
     file must have. Attributes without a field are kept in ``extra`` so nothing read is lost when written again.

@@ -12,30 +12,9 @@ Math runs in float32 (float64 when ``u`` is float64); the output has ``u``'s dty
 Backends
 --------
 ``reference``  a plain sequential loop (autograd through it), for tests.
-``chunked``    the project's own scan in plain PyTorch, exact to float32 rounding and memory-lean:
-
-    The (zero-padded) sequence is cut into chunks of ``T`` steps (default 16); ``G`` consecutive chunks
-    form a *segment*. Segments are processed one after another, carrying the state across. Inside a
-    segment: the decays ``a_t = exp(delta_t A)`` of the whole segment are computed by one vectorised
-    ``exp`` into a segment buffer; (1) the chunk-local states (started from zero) are run for all G
-    chunks at once, one time step at a time; (2) a short recurrence over the G chunk boundaries gives
-    each chunk's true start state, using the chunk decay ``exp(A * sum(delta))``; (3) a second in-chunk
-    pass reruns every chunk from its true start state and forms ``y_t = C_t . h_t``. Only decays in
-    (0, 1] are ever multiplied (no division, no log-space, no cumsum tricks), so the result is exact up
-    to float32 rounding; ``exp`` runs once per element (plus 1/T for the chunk decays). Exponent
-    arguments below -80 (decays < 2e-35, under float32's normal range) are clamped to -80 to avoid
-    denormal slow paths; the effect is far below float32 resolution.
-
-    Memory: O(batch*d*L) for inputs/outputs plus a segment buffer of ``T*G*batch*d*n`` floats (G is
-    chosen so that ``G*batch*d*n`` is about ``2**18`` elements: 16 MB at T=16; the backward holds two)
-    plus the segment-start states saved for backward (``batch*d*n`` floats per segment, i.e.
-    O(batch*d*n*L/(G*T))). Never O(batch*d*n*L).
-
-    The backward is a custom ``autograd.Function``: segments are visited in reverse time; each one
-    recomputes its decays and states from its saved start state, then runs the adjoint recurrence
-    ``lam_t = a_{t+1} lam_{t+1} + C_t gy_t`` with the same two-level chunk scheme reversed in time
-    (chunk-local adjoints, a recurrence over chunk boundaries, then the true adjoints), accumulating
-    the gradients of u, delta, A, B and C step by step.
+``chunked``    the project's own scan in plain PyTorch: exact up to float32 rounding (only decays in (0, 1] are
+               multiplied), memory O(batch*d*L) plus a segment buffer of about 2**18 * T floats (never
+               O(batch*d*n*L)), a custom backward; how (chunks, segments, the adjoint): docs/scan.md.
 ``cuda``       mamba-ssm's fused kernel (``selective_scan_fn``); needs ``mamba_ssm`` and CUDA tensors.
 ``triton``     the project's Triton kernels (``mambamil/ops/triton_scan.py``): CUDA tensors and Triton (it ships
                with torch's Linux CUDA wheels); on CPU tensors only under ``TRITON_INTERPRET=1`` (for tests).

@@ -5,34 +5,9 @@ may be missing). Kernels run compiled on CUDA tensors; on CPU tensors only under
 (``TRITON_INTERPRET=1`` set before Triton is imported: the kernels are interpreted or compiled according to
 the setting at import time, see :data:`INTERPRETED`).
 
-Algorithm (float32 math; u, delta, B, C, z may be fp16/bf16/fp32; the output has u's dtype)
--------------------------------------------------------------------------------------------
-Tiles are time-major, ``(BLOCK_L, BLOCK_D, NP)``: Triton's default layout puts the (channel, state) plane on the
-threads and the ``BLOCK_L`` steps of a sub-chunk in the registers of one thread, so ``tl.associative_scan`` over
-the pairs ``(a_t, b_t) = (exp(delta_t A), delta_t u_t B_t)`` along axis 0 is a run of plain FMAs (no warp
-shuffles). The sequence is cut into *segments* of ``seg_len`` steps (a multiple of ``BLOCK_L``, chosen by
-:func:`segment_length` so that the grid fills the GPU); one program owns one (batch, channel block, segment)
-and loops over its sub-chunks, carrying the state in registers. Only decays in (0, 1] are multiplied; nothing
-is divided. No scan runs in reverse: the backward loads its tiles in reversed time order and scans forward.
-
-forward   F1  every segment from a zero state: its end state E and its decay product P, (b, nseg, d, n)
-          F2  a loop over the segments per (batch, channel, state) lane: every segment's true start state
-              (written over E; these ``b*nseg*d*n`` floats are all the backward keeps besides the inputs) and
-              the last state
-          F3  every segment again from its start state: y_t = C_t . h_t, + D u_t, * silu(z_t), stored
-backward  the adjoint ``q_t = C_t g_t + a_{t+1} q_{t+1}`` (g = dL/dy before gating), reversed-time tiles:
-          B1  every segment from a zero adjoint after its end: its first adjoint and the product of its a_{t+1}
-          B2  a loop over the segments in reverse order: the adjoint entering every segment from the right
-          B3  persistent programs, one (batch, channel block, segment) at a time: (A) the states at the start of
-              every sub-chunk, forward from the saved segment start, into a per-program scratch; (B) the
-              sub-chunks in reverse: h_t by one forward in-register scan from the scratch, a_t h_{t-1} by the
-              identity ``a_t h_{t-1} = h_t - delta_t u_t B_t`` (no second state scan), q_t by a forward scan of the
-              reversed-time tile, then du, ddelta (through softplus and delta_bias), dz per step; dB, dC summed
-              over the program's channels before one atomic add per (step, state); dA, dD, ddelta_bias summed
-              per program, then atomically added.
-
-Memory: inputs/outputs O(b*d*L); saved states b*d*n*ceil(L/seg_len); the backward's scratch is bounded by the
-number of persistent programs, never O(b*d*n*L / BLOCK_L).
+Math in float32 (u, delta, B, C, z may be fp16/bf16/fp32; the output has u's dtype). Memory: inputs/outputs
+O(b*d*L), saved segment-start states b*d*n*ceil(L/seg_len), a backward scratch bounded by the number of persistent
+programs (never O(b*d*n*L / BLOCK_L)). How the kernels tile, segment and scan, forward and backward: docs/scan.md.
 """
 
 from __future__ import annotations
