@@ -379,7 +379,7 @@ def selective_scan_chunked(
     chunk_size: int | None = None,
     slab: int | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Chunked two-level scan (see module docstring); differentiable in every tensor input."""
+    """Chunked two-level scan (docs/scan.md); differentiable in every tensor input."""
     dtype_in = u.dtype
     dt = _compute_dtype(u)
     delta_f = _prep_delta(delta, delta_bias, delta_softplus, dt)
