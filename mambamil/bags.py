@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mambamil.columns import LABEL_COLUMN
 from mambamil.errors import InputFileError, MambamilError
 from mambamil.order import read_order
 from mambamil.paths import order_file
@@ -28,7 +29,7 @@ class TaskSpec:
     name: str
     kind: str  # "classification" | "survival"
     classes: tuple[str, ...] = ()
-    label_column: str = "label"
+    label_column: str = LABEL_COLUMN
     n_bins: int = 4
 
     @property
@@ -41,8 +42,8 @@ class TaskSpec:
             name=name,
             kind=section["type"],
             classes=tuple(section.get("classes", ())),
-            label_column=section.get("label_column", "label"),
-            n_bins=int(section.get("n_bins", 4)),
+            label_column=section.get("label_column", cls.label_column),
+            n_bins=int(section.get("n_bins", cls.n_bins)),
         )
 
 

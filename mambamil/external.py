@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from mambamil.bags import assign_bins
+from mambamil.columns import LABEL_COLUMN
 from mambamil.fileio import write_json
 from mambamil.paths import evaluation_outputs
 
@@ -31,7 +32,7 @@ def attach_labels(
     kind: str,
     classes: list[str],
     level: str,
-    label_column: str = "label",
+    label_column: str = LABEL_COLUMN,
     bin_edges: list[float] | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """``preds`` (one row per slide or patient, as :func:`mambamil.inference.predict_cohort` writes) with the

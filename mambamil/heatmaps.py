@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 
+from mambamil.columns import percentile_column
 from mambamil.config import settings_from_config
 from mambamil.errors import InputFileError
 from mambamil.fileio import atomic_output, write_json, write_png
@@ -223,7 +224,7 @@ def heatmap_slide(
         written = {}
         for name, raw in scores.items():
             pct = rank_percentiles(raw)
-            table[name], table[f"{name}_percentile"] = raw, pct
+            table[name], table[percentile_column(name)] = raw, pct
             img = render_heatmap(coords, pct, size0, slide.dimensions, slide.mpp, settings, background=slide)
             written[name] = files[name]
             write_png(written[name], add_colour_bar(img, settings.cmap, name))

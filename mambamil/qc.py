@@ -31,7 +31,7 @@ from typing import TypeVar
 import numpy as np
 import pandas as pd
 
-from mambamil.errors import FaultError, InputFileError, MambamilError, SlideError, fault_from
+from mambamil.errors import FaultError, InputFileError, MambamilError, SlideError, fault_from, one_line
 from mambamil.fileio import atomic_output, write_json, write_png
 
 log = logging.getLogger(__name__)
@@ -139,10 +139,6 @@ def refuse_stub(path: str | Path) -> None:
 T = TypeVar("T")
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def exclusion_cause(exc: BaseException, slide_inputs: Iterable[str | Path]) -> QCOutcome | None:
     """The outcome if ``exc`` is a slide-level failure (bad slide, stub, or bad per-slide input file), else None.
 
@@ -150,11 +146,11 @@ def exclusion_cause(exc: BaseException, slide_inputs: Iterable[str | Path]) -> Q
     if isinstance(exc, SlideExcludedError):
         return exc.outcome
     if isinstance(exc, SlideError):
-        return QCOutcome(exc.slide_id or Path(exc.slide).stem, "", _one_line(exc.cause))
+        return QCOutcome(exc.slide_id or Path(exc.slide).stem, "", one_line(exc.cause))
     if isinstance(exc, InputFileError):
         inputs = {str(Path(p).resolve()) for p in slide_inputs}
         if str(Path(exc.path).resolve()) in inputs:
-            return QCOutcome("", "", _one_line(f"{Path(exc.path).name}: {exc.cause}"))
+            return QCOutcome("", "", one_line(f"{Path(exc.path).name}: {exc.cause}"))
     return None
 
 

@@ -33,7 +33,8 @@ import pandas as pd
 from PIL import Image
 
 from mambamil import paths
-from mambamil.errors import InputFileError
+from mambamil.columns import LABEL_COLUMN, PERCENTILE_SUFFIX, PROBABILITY_PREFIX, percentile_column, probability_column
+from mambamil.errors import InputFileError, one_line
 from mambamil.fileio import atomic_output
 from mambamil.h5layout import read_coords_attrs
 from mambamil.qc import EXCLUDED, read_stub
@@ -196,15 +197,16 @@ class ReviewData:
             if row is not None:
                 e.fold = str(row.get("fold", ""))
                 e.case_id = e.case_id or str(row.get("case_id", ""))
-                if "label" in row:
-                    e.label = str(row["label"])
+                if LABEL_COLUMN in row:
+                    e.label = str(row[LABEL_COLUMN])
                 elif "time" in row:
                     e.label = f"time {row['time']}, event {row.get('event', '')}"
                 if not pred:  # not drawn: the evaluation's (patient-level) prediction
-                    pred = {k: row[k] for k in row.index if k == "risk" or k == "predicted" or k.startswith("prob_")}
+                    keep = ("risk", "predicted")
+                    pred = {k: row[k] for k in row.index if k in keep or k.startswith(PROBABILITY_PREFIX)}
             if "predicted" in pred:
                 e.predicted = str(pred["predicted"])
-                prob = pred.get(f"prob_{e.predicted}")
+                prob = pred.get(probability_column(e.predicted))
                 e.score, e.score_name = (None if prob is None else float(prob)), "probability"
                 if e.label:
                     e.correct = "yes" if e.label == e.predicted else "no"
@@ -301,7 +303,7 @@ class ReviewData:
     def save_verdict(self, slide_id: str, reviewer: str, verdict: str, note: str) -> dict[str, str]:
         """Record one reviewer's verdict of one slide and rewrite ``review/verdicts.csv`` atomically."""
         self.entry(slide_id)
-        reviewer = " ".join(str(reviewer).split())
+        reviewer = one_line(reviewer)
         if not reviewer or len(reviewer) > 80:
             raise BadRequest("a reviewer name (1–80 characters) is required")
         if verdict not in ("", *VERDICTS):
@@ -372,7 +374,7 @@ class ScoreGrid:
         meta = read_coords_attrs(coords_h5)
         self.step = float(meta.step_level0 or meta.patch_size_level0)
         self.patch_size = float(meta.patch_size_level0 or self.step)
-        self.names = [c[: -len("_percentile")] for c in table.columns if c.endswith("_percentile")]
+        self.names = [c[: -len(PERCENTILE_SUFFIX)] for c in table.columns if c.endswith(PERCENTILE_SUFFIX)]
         xy = table[["x", "y"]].to_numpy(np.float64)
         self.coords = xy
         gx, gy = np.round(xy[:, 0] / self.step).astype(np.int64), np.round(xy[:, 1] / self.step).astype(np.int64)
@@ -381,7 +383,7 @@ class ScoreGrid:
         self.values: dict[str, np.ndarray] = {}
         for name in self.names:
             grid = np.full(shape, EMPTY, np.uint8)
-            pct = table[f"{name}_percentile"].to_numpy(np.float64)
+            pct = table[percentile_column(name)].to_numpy(np.float64)
             grid[gy, gx] = np.clip(np.round(pct * (EMPTY - 1)), 0, EMPTY - 1).astype(np.uint8)
             self.grids[name] = grid
             self.values[name] = table[name].to_numpy(np.float64)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mambamil.columns import LABEL_COLUMN
 from mambamil.errors import ConfigError, InputFileError, MambamilError
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def sheet_problems(slides: pd.DataFrame, labels: pd.DataFrame, tasks: dict | Non
             f"{_lines(np.flatnonzero(missing))} do not exist"
         )
     for name, task in (tasks or {}).items():
-        column = task.get("label_column", "label")
+        column = task.get("label_column", LABEL_COLUMN)
         if task.get("type") != "classification" or column not in labels.columns:
             continue
         values = labels[column]

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from mambamil.errors import FaultError, MambamilError, SlideError, fault_from
+from mambamil.errors import FaultError, MambamilError, SlideError, fault_from, one_line
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,12 @@ def run_guarded(verb: str, slide_id: str, slide: Path, fn: Callable[[], R]) -> t
     except FaultError:
         raise  # a condition of the environment (disk full, I/O) is the whole job's: it fails now and is retried
     except MambamilError as exc:
-        error = " ".join(str(exc).split())
+        error = one_line(exc)
     except Exception as exc:
         fault = fault_from(exc, slide)
         if fault is not None:
             raise fault from exc
-        error = " ".join(str(SlideError(slide, f"unexpected error: {type(exc).__name__}: {exc}", slide_id)).split())
+        error = one_line(SlideError(slide, f"unexpected error: {type(exc).__name__}: {exc}", slide_id))
         log.debug("slide %s failed", slide_id, exc_info=True)
     print(f"mambamil {verb}: error: {error}", file=sys.stderr, flush=True)
     return None, error

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from mambamil.cli.options import Subparsers, add_order_override, add_original_args, add_out, original, verb
+from mambamil.columns import LABEL_COLUMN
 from mambamil.config import schema_choices
 from mambamil.errors import MambamilError
 
@@ -37,7 +38,7 @@ def add_predict(sub: Subparsers) -> None:
         help="one row per slide or per patient (default: the checkpoints' training.level with --slides, else slide)",
     )
     p.add_argument("--labels", type=Path, help="label sheet CSV: labels written beside the predictions")
-    p.add_argument("--label-column", default="label", help="classification label column (default: %(default)s)")
+    p.add_argument("--label-column", default=LABEL_COLUMN, help="classification label column (default: %(default)s)")
     p.add_argument("--metrics-dir", type=Path, help="with --labels: write metrics.json, predictions.csv, curves here")
     add_original_args(p)
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mambamil.cli.options import Subparsers, add_cohort_args, add_order_dir, add_out, task_settings, verb
 from mambamil.errors import InputFileError, MambamilError
+
+if TYPE_CHECKING:
+    from mambamil.bags import Cohort
 
 log = logging.getLogger("mambamil")
 
@@ -76,33 +81,33 @@ def _train_order(spec: dict) -> dict:
     return {"method": spec["training"]["order"], "seed": int(spec.get("order_seed", 0))}
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from mambamil.train.engine import TrainSettings, train_fold
-    from mambamil.train.splits import check_splits, read_splits
+def _train(args: argparse.Namespace, train, fold_args: Callable[[Cohort], tuple]) -> tuple[Cohort, str, dict]:
+    """Run ``train`` (:func:`train_fold` or :func:`train_final`) on the call's cohort; ``fold_args`` gives the
+    arguments between the samples and the feature files (the splits and fold, or the folds' summaries)."""
+    from mambamil.train.engine import TrainSettings
 
     spec = task_settings(args)
     c = _cohort(args, spec)
-    settings = TrainSettings.from_config(spec["training"])
-    splits = read_splits(args.splits)
-    if args.fold not in set(splits["fold"]):
-        raise MambamilError(f"{args.splits}: no fold {args.fold}")
-    check_splits(splits, c.samples, c.task)
+    middle = fold_args(c)
     name, model = _model(spec)
-    summary = train_fold(
-        c.task,
-        name,
-        model,
-        settings,
-        c.samples,
-        splits,
-        args.fold,
-        c.features,
-        c.orders,
-        args.out,
-        c.meta,
-        progress=not args.quiet,
-        order=_train_order(spec) if c.orders else None,
-    )
+    settings = TrainSettings.from_config(spec["training"])
+    summary = train(c.task, name, model, settings, c.samples, *middle, c.features, c.orders, args.out, c.meta,
+                    progress=not args.quiet, order=_train_order(spec) if c.orders else None)  # fmt: skip
+    return c, name, summary
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from mambamil.train.engine import train_fold
+    from mambamil.train.splits import check_splits, read_splits
+
+    def splits_and_fold(c: Cohort) -> tuple:
+        splits = read_splits(args.splits)
+        if args.fold not in set(splits["fold"]):
+            raise MambamilError(f"{args.splits}: no fold {args.fold}")
+        check_splits(splits, c.samples, c.task)
+        return splits, args.fold
+
+    c, name, summary = _train(args, train_fold, splits_and_fold)
     print(f"{c.task.name}/{name}/fold {args.fold}: best epoch {summary['best_epoch']} → {args.out}")
     return 0
 
@@ -124,29 +129,16 @@ def add_train_final(sub: Subparsers) -> None:
 
 
 def run_train_final(args: argparse.Namespace) -> int:
-    from mambamil.train.engine import TrainSettings, train_final
+    from mambamil.train.engine import train_final
 
-    spec = task_settings(args)
-    c = _cohort(args, spec)
-    summaries = []
-    for path in args.fold_summaries:
-        if not path.exists():
-            raise InputFileError(path, "fold summary not found (train the folds first)")
-        summaries.append(json.loads(path.read_text()))
-    name, model = _model(spec)
-    summary = train_final(
-        c.task,
-        name,
-        model,
-        TrainSettings.from_config(spec["training"]),
-        c.samples,
-        summaries,
-        c.features,
-        c.orders,
-        args.out,
-        c.meta,
-        progress=not args.quiet,
-        order=_train_order(spec) if c.orders else None,
-    )
+    def fold_summaries(c: Cohort) -> tuple:
+        summaries = []
+        for path in args.fold_summaries:
+            if not path.exists():
+                raise InputFileError(path, "fold summary not found (train the folds first)")
+            summaries.append(json.loads(path.read_text()))
+        return (summaries,)
+
+    c, name, summary = _train(args, train_final, fold_summaries)
     print(f"{c.task.name}/{name}/final: {summary['epochs']} epochs (folds chose {summary['fold_epochs']}) → {args.out}")
     return 0

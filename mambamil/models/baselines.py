@@ -58,10 +58,8 @@ class ABMIL(MILModel):
         return make_output(self.classifier(a @ h), a_raw, a, self.task)
 
 
-class MeanMIL(MILModel):
-    """Mean pooling of the projected instances."""
-
-    model_name = "mean"
+class _PoolingMIL(MILModel):
+    """Projected instances (``fc``) pooled without parameters, then a linear ``classifier``."""
 
     def __init__(
         self, in_dim: int, n_classes: int, task: str = "classification", dropout: float = 0.25, hidden: int = 512
@@ -70,6 +68,12 @@ class MeanMIL(MILModel):
         self.fc = _fc(in_dim, hidden, dropout)
         self.classifier = nn.Linear(hidden, n_classes)
         xavier_init(self)
+
+
+class MeanMIL(_PoolingMIL):
+    """Mean pooling of the projected instances."""
+
+    model_name = "mean"
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         h = self.fc(as_bag(x, self.in_dim)).squeeze(0)
@@ -78,18 +82,10 @@ class MeanMIL(MILModel):
         return make_output(self.classifier(h.mean(0, keepdim=True)), a_raw, h.new_full((1, n), 1.0 / n), self.task)
 
 
-class MaxMIL(MILModel):
+class MaxMIL(_PoolingMIL):
     """Max pooling over instances, per hidden feature."""
 
     model_name = "max"
-
-    def __init__(
-        self, in_dim: int, n_classes: int, task: str = "classification", dropout: float = 0.25, hidden: int = 512
-    ) -> None:
-        super().__init__(in_dim, n_classes, task, dropout=float(dropout), hidden=int(hidden))
-        self.fc = _fc(in_dim, hidden, dropout)
-        self.classifier = nn.Linear(hidden, n_classes)
-        xavier_init(self)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         h = self.fc(as_bag(x, self.in_dim)).squeeze(0)  # (N, hidden)

@@ -7,6 +7,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from mambamil import demo, paths
+from mambamil.columns import LABEL_COLUMN
 from mambamil.config import task_model, task_training, verb_settings
 from mambamil.features import encoder_tag
 from mambamil.qc import EXCLUDED, age_outputs, changed_slides, exclusion_report, read_qc_table
@@ -284,7 +285,7 @@ def external_labels_option(cohort, final):
     def option(wc):
         if not labels:
             return ""
-        column = config["tasks"][wc.task].get("label_column", "label")
+        column = config["tasks"][wc.task].get("label_column", LABEL_COLUMN)
         out_dir = paths.external_evaluation_dir(RESULTS, cohort, wc.task, wc.model, final=final)
         return " ".join(
             ["--labels", shlex.quote(str(labels)), "--label-column", shlex.quote(column)]
