@@ -53,3 +53,26 @@ def test_tile_verb_writes_the_layout(demo_cohort: Path, tmp_path: Path) -> None:
     assert main(["--quiet", "tile", str(slide), "--out", str(tmp_path), "--slide-id", "s1", "--seg-mpp", "16"]) == 0
     expected = set(paths.tile_outputs(tmp_path, "s1").values())
     assert {p for p in tmp_path.iterdir() if not p.name.startswith(".")} == expected
+
+
+def test_finished_results_are_found_through_the_layout(tmp_path: Path) -> None:
+    """The report and the review server find evaluations, external cohorts and tiled slides through paths.py."""
+    for task, model in (("subtype", "abmil"), ("subtype", "mambamil"), ("survival", "mambamil")):
+        paths.evaluation_outputs(paths.evaluation_dir(tmp_path, task, model))["metrics"].parent.mkdir(parents=True)
+        paths.evaluation_outputs(paths.evaluation_dir(tmp_path, task, model))["metrics"].write_text("{}")
+    paths.evaluation_outputs(paths.evaluation_dir(tmp_path, "survival", "mambamil"))["predictions"].write_text("")
+    ext = paths.external_evaluation_dir(tmp_path, "site_b", "subtype", "abmil")
+    ext.mkdir(parents=True)
+    paths.evaluation_outputs(ext)["metrics"].write_text("{}")
+    (paths.external_dir(tmp_path) / "README.txt").write_text("not a cohort")
+    paths.tiles_dir(tmp_path).mkdir()
+    for sid in ("b", "a"):
+        paths.tile_outputs(paths.tiles_dir(tmp_path), sid)["coords"].write_text("")
+    runs = paths.evaluation_runs(tmp_path)
+    assert {t: sorted(m) for t, m in runs.items()} == {"subtype": ["abmil", "mambamil"], "survival": ["mambamil"]}
+    assert runs["subtype"]["abmil"] == paths.evaluation_dir(tmp_path, "subtype", "abmil")
+    assert list(paths.evaluation_runs(tmp_path, output="predictions")) == ["survival"]
+    assert paths.external_cohorts(tmp_path) == ["site_b"]
+    assert paths.evaluation_runs(tmp_path, "site_b") == {"subtype": {"abmil": ext}}
+    assert paths.tiled_slides(tmp_path) == ["a", "b"]
+    assert paths.external_cohorts(tmp_path / "nowhere") == [] and paths.tiled_slides(tmp_path / "nowhere") == []
