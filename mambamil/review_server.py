@@ -191,7 +191,6 @@ def viewer_layout(data: ReviewData, slide_id: str) -> Any:
         CheckboxGroup,
         ColorBar,
         ColumnDataSource,
-        CustomDimensional,
         CustomJS,
         Div,
         LinearColorMapper,
@@ -200,6 +199,7 @@ def viewer_layout(data: ReviewData, slide_id: str) -> Any:
         Slider,
         WMTSTileSource,
     )
+    from bokeh.models.annotations.dimensional import CustomDimensional  # not re-exported by bokeh.models
     from bokeh.plotting import figure
 
     tiles = data.slide(slide_id)
