@@ -199,7 +199,7 @@ def viewer_layout(data: ReviewData, slide_id: str) -> Any:
         Slider,
         WMTSTileSource,
     )
-    from bokeh.models.annotations.dimensional import CustomDimensional  # not re-exported by bokeh.models
+    from bokeh.models.annotations.dimensional import ImperialLength
     from bokeh.plotting import figure
 
     tiles = data.slide(slide_id)
@@ -224,9 +224,10 @@ def viewer_layout(data: ReviewData, slide_id: str) -> Any:
     widgets: list[Any] = []
     mpp = data.mpp(slide_id)
     if mpp:
-        # Plot units are level-0 px: µm and mm are multiples of the slide's µm/px.
-        units = CustomDimensional(
-            basis={"px": (mpp, "px"), "µm": (1.0, "µm"), "mm": (1000.0, "mm")}, exclude=["px"],
+        # Plot units are level-0 px: µm and mm are multiples of the slide's µm/px. (BokehJS registers no generic
+        # CustomDimensional; ImperialLength is one with its basis replaced.)
+        units = ImperialLength(
+            basis={"px": (mpp, "px"), "µm": (1.0, "µm"), "mm": (1000.0, "mm")},
             ticks=[1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500],
         )  # fmt: skip
         bar = ScaleBar(range=plot.x_range, unit="px", dimensional=units, location="bottom_left", name="scale-bar")
@@ -261,7 +262,7 @@ div.text = `view: ${((xr.end - xr.start) * mpp / w).toPrecision(3)} µm/px (slid
             color_mapper=mapper, orientation="horizontal", title=bar_title.format(maps[0]), height=12,
             name="colour-bar", title_text_font_size="12px",
         )  # fmt: skip
-        plot.add_layout(colour_bar, "below")
+        plot.add_layout(colour_bar, "above")
         grid = data.scores(slide_id)
         options, boxes = [], {"x": [], "y": [], "size": [], "colour": [], "which": []}
         top_colour, bottom_colour = marker_colours(CMAPS[0])
