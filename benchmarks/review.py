@@ -13,7 +13,7 @@ connection after a warm-up that opens the slide. Baselines, measured in the same
 slide tile with a fresh ``OpenSlide`` + ``DeepZoomGenerator`` per tile (no slide cache); overlay tile drawn by
 the heatmap stage's renderer (``mambamil.heatmaps.render_heatmap``) for the tile's area.
 
-    python benchmarks/review.py [--quick] [--slide PATH]
+    python benchmarks/review.py [--quick] [--slide PATH] [--page-only | --no-page]
 """
 
 from __future__ import annotations
@@ -167,12 +167,14 @@ def main() -> None:
     ap.add_argument("--slide", type=Path, default=SLIDE, help="the real slide (default: %(default)s)")
     ap.add_argument("--n", type=int, default=200, help="tiles per slide and kind (default: %(default)s)")
     ap.add_argument("--page-only", action="store_true", help="only the cohort page's bytes")
+    ap.add_argument("--no-page", action="store_true", help="only the tile latencies")
     args = ap.parse_args()
     n = 60 if args.quick else args.n
     size = (8192, 6144) if args.quick else (16384, 12288)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cohort_page_bytes(tmp, 6 if args.quick else 24)
+        if not args.no_page:
+            cohort_page_bytes(tmp, 6 if args.quick else 24)
         if args.page_only:
             return
         t0 = time.perf_counter()
