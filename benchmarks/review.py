@@ -1,4 +1,10 @@
-"""Review server tiles: p50/p95 latency of 256-px slide and score-overlay tiles over HTTP, warm slide cache.
+"""Review server: bytes of the cohort page (thumbnails, compression); p50/p95 latency of 256-px slide and
+score-overlay tiles over HTTP, warm slide cache.
+
+Cohort page (``--page``, first): the demo cohort (``mambamil demo-cohort``'s default 24 slides, 4608 × 3584 px;
+``--quick``: 6) tiled by the tile stage, served; the page and every thumbnail it shows are fetched as a browser
+does (``Accept-Encoding: gzip``). Baseline, in the same run: what the server sent before thumbnails were
+downscaled and responses compressed, i.e. the page uncompressed and each slide's full ``.preview.png``.
 
 Runs ``mambamil review``'s application (uvicorn, in this process's thread) on a temporary results folder made
 by the tile stage on CMU-1-Small-Region.svs and a large demo slide (16384 × 12288 px), with per-patch scores in
@@ -7,7 +13,7 @@ connection after a warm-up that opens the slide. Baselines, measured in the same
 slide tile with a fresh ``OpenSlide`` + ``DeepZoomGenerator`` per tile (no slide cache); overlay tile drawn by
 the heatmap stage's renderer (``mambamil.heatmaps.render_heatmap``) for the tile's area.
 
-    python benchmarks/review.py [--quick] [--slide PATH]
+    python benchmarks/review.py [--quick] [--slide PATH] [--page-only | --no-page]
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from mambamil import demo, paths
 from mambamil.cli import main as cli
 from mambamil.h5layout import read_coords
 from mambamil.heatmaps import HeatmapSettings, rank_percentiles, render_heatmap
-from mambamil.review import ReviewData
+from mambamil.review import THUMB_PX, ReviewData
 from mambamil.review_server import create_app
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -110,6 +116,47 @@ def baseline_overlay_tile(res: Path, sid: str, path: Path, z: int, c: int, r: in
     return time.perf_counter() - t0
 
 
+def get(conn: http.client.HTTPConnection, url: str, gzip: bool) -> bytes:
+    conn.request("GET", url, headers={"Accept-Encoding": "gzip"} if gzip else {})
+    resp = conn.getresponse()
+    body = resp.read()
+    assert resp.status == 200, (url, resp.status)
+    return body
+
+
+def cohort_page_bytes(tmp: Path, n_slides: int) -> None:
+    """The cohort page's bytes on the wire, as served now and as the previous server sent them."""
+    cohort = tmp / "cohort"
+    t0 = time.perf_counter()
+    demo.generate_cohort(cohort, n_slides=n_slides, progress=False)
+    ids = demo.slide_ids(n_slides)
+    res = tmp / "page-results"
+    tiles = paths.tiles_dir(res)
+    args = [str(demo.slide_path(cohort, s)) for s in ids]
+    assert cli(["--quiet", "tile", *args, "--slide-id", *ids, "--out", str(tiles)]) == 0
+    print(f"demo cohort of {n_slides} slides made and tiled in {time.perf_counter() - t0:.1f} s")
+    port = start_server(res)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    page_plain, page_gzip = get(conn, "/", gzip=False), get(conn, "/", gzip=True)
+    thumbs = [get(conn, f"/thumb/{sid}", gzip=True) for sid in ids]
+    t0 = time.perf_counter()
+    for sid in ids:  # warm (cached) thumbnails
+        get(conn, f"/thumb/{sid}", gzip=True)
+    warm_ms = (time.perf_counter() - t0) / len(ids) * 1000
+    conn.close()
+    previews = [paths.tile_outputs(tiles, sid)["preview"].stat().st_size for sid in ids]
+    before = {"page HTML": len(page_plain), "thumbnails": sum(previews)}
+    after = {"page HTML": len(page_gzip), "thumbnails": sum(map(len, thumbs))}
+    before["total"], after["total"] = sum(before.values()), sum(after.values())
+    print(f"\ncohort page of {n_slides} demo slides (thumbnails ≤ {THUMB_PX} px JPEG; warm thumbnail {warm_ms:.1f} ms)")
+    print()
+    print("| part | before (bytes) | after (bytes) | before ÷ after |")
+    print("|---|---|---|---|")
+    for part in before:
+        print(f"| {part} | {before[part]:,} | {after[part]:,} | {before[part] / after[part]:.1f}× |")
+    print(f"\nbefore: {before['total'] / 2**20:.1f} MiB, after: {after['total'] / 2**20:.2f} MiB\n")
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1000
 
@@ -119,11 +166,17 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer tiles, smaller large slide (8192 × 6144)")
     ap.add_argument("--slide", type=Path, default=SLIDE, help="the real slide (default: %(default)s)")
     ap.add_argument("--n", type=int, default=200, help="tiles per slide and kind (default: %(default)s)")
+    ap.add_argument("--page-only", action="store_true", help="only the cohort page's bytes")
+    ap.add_argument("--no-page", action="store_true", help="only the tile latencies")
     args = ap.parse_args()
     n = 60 if args.quick else args.n
     size = (8192, 6144) if args.quick else (16384, 12288)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if not args.no_page:
+            cohort_page_bytes(tmp, 6 if args.quick else 24)
+        if args.page_only:
+            return
         t0 = time.perf_counter()
         spec = demo.cohort_specs(1, seed=5, size=size)[0]
         rgb, _, _ = demo.render_slide(spec)

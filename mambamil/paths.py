@@ -108,6 +108,11 @@ def verdicts_file(results: PathLike) -> Path:
     return review_dir(results) / "verdicts.csv"
 
 
+def verdicts_lock(results: PathLike) -> Path:
+    """The lock file review servers hold while they read, merge and rewrite :func:`verdicts_file`."""
+    return review_dir(results) / "verdicts.csv.lock"
+
+
 # -- the files of one stage's output folder ----------------------------------------------------------------
 def tile_outputs(out_dir: PathLike, slide_id: str) -> dict[str, Path]:
     """coords (H5), tissue (GeoJSON) and preview (PNG) of one slide."""

@@ -10,6 +10,10 @@ slide id in :class:`ReviewData`, never from a path in a URL. What is read, per s
     evaluation/<task>/<model>/predictions.csv         label and test fold
     review/verdicts.csv                               written: one row per slide and reviewer
 
+Every file read is first checked to be inside the results folder (symlinks followed; the slide files the tile
+stage recorded are the one exception). Verdicts are merged into ``review/verdicts.csv`` under a cross-process
+file lock, and reloaded whenever the file changes, so several servers on one results folder lose no verdict and
+each shows the others'.
 Slide tiles come from ``openslide.deepzoom.DeepZoomGenerator`` (256 px, no overlap, full bounds); overlay tiles
 of the same grid are drawn from the patch-score grid (one cell per patch step) with a colour map's lookup table.
 """
@@ -30,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 from PIL import Image
 
 from mambamil import paths
@@ -44,8 +49,14 @@ log = logging.getLogger(__name__)
 TILE = 256
 #: Palette index of overlay pixels without a patch (transparent); percentiles map to indices 0 … EMPTY − 1.
 EMPTY = 255
-#: Colour maps offered for the overlay (matplotlib names).
-CMAPS = ("jet", "viridis", "magma", "inferno", "coolwarm", "RdYlBu_r", "gray")
+#: Colour maps offered for the overlay (matplotlib names); the first, the default, is perceptually uniform.
+CMAPS = ("viridis", "magma", "inferno", "cividis", "coolwarm", "RdYlBu_r", "jet", "gray")
+#: Marker colours (top-k, bottom-k patches) offered for each colour map: the two whose hues are furthest from it.
+MARKER_CANDIDATES = ("#ff1744", "#ff9100", "#00e5ff", "#76ff03", "#d500f9", "#ffffff", "#000000")
+#: How far (hue degrees) white and black markers count from any colour map.
+NEUTRAL_DEGREES = 45.0
+#: Longest side of a cohort-page thumbnail (px): shown 48 px high, sharp on a 2× display.
+THUMB_PX = 160
 VERDICTS = ("agree", "disagree", "artefact", "unsure")
 VERDICT_COLUMNS = ["slide_id", "reviewer", "verdict", "note", "updated"]
 #: Where the review server listens by default (this machine only; README "Reviewing heatmaps").
@@ -60,6 +71,10 @@ class NotFound(LookupError):
 
 class BadRequest(ValueError):
     """Malformed tile coordinates or verdict fields (HTTP 400)."""
+
+
+class Busy(RuntimeError):
+    """The verdicts file stayed locked by another writer too long (HTTP 503)."""
 
 
 @dataclass
@@ -96,16 +111,24 @@ class SlideEntry:
         }
 
 
-def _read_csv(path: Path) -> pd.DataFrame | None:
-    return pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file() else None
+def inside_folder(root: Path, path: Path) -> Path | None:
+    """``path`` resolved (symlinks followed) if it is a file inside the folder ``root`` (resolved), else None."""
+    resolved = path.resolve()
+    return resolved if resolved.is_relative_to(root) and resolved.is_file() else None
 
 
-def _evaluation_runs(results: Path) -> dict[tuple[str, str], pd.DataFrame]:
+def _read_csv(root: Path, path: Path) -> pd.DataFrame | None:
+    inside = inside_folder(root, path)
+    return pd.read_csv(inside, dtype=str, keep_default_na=False) if inside else None
+
+
+def _evaluation_runs(root: Path, results: Path) -> dict[tuple[str, str], pd.DataFrame]:
     runs = {}
     for task, models in paths.evaluation_runs(results, output="predictions").items():
         for model, folder in models.items():
             pred = paths.evaluation_outputs(folder)["predictions"]
-            runs[(task, model)] = pd.read_csv(pred, dtype={"case_id": str, "slide_id": str})
+            if inside := inside_folder(root, pred):
+                runs[(task, model)] = pd.read_csv(inside, dtype={"case_id": str, "slide_id": str})
     return runs
 
 
@@ -147,13 +170,14 @@ class ReviewData:
         self._verdict_lock = threading.Lock()
         self._slide_lock = threading.Lock()
         self._load(task, model)
-        self.verdicts = self._read_verdicts()
+        self._verdicts: dict[tuple[str, str], dict[str, str]] = {}
+        self._verdicts_seen: tuple[int, int, int] | None = None  # (inode, size, mtime) of the file last read
 
     # -- safety: every file served or read is inside the results folder ------------------------------------
     def inside(self, path: Path) -> Path:
         """``path`` resolved (symlinks followed); NotFound unless it is a file inside the results folder."""
-        resolved = path.resolve()
-        if not resolved.is_relative_to(self.root) or not resolved.is_file():
+        resolved = inside_folder(self.root, path)
+        if resolved is None:
             raise NotFound(str(path.name))
         return resolved
 
@@ -165,8 +189,8 @@ class ReviewData:
 
     # -- the cohort table ------------------------------------------------------------------------------------
     def _load(self, task: str | None, model: str | None) -> None:
-        qc = _read_csv(paths.qc_tables(paths.qc_dir(self.results))["slides"])
-        index = _read_csv(paths.heatmaps_index(self.results))
+        qc = _read_csv(self.root, paths.qc_tables(paths.qc_dir(self.results))["slides"])
+        index = _read_csv(self.root, paths.heatmaps_index(self.results))
         ids: dict[str, None] = {}  # ordered, without repeats: QC table, heatmap index, then any other tiles
         for table in (qc, index):
             ids.update(dict.fromkeys(table["slide_id"] if table is not None else []))
@@ -185,9 +209,9 @@ class ReviewData:
         for sid, e in self.slides.items():
             e.slide_path = self._slide_path(sid)
             pred_file = paths.heatmap_outputs(paths.heatmap_dir(self.results, sid), sid)["prediction"]
-            if pred_file.is_file():
+            if pred_file := inside_folder(self.root, pred_file):
                 predictions[sid] = {**json.loads(pred_file.read_text()), "_case_id": e.case_id}
-        runs = _evaluation_runs(self.results)
+        runs = _evaluation_runs(self.root, self.results)
         run = _pick_run(runs, predictions, task, model)
         self.run = run
         table = runs.get(run) if run else None
@@ -225,8 +249,8 @@ class ReviewData:
 
     def _slide_path(self, sid: str) -> Path | None:
         """The slide file recorded by the tile stage (None for QC stubs and missing files)."""
-        coords = paths.tile_outputs(paths.tiles_dir(self.results), sid)["coords"]
-        if not coords.is_file() or read_stub(coords) is not None:
+        coords = inside_folder(self.root, paths.tile_outputs(paths.tiles_dir(self.results), sid)["coords"])
+        if coords is None or read_stub(coords) is not None:
             return None
         meta = read_coords_attrs(coords)
         value = meta.slide_path if meta is not None else None
@@ -246,6 +270,19 @@ class ReviewData:
     def thumbnail(self, slide_id: str) -> Path:
         self.entry(slide_id)
         return self.inside(paths.tile_outputs(paths.tiles_dir(self.results), slide_id)["preview"])
+
+    def thumbnail_jpeg(self, slide_id: str) -> bytes:
+        """The slide's preview downscaled to at most ``THUMB_PX`` on its longer side, as JPEG."""
+        path = self.thumbnail(slide_id)
+        return _thumbnail(str(path), path.stat().st_mtime_ns)
+
+    def mpp(self, slide_id: str) -> float | None:
+        """Level-0 µm per pixel of the slide, as the tile stage recorded it (None when unknown)."""
+        self.entry(slide_id)
+        coords = self.inside(paths.tile_outputs(paths.tiles_dir(self.results), slide_id)["coords"])
+        meta = read_coords_attrs(coords)
+        value = meta.slide_mpp if meta is not None else None
+        return float(value) if value else None
 
     def _heatmap_file(self, slide_id: str, key: str) -> Path:
         return self.inside(paths.heatmap_outputs(paths.heatmap_dir(self.results, slide_id), slide_id)[key])
@@ -289,19 +326,36 @@ class ReviewData:
             return []
 
     # -- verdicts -------------------------------------------------------------------------------------------------
-    def _read_verdicts(self) -> dict[tuple[str, str], dict[str, str]]:
+    @property
+    def verdicts(self) -> dict[tuple[str, str], dict[str, str]]:
+        """Every verdict by (slide id, reviewer), reloaded when ``review/verdicts.csv`` changed since last read
+        (another server on the same folder may have written it)."""
+        with self._verdict_lock:
+            self._refresh_verdicts()
+            return dict(self._verdicts)
+
+    def _refresh_verdicts(self) -> None:
         path = paths.verdicts_file(self.results)
-        if not path.is_file():
-            return {}
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-        return {(r["slide_id"], r["reviewer"]): dict(r) for r in table.to_dict("records")}
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            self._verdicts, self._verdicts_seen = {}, None
+            return
+        seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if seen == self._verdicts_seen:
+            return
+        inside = self.inside(path)  # the file is replaced whole (atomic rename), so a read sees one version
+        table = pd.read_csv(inside, dtype=str, keep_default_na=False)
+        self._verdicts = {(r["slide_id"], r["reviewer"]): dict(r) for r in table.to_dict("records")}
+        self._verdicts_seen = seen
 
     def slide_verdicts(self, slide_id: str) -> list[dict[str, str]]:
         self.entry(slide_id)
         return [v for (sid, _), v in self.verdicts.items() if sid == slide_id]
 
     def save_verdict(self, slide_id: str, reviewer: str, verdict: str, note: str) -> dict[str, str]:
-        """Record one reviewer's verdict of one slide and rewrite ``review/verdicts.csv`` atomically."""
+        """Record one reviewer's verdict of one slide: under a cross-process lock, read ``review/verdicts.csv``,
+        merge the row in and replace the file atomically."""
         self.entry(slide_id)
         reviewer = one_line(reviewer)
         if not reviewer or len(reviewer) > 80:
@@ -312,15 +366,21 @@ class ReviewData:
             raise BadRequest("note longer than 20000 characters")
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         row = {"slide_id": slide_id, "reviewer": reviewer, "verdict": verdict, "note": note, "updated": now}
-        with self._verdict_lock:
-            self.verdicts = self._read_verdicts()  # another server on the same folder may have written since
-            self.verdicts[(slide_id, reviewer)] = row
-            buffer = io.StringIO()
-            writer = csv.DictWriter(buffer, VERDICT_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(sorted(self.verdicts.values(), key=lambda r: (r["slide_id"], r["reviewer"])))
-            with atomic_output(paths.verdicts_file(self.results)) as tmp:
-                tmp.write_text(buffer.getvalue())
+        path = paths.verdicts_file(self.results)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._verdict_lock, FileLock(paths.verdicts_lock(self.results), timeout=30):
+                self._refresh_verdicts()
+                merged = {**self._verdicts, (slide_id, reviewer): row}
+                buffer = io.StringIO()
+                writer = csv.DictWriter(buffer, VERDICT_COLUMNS, lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(sorted(merged.values(), key=lambda r: (r["slide_id"], r["reviewer"])))
+                with atomic_output(path) as tmp:
+                    tmp.write_text(buffer.getvalue())
+                self._refresh_verdicts()
+        except Timeout as exc:
+            raise Busy(f"{path} is locked by another writer") from exc
         return row
 
 
@@ -427,20 +487,58 @@ class ScoreGrid:
         return out
 
 
+@functools.lru_cache(maxsize=256)
+def _thumbnail(path: str, mtime_ns: int) -> bytes:
+    with Image.open(path) as image:
+        image.thumbnail((THUMB_PX, THUMB_PX), Image.Resampling.LANCZOS)
+        return _encode_jpeg(image.convert("RGB"))
+
+
 @functools.lru_cache(maxsize=32)
 def _score_grid(scores_csv: str, mtime_ns: int, coords_h5: str) -> ScoreGrid:
     return ScoreGrid(scores_csv, coords_h5)
 
 
 @functools.lru_cache(maxsize=len(CMAPS))
-def palette(cmap: str) -> bytes:
-    """A PNG palette: a colour map's colours at ``EMPTY`` evenly spaced positions (index i is the percentile
-    i / (EMPTY − 1)), then the transparent index ``EMPTY`` (no patch)."""
+def colours(cmap: str) -> np.ndarray:
+    """The colour map's 256 colours (uint8 RGB), as the heatmap PNGs use them."""
     if cmap not in CMAPS:
         raise NotFound(cmap)
     from matplotlib import colormaps
 
     # The heatmap PNGs' 256 colours (mambamil.heatmaps.colour_lut, not imported: it would import torch).
-    lut = (colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
-    lut = lut[np.round(np.arange(EMPTY) * 255 / (EMPTY - 1)).astype(int)]
+    return (colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+
+
+def colour_hex(cmap: str) -> list[str]:
+    return [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in colours(cmap)]
+
+
+@functools.lru_cache(maxsize=len(CMAPS))
+def marker_colours(cmap: str) -> tuple[str, str]:
+    """Top-k and bottom-k marker colours for a colour map: the two candidates whose hue is furthest from every
+    saturated colour of the map (white and black count as ``NEUTRAL_DEGREES`` away)."""
+    import colorsys
+
+    hsv = np.array([colorsys.rgb_to_hsv(*(c / 255)) for c in colours(cmap)])
+    hues = hsv[(hsv[:, 1] > 0.25) & (hsv[:, 2] > 0.2), 0]
+
+    def distance(hex_colour: str) -> float:
+        h, s_, _ = colorsys.rgb_to_hsv(*(int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)))
+        if s_ < 0.25:  # white or black: used only when no hue is further away
+            return NEUTRAL_DEGREES
+        if not len(hues):
+            return 180.0
+        gap = np.abs(hues - h)
+        return float(np.min(np.minimum(gap, 1 - gap)) * 360)
+
+    ranked = sorted(MARKER_CANDIDATES, key=distance, reverse=True)
+    return ranked[0], ranked[1]
+
+
+@functools.lru_cache(maxsize=len(CMAPS))
+def palette(cmap: str) -> bytes:
+    """A PNG palette: a colour map's colours at ``EMPTY`` evenly spaced positions (index i is the percentile
+    i / (EMPTY − 1)), then the transparent index ``EMPTY`` (no patch)."""
+    lut = colours(cmap)[np.round(np.arange(EMPTY) * 255 / (EMPTY - 1)).astype(int)]
     return np.concatenate([lut, np.zeros((256 - EMPTY, 3), np.uint8)]).tobytes()

@@ -7,17 +7,24 @@ evaluation table are written in those stages' formats (no training: the server o
 
 from __future__ import annotations
 
+import colorsys
+import functools
 import http.client
+import http.server
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -26,6 +33,7 @@ import openslide
 import pandas as pd
 import pytest
 from openslide.deepzoom import DeepZoomGenerator
+from PIL import Image
 
 from mambamil import paths
 from mambamil.cli import main
@@ -33,6 +41,8 @@ from mambamil.demo import slide_path
 from mambamil.fileio import write_json
 from mambamil.h5layout import read_coords
 from mambamil.heatmaps import colour_lut, rank_percentiles
+from mambamil.review import CMAPS, THUMB_PX, marker_colours
+from mambamil.review_server import MAX_BODY, TOKEN_ENV, WRITE_TOKEN_HEADER
 
 REPO = Path(__file__).resolve().parents[1]
 IDS = ["demo_000", "demo_001", "cmu1", "blank"]
@@ -89,6 +99,11 @@ def results(tmp_path_factory: pytest.TempPathFactory, demo_cohort: Path, real_sl
     shutil.copy(tiles / "demo_000.h5", tiles / "linked.h5")
     (root / "secret.png").write_bytes(b"SECRET outside the results folder")
     (tiles / "linked.preview.png").symlink_to(root / "secret.png")
+    # ... and its prediction is a symlink to a file outside: the cohort table must not show what it says.
+    (root / "secret.json").write_text(json.dumps({"predicted": "SECRET", "prob_SECRET": 1.0}))
+    linked = paths.heatmap_outputs(paths.heatmap_dir(res, "linked"), "linked")["prediction"]
+    linked.parent.mkdir(parents=True)
+    linked.symlink_to(root / "secret.json")
     return res
 
 
@@ -101,10 +116,10 @@ def _free_port() -> int:
 class Server:
     """`python -m mambamil review` in a subprocess, as a user starts it."""
 
-    def __init__(self, results: Path) -> None:
+    def __init__(self, results: Path, env: dict[str, str] | None = None) -> None:
         self.results, self.port = results, _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
         cmd = [sys.executable, "-m", "mambamil", "review", str(results), "--port", str(self.port)]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 120
@@ -114,26 +129,38 @@ class Server:
             try:
                 urllib.request.urlopen(self.base + "/", timeout=5)
                 return
+            except urllib.error.HTTPError:
+                return  # answering (401 without its access token)
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.3)
         raise AssertionError("server did not start")
 
-    def get(self, path: str) -> tuple[int, bytes, str]:
-        """A raw request (the path is sent as written, not normalised)."""
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """A raw request (the path is sent as written, not normalised); the response's headers lower-cased."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        conn.request("GET", path)
+        conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
-        body = resp.read()
+        data = resp.read()
         conn.close()
-        return resp.status, body, resp.getheader("Content-Type", "")
+        return resp.status, data, {k.lower(): v for k, v in resp.getheaders()}
 
-    def post(self, path: str, obj: object) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        conn.request("POST", path, body=json.dumps(obj), headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        body = resp.read()
-        conn.close()
-        return resp.status, body
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, str]:
+        status, body, head = self.request("GET", path, headers=headers)
+        return status, body, head.get("content-type", "")
+
+    @functools.cached_property
+    def write_token(self) -> str:
+        """The per-start write token, as the viewer page embeds it."""
+        page = self.get("/slide/demo_000")[1].decode()
+        return re.search(r'name="mambamil-write-token" content="([^"]+)"', page).group(1)
+
+    def post(self, path: str, obj: object, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """A verdict write as the viewer page sends it (JSON, its write token), with ``headers`` on top."""
+        sent = {"Content-Type": "application/json", WRITE_TOKEN_HEADER: self.write_token, **(headers or {})}
+        status, body, _ = self.request("POST", path, json.dumps(obj).encode(), sent)
+        return status, body
 
     def kill(self, sig: int = signal.SIGTERM) -> None:
         self.proc.send_signal(sig)
@@ -162,6 +189,8 @@ def test_cohort_page_lists_every_slide(server: Server) -> None:
     blank = by_id["blank"]
     assert blank["qc_status"] == "excluded" and "empty" in blank["qc_cause"] and not blank["viewable"]
     assert "subtype/mambamil" in page
+    # linked's prediction.json links out of the results folder: not read (the slide has no prediction).
+    assert "SECRET" not in page and by_id["linked"]["predicted"] == ""
 
 
 @slow
@@ -230,10 +259,17 @@ def test_nothing_outside_the_results_folder(server: Server, path: str, codes: se
 
 
 @slow
-def test_thumbnail_and_bokeh_served_offline(server: Server, results: Path) -> None:
+def test_thumbnails_downscaled_pages_compressed_bokeh_offline(server: Server, results: Path) -> None:
     status, body, ctype = server.get("/thumb/demo_000")
-    assert status == 200 and ctype == "image/png"
-    assert body == paths.tile_outputs(paths.tiles_dir(results), "demo_000")["preview"].read_bytes()
+    assert status == 200 and ctype == "image/jpeg"
+    preview_file = paths.tile_outputs(paths.tiles_dir(results), "demo_000")["preview"]
+    thumb, preview = Image.open(io.BytesIO(body)), Image.open(preview_file)
+    assert max(thumb.size) == THUMB_PX and len(body) < preview_file.stat().st_size / 4
+    assert abs(thumb.size[0] / thumb.size[1] - preview.size[0] / preview.size[1]) < 0.02
+    small = np.asarray(preview.convert("RGB").resize(thumb.size, Image.Resampling.BOX), np.int32)
+    assert np.abs(np.asarray(thumb, np.int32) - small).mean() < 12  # the same picture, smaller
+    status, body, head = server.request("GET", "/", headers={"Accept-Encoding": "gzip"})
+    assert status == 200 and head.get("content-encoding") == "gzip"
     status, body, _ = server.get("/slide/demo_000")
     js = [p.split('"')[0] for p in body.decode().split('src="')[1:] if p.startswith("/bokeh/")]
     assert js and all(server.get(p)[0] == 200 for p in js)
@@ -253,11 +289,13 @@ def test_verdict_survives_kill_9(results: Path) -> None:
     finally:
         srv.kill(signal.SIGKILL)
     table = pd.read_csv(paths.verdicts_file(results), keep_default_na=False)
+    table = table[table["reviewer"].isin(["ann", "bob"])]
     assert table[["slide_id", "reviewer", "verdict", "note"]].values.tolist() == [
         ["demo_001", "ann", "artefact", "pen, fold"],
         ["demo_001", "bob", "agree", "ok"],
     ]
-    assert not [p for p in paths.review_dir(results).iterdir() if p.name != "verdicts.csv"]  # no temporary left
+    left = {p.name for p in paths.review_dir(results).iterdir()} - {"verdicts.csv", paths.verdicts_lock(results).name}
+    assert not left  # no temporary left
     again = Server(results)
     try:
         rows = json.loads(again.get("/api/verdicts/demo_001")[1])
@@ -309,8 +347,242 @@ def test_browser_cohort_viewer_and_verdict(server: Server, results: Path, browse
             break
         time.sleep(0.2)
     assert "cmu1,carol,unsure,blurred corner" in text
+    # Reading aids: a colour bar saying what a colour means, a scale bar, the view's µm/px, keyboard zoom.
+    model = "Bokeh.documents[0].get_model_by_name"
+    assert "percentile" in page.evaluate(f"{model}('colour-bar').title")
+    assert page.evaluate(f"{model}('scale-bar') !== null")
+    page.wait_for_function(f"{model}('view-mpp').text.startsWith('view: ')")
+    mpp_text = page.evaluate(f"{model}('view-mpp').text")
+    width = page.evaluate(f"(r => r.end - r.start)({model}('slide-view').x_range)")
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("+")
+    zoomed = page.evaluate(f"(r => r.end - r.start)({model}('slide-view').x_range)")
+    assert zoomed == pytest.approx(width / 1.5)
+    page.wait_for_function(f"{model}('view-mpp').text !== {json.dumps(mpp_text)}")  # the view's µm/px follows
     assert not problems, problems
     page.close()
+
+
+def _wait_for(condition, what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def other_site(tmp_path_factory: pytest.TempPathFactory):
+    """A static web server on another local port: the page of another site the reviewer has open."""
+    root = tmp_path_factory.mktemp("other_site")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+ATTACK = """<!doctype html><html><body>
+<form id="f" method="POST" enctype="text/plain" action="{target}">
+<input type="hidden" name='{{"reviewer":"mallory","verdict":"disagree","note":"' value='form"}}'></form>
+<script>
+fetch("{target}", {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}},
+  body: JSON.stringify({{reviewer: "mallory", verdict: "disagree", note: "no-cors fetch"}})}})
+  .finally(() => document.getElementById("f").submit());
+</script></body></html>"""
+
+
+@slow
+def test_browser_other_pages_cannot_write_verdicts(server: Server, results: Path, other_site, browser) -> None:
+    """A page from another local port, or opened from a file, posts a no-cors text/plain fetch and a text/plain
+    form (no JavaScript needed for the form) to the review server: the verdicts file stays as it was."""
+    root, base = other_site
+    target = f"{server.base}/api/verdict/demo_000"
+    (root / "attack.html").write_text(ATTACK.format(target=target))
+    before = _csv(results)
+    context = browser.new_context()
+    page = context.new_page()
+    for url in (f"{base}/attack.html", (root / "attack.html").as_uri()):
+        page.goto(url)
+        page.wait_for_url(target)  # the form was submitted (after the fetch settled); its answer is shown
+        assert _csv(results) == before, url
+    assert b"mallory" not in _csv(results)
+    context.close()
+
+
+@slow
+def test_browser_verdict_before_name_and_note_before_next_are_saved(server: Server, results: Path, browser) -> None:
+    context = browser.new_context()  # no reviewer name remembered
+    page = context.new_page()
+    page.goto(server.base + "/slide/demo_000")
+    page.check("input[value=artefact]")  # clicked before the name is typed
+    assert page.inner_text("#status").startswith("unsaved")
+    page.fill("#reviewer", "dana")
+    page.press("#reviewer", "Tab")  # the name arrives: the pending verdict is saved
+    _wait_for(lambda: b"demo_000,dana,artefact," in _csv(results), "verdict clicked before the name not saved")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('saved')")
+    # The next page answers at once (it is not what is tested), so this page is gone well within 300 ms.
+    page.route("**/slide/demo_001", lambda route: route.fulfill(content_type="text/html", body="<p>next</p>"))
+    page.fill("#note", "pen mark top left")  # and "next" at once, within the 300 ms the note waits
+    page.click("#next")
+    page.wait_for_url("**/slide/demo_001")
+    _wait_for(lambda: b"demo_000,dana,artefact,pen mark top left," in _csv(results), "note typed before next lost")
+    context.close()
+
+
+def _csv(results: Path) -> bytes:
+    path = paths.verdicts_file(results)
+    return path.read_bytes() if path.exists() else b""
+
+
+VERDICT = {"reviewer": "mallory", "verdict": "disagree", "note": "written by another page"}
+
+
+@slow
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({"Content-Type": "text/plain"}, 415),  # what a <form> or a no-cors fetch can send
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415),
+        ({"Origin": "http://127.0.0.1:1"}, 403),  # a page served from another local port
+        ({"Origin": "null"}, 403),  # a page opened from a file
+        ({"Sec-Fetch-Site": "same-site"}, 403),
+        ({"Sec-Fetch-Site": "cross-site"}, 403),
+        ({WRITE_TOKEN_HEADER: ""}, 403),  # no page token
+        ({WRITE_TOKEN_HEADER: "a-token-of-an-earlier-start"}, 403),
+    ],
+)
+def test_writes_need_json_same_origin_and_the_page_token(
+    server: Server, results: Path, headers: dict[str, str], code: int
+) -> None:
+    before = _csv(results)
+    status, body = server.post("/api/verdict/demo_000", VERDICT, headers)
+    assert status == code, body
+    assert _csv(results) == before
+    # The same write from the server's own page is accepted.
+    own = {"Origin": server.base, "Sec-Fetch-Site": "same-origin"}
+    assert server.post("/api/verdict/demo_000", {**VERDICT, "reviewer": "own page"}, own)[0] == 200
+
+
+@slow
+def test_foreign_host_header_refused(server: Server, results: Path) -> None:
+    """DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 sends Host: evil.example."""
+    assert server.post("/api/verdict/demo_000", {**VERDICT, "reviewer": "zoe", "note": "zoe's note"})[0] == 200
+    before = _csv(results)
+    for host in (f"evil.example:{server.port}", "evil.example", f"127.0.0.1.evil.example:{server.port}"):
+        for path in ("/", "/api/verdicts/demo_000", "/slide/demo_000"):
+            status, body, _ = server.get(path, headers={"Host": host})
+            assert status == 400 and b"zoe" not in body, (host, path, status)
+        status, _ = server.post("/api/verdict/demo_000", VERDICT, {"Host": host})
+        assert status == 400
+    assert _csv(results) == before
+    for host in (f"127.0.0.1:{server.port}", f"localhost:{server.port}"):
+        status, body, _ = server.get("/api/verdicts/demo_000", headers={"Host": host})
+        assert status == 200 and b"zoe's note" in body
+
+
+def _raw_post(port: int, head: bytes, body: bytes) -> bytes:
+    """Send a request's head and as much body as given; the first bytes answered (the socket stays open)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(head + body)
+        return sock.recv(200)
+
+
+@slow
+def test_request_bodies_capped_before_they_are_read(server: Server, results: Path) -> None:
+    before = _csv(results)
+    # 30 MB announced, 1 KB sent: refused at once, without waiting for the rest.
+    head = (
+        f"POST /api/verdict/demo_000 HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"Content-Type: application/json\r\n{WRITE_TOKEN_HEADER}: {server.write_token}\r\n"
+    )
+    answer = _raw_post(server.port, f"{head}Content-Length: 30000000\r\n\r\n".encode(), b" " * 1024)
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    # Chunked, no length announced: refused once the body passes the cap.
+    chunk = b" " * 65536
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(MAX_BODY // len(chunk) + 1))
+    answer = _raw_post(server.port, f"{head}Transfer-Encoding: chunked\r\n\r\n".encode(), chunks + b"0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    assert _csv(results) == before
+
+
+@slow
+def test_deeply_nested_json_is_a_bad_request(server: Server) -> None:
+    sent = {"Content-Type": "application/json", WRITE_TOKEN_HEADER: server.write_token}
+    for body in (b"[" * 100_000, b'{"a":' * 50_000):
+        status, answer, _ = server.request("POST", "/api/verdict/demo_000", body, sent)
+        assert status == 400 and b"nested too deep" in answer, (status, answer[:200])
+
+
+@pytest.mark.timeout(60)  # a server that does start blocks: fail instead
+def test_binding_beyond_loopback_needs_a_token(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    assert main(["review", str(tmp_path), "--host", "0.0.0.0", "--port", str(_free_port())]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and TOKEN_ENV in err and "0.0.0.0" in err, err
+
+
+@slow
+def test_access_token_needed_on_every_request(results: Path) -> None:
+    srv = Server(results, env={TOKEN_ENV: "s3cret-token"})
+    try:
+        for path in ("/", "/?token=wrong", "/thumb/demo_000", "/api/verdicts/demo_000", "/slide/demo_000"):
+            assert srv.get(path)[0] == 401, path
+        status, _, head = srv.request("GET", "/?token=s3cret-token")
+        assert status == 303 and head["location"] == "/"
+        cookie = head["set-cookie"].split(";")[0]
+        assert "HttpOnly" in head["set-cookie"] and "samesite=strict" in head["set-cookie"].lower()
+        for path in ("/", "/thumb/demo_000", "/api/verdicts/demo_000"):
+            assert srv.get(path, headers={"Cookie": cookie})[0] == 200, path
+        assert srv.get("/", headers={"Authorization": "Bearer s3cret-token"})[0] == 200
+        page = srv.get("/slide/demo_000", headers={"Cookie": cookie})[1].decode()
+        write = re.search(r'name="mambamil-write-token" content="([^"]+)"', page).group(1)
+        sent = {"Content-Type": "application/json", WRITE_TOKEN_HEADER: write}
+        body = json.dumps({**VERDICT, "reviewer": "tokened"}).encode()
+        assert srv.request("POST", "/api/verdict/demo_000", body, sent)[0] == 401
+        assert srv.request("POST", "/api/verdict/demo_000", body, {**sent, "Cookie": cookie})[0] == 200
+    finally:
+        srv.kill()
+
+
+@slow
+def test_two_servers_lose_no_verdict_and_show_each_others(server: Server, results: Path) -> None:
+    other = Server(results)
+    try:
+
+        def post(srv: Server, i: int) -> int:
+            verdict = {"reviewer": f"r{srv.port}-{i:03d}", "verdict": "agree", "note": ""}
+            return srv.post("/api/verdict/cmu1", verdict)[0]
+
+        with ThreadPoolExecutor(8) as pool:
+            jobs = [pool.submit(post, srv, i) for i in range(200) for srv in (server, other)]
+            assert [j.result() for j in jobs] == [200] * 400
+        table = pd.read_csv(paths.verdicts_file(results), keep_default_na=False)
+        for srv in (server, other):
+            written = {f"r{srv.port}-{i:03d}" for i in range(200)}
+            assert written <= set(table["reviewer"]), len(written - set(table["reviewer"]))
+            # Each server shows the verdicts saved through the other.
+            shown = {r["reviewer"] for r in json.loads(srv.get("/api/verdicts/cmu1")[1])}
+            assert {f"r{p}-{i:03d}" for p in (server.port, other.port) for i in range(200)} <= shown
+    finally:
+        other.kill()
+
+
+def test_default_colour_map_is_perceptually_uniform_and_markers_use_other_hues() -> None:
+    # matplotlib's perceptually uniform sequential maps (https://matplotlib.org/stable/users/explain/colors/colormaps.html)
+    assert CMAPS[0] in ("viridis", "plasma", "inferno", "magma", "cividis")
+    lut = colour_lut(CMAPS[0]) / 255.0
+    hsv = np.array([colorsys.rgb_to_hsv(*c) for c in lut])
+    hues = hsv[hsv[:, 1] > 0.25, 0] * 360
+    for marker in marker_colours(CMAPS[0]):
+        h, s, _ = colorsys.rgb_to_hsv(*(int(marker[i : i + 2], 16) / 255 for i in (1, 3, 5)))
+        if s > 0.25:
+            gap = np.abs(hues - h * 360)
+            assert np.minimum(gap, 360 - gap).min() > 30, (marker, CMAPS[0])
+    assert len(set(marker_colours(CMAPS[0]))) == 2
 
 
 def test_missing_results_folder_is_a_one_line_error(tmp_path: Path, capsys) -> None:

@@ -20,7 +20,8 @@ def add_review(sub: Subparsers) -> None:
         "(prediction, fold, correct or not, QC), a deep-zoom viewer of each slide read on demand through "
         "OpenSlide with the heatmap scores as an overlay, and per-slide verdicts saved to "
         "RESULTS/review/verdicts.csv as they are typed. Binds 127.0.0.1; on a cluster, forward the port with "
-        "'ssh -L PORT:localhost:PORT host'.",
+        "'ssh -L PORT:localhost:PORT host'. Binding another address needs an access token in "
+        "MAMBAMIL_REVIEW_TOKEN (every request must then carry it; open the address printed at start).",
     )
     p.add_argument("results", type=Path, help="the workflow's results folder (e.g. results/)")
     p.add_argument("--port", type=int, default=PORT, help="TCP port (default: %(default)s)")
