@@ -110,7 +110,8 @@ def write_stub(path: str | Path, outcome: QCOutcome) -> None:
 
 
 def read_stub(path: str | Path) -> QCOutcome | None:
-    """The outcome recorded in a QC stub, or None if ``path`` is not a stub (or does not exist)."""
+    """The outcome recorded in a QC stub, or None if ``path`` is not a stub (or does not exist); a file that cannot
+    be read for a condition of the environment raises :class:`~mambamil.errors.FaultError`."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
@@ -124,7 +125,9 @@ def read_stub(path: str | Path) -> QCOutcome | None:
             if "slide_size" in a:
                 slide = SlideStat(str(a["slide_file"]), int(a["slide_size"]), int(a["slide_mtime_ns"]))
             return QCOutcome(str(a.get("slide_id", path.stem)), str(a["qc_stage"]), str(a["qc_cause"]), slide)
-    except OSError:
+    except OSError as exc:
+        if (fault := fault_from(exc, path)) is not None:  # unreadable (EIO, ESTALE, EACCES...): a fault, not an output
+            raise fault from exc
         return None
 
 
