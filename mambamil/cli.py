@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mambamil import __version__
 from mambamil.config import add_section_options, json_object, section_from_args
+from mambamil.doctor import add_doctor
 from mambamil.errors import FAULT_EXIT, FaultError, InputFileError, MambamilError, fault_from
 
 log = logging.getLogger("mambamil")
@@ -936,6 +937,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_validate_config,
     _add_encoders,
     _add_review,
+    add_doctor,
 ]
 
 
