@@ -6,8 +6,9 @@ the exact ``chunked`` scan in float64 on that same device: 2 sequences, 12 chann
 blocks, the second partial), 37 steps in segments of 16 (three segments, the last partial), 3 persistent gradient
 programs for 12 work items, every option on (D, z, delta_bias, softplus), last state returned. ``auto`` uses Triton
 there only if the output, the last state and every gradient agree within the tolerances the tests hold the kernels
-to (:data:`FWD_TOL`, :data:`GRAD_TOL`, :data:`LOW_PRECISION_TOL`; tests/test_triton_scan.py reads them from
-here); otherwise it warns once, naming the device, the Triton version and the largest error, and runs ``chunked``.
+to (:data:`FWD_TOL`, :data:`GRAD_TOL`, :data:`LOW_PRECISION_TOL`, :data:`LOW_PRECISION_GRAD_TOL`;
+tests/test_triton_scan.py reads them from here); otherwise it warns once, naming the device, the Triton version
+and the largest error, and runs ``chunked``.
 
 The check uses its own random generator (the global RNG, and so a study's numbers, are untouched), logs its cost
 (INFO), and is switched off by ``training.scan_selfcheck: false`` or ``MAMBAMIL_SCAN_SELFCHECK=0``.
@@ -31,8 +32,10 @@ log = logging.getLogger(__name__)
 FWD_TOL = 1e-5
 #: relative error of every gradient, float32 inputs
 GRAD_TOL = 1e-4
-#: relative error of output and gradients with bf16/fp16 inputs (their rounding, 2^-8; the state stays float32)
+#: relative error of the output with bf16/fp16 inputs (their rounding, 2^-8; the state stays float32)
 LOW_PRECISION_TOL = 1e-2
+#: relative error of every gradient with bf16/fp16 inputs
+LOW_PRECISION_GRAD_TOL = 2e-2
 #: the check's case (see the module docstring): batch, channels, d_state, steps, segment length, gradient programs
 CASE = {"b": 2, "d": 12, "n": 16, "L": 37, "seg_len": 16, "nprog": 3}
 #: environment variable that switches the check off ("0", "false", "no", "off")
@@ -130,7 +133,7 @@ def run_selfcheck(device: torch.device | str, dtype: torch.dtype = torch.float32
     device = torch.device(device)
     low = dtype in (torch.float16, torch.bfloat16)
     tols = {"output": LOW_PRECISION_TOL if low else FWD_TOL, "last state": FWD_TOL}
-    grad_tol = LOW_PRECISION_TOL if low else GRAD_TOL
+    grad_tol = LOW_PRECISION_GRAD_TOL if low else GRAD_TOL
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
     t0 = time.perf_counter()
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
