@@ -172,6 +172,9 @@ def triton_passes(device: torch.device, dtype: torch.dtype) -> bool:
     if not enabled():
         return True
     key = (str(device), dtype)
+    done = _RESULTS.get(key)
+    if done is not None:  # every later call: one dict lookup
+        return done.passed
     with _LOCK:
         if key not in _RESULTS:
             res = _RESULTS[key] = run_selfcheck(device, dtype)
