@@ -7,8 +7,9 @@ when the Snakefile was parsed and backdated the tile outputs of changed excluded
 The cohort: one small file per slide (stat'ed, never opened by a dry run), a slide and a label sheet, and under
 results/ every slide's tile outputs, features and raster order: 1 MiB sparse files (real outputs; too large to be a
 QC stub, so never opened), except 1 % QC stubs (real ones, mambamil.qc.write_stub) of which a tenth record a slide
-file that has changed since. Each variant runs ``snakemake -n`` on the default target; the table gives its wall
-time, the ratio to the baseline, and how many files under results/ the dry run changed (mtime or content).
+file that has changed since. Each variant parses the workflow alone (``snakemake --list-rules``), then runs
+``snakemake -n`` on the default target; the table gives both wall times, their ratios to the baseline, and how many
+files under results/ the two runs changed (mtime or size; the baseline's parse-time backdating shows there).
 """
 
 from __future__ import annotations
@@ -83,13 +84,18 @@ def snapshot(results: Path) -> dict[str, tuple[int, int]]:
     return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in results.rglob("*") if p.is_file()}
 
 
-def dry_run(tree: Path, config: Path, workdir: Path) -> tuple[float, int, int, str]:
-    """Wall seconds of ``snakemake -n``, tile jobs it plans, files under results/ it changed, and its return code."""
+def dry_run(tree: Path, config: Path, workdir: Path) -> tuple[float, int, int, str, float]:
+    """Wall seconds of ``snakemake -n``, tile jobs it plans, files under results/ it changed, its return code, and
+    the wall seconds of parsing alone (``snakemake --list-rules``: the Snakefile is read, no job is planned)."""
     results = Path(yaml.safe_load(config.read_text())["results"])
-    before = snapshot(results)
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    cmd = [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(tree / "Snakefile"), "--configfile",
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(tree / "Snakefile"), "--configfile",
            str(config), "--replace-workflow-config", "--cores", "1", "--directory", str(workdir)]  # fmt: skip
+    before = snapshot(results)
+    t0 = time.perf_counter()
+    subprocess.run([*cmd, "--list-rules"], capture_output=True, env=env, cwd=workdir, check=False)
+    parse = time.perf_counter() - t0
+    cmd.append("-n")
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir, check=False)  # cwd: not on sys.path
     wall = time.perf_counter() - t0
@@ -101,7 +107,7 @@ def dry_run(tree: Path, config: Path, workdir: Path) -> tuple[float, int, int, s
         if len(parts) == 2 and parts[0] == "tile" and parts[1].isdigit():
             tile = int(parts[1])
     status = "ok" if res.returncode == 0 else f"rc {res.returncode}: {(res.stderr or res.stdout)[-300:]}"
-    return wall, tile, changed, status
+    return wall, tile, changed, status, parse
 
 
 def main() -> None:
@@ -122,19 +128,24 @@ def main() -> None:
         print(f"# {args.slides} slides, fake cohort made in {time.perf_counter() - t0:.1f} s; "
               f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")  # fmt: skip
-        runs: dict[str, list[tuple[float, int, int, str]]] = {"this checkout": [], f"baseline {args.baseline_rev}": []}
+        runs: dict[str, list[tuple[float, int, int, str, float]]] = {
+            "this checkout": [],
+            f"baseline {args.baseline_rev}": [],
+        }
         for _ in range(args.repeat):  # this checkout first: the baseline's dry run backdates files
             for (name, tree), wd in zip([("this checkout", ROOT), (f"baseline {args.baseline_rev}", base)],
                                         ("wd_new", "wd_base"), strict=True):  # fmt: skip
                 (tmp / wd).mkdir(exist_ok=True)
                 runs[name].append(dry_run(tree, config, tmp / wd))
         base_wall = statistics.median(r[0] for r in runs[f"baseline {args.baseline_rev}"])
-        print("| workflow | snakemake -n wall s (median) | ratio to baseline | tile jobs planned | files under "
-              "results/ changed by the dry run | status |")  # fmt: skip
-        print("|---|---|---|---|---|---|")
+        base_parse = statistics.median(r[4] for r in runs[f"baseline {args.baseline_rev}"])
+        print("| workflow | parse only (--list-rules) s, median (runs) | ratio | snakemake -n s, median (runs) | ratio "
+              "| tile jobs planned | files under results/ changed by parse + dry run | status |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|")
         for name, rs in runs.items():
-            wall = statistics.median(r[0] for r in rs)
-            print(f"| {name} | {wall:.1f} ({', '.join(f'{r[0]:.1f}' for r in rs)}) | {wall / base_wall:.2f} | "
+            wall, parse = statistics.median(r[0] for r in rs), statistics.median(r[4] for r in rs)
+            print(f"| {name} | {parse:.1f} ({', '.join(f'{r[4]:.1f}' for r in rs)}) | {parse / base_parse:.2f} | "
+                  f"{wall:.1f} ({', '.join(f'{r[0]:.1f}' for r in rs)}) | {wall / base_wall:.2f} | "
                   f"{rs[0][1]} | {', '.join(str(r[2]) for r in rs)} | {rs[0][3]} |")  # fmt: skip
         shutil.rmtree(tmp / "cohort", ignore_errors=True)
 
