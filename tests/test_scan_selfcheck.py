@@ -36,7 +36,7 @@ def child(case: str) -> dict:
 @needs_triton
 def test_planted_wrong_result_falls_back_with_one_warning_and_chunked_numbers():
     r = child("planted")
-    assert not r["passed"] and r["checks"] == 1  # once for (cpu, float32), over 12 forward passes of two layers
+    assert not r["passed"] and r["checks"] == 1  # once for (cpu, float32), over every scan of the study
     assert len(r["warnings"]) == 1, r["warnings"]
     msg = r["warnings"][0]
     assert "cpu" in msg and f"Triton {r['triton']}" in msg and "largest relative error 1.00e-03 in output" in msg
