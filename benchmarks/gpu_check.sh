@@ -33,6 +33,7 @@ for step in $STEPS; do
     selfcheck) { timeout 150 "$PY" -m mambamil doctor; timeout 150 "$PY" benchmarks/selfcheck.py --device cuda; } \
                  > "$OUT/selfcheck.txt" 2>&1 ;;
     tests) timeout 170 "$PY" -m pytest -q -p no:cacheprovider -m cuda -rs tests/test_triton_scan.py tests/test_scan.py \
+             tests/test_scan_selfcheck.py \
              tests/test_models.py > "$OUT/tests.txt" 2>&1
            timeout 60 "$PY" -m pytest -q -p no:cacheprovider \
              tests/test_triton_scan.py::test_available_backends_does_not_initialise_cuda >> "$OUT/tests.txt" 2>&1 ;;

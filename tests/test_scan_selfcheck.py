@@ -126,3 +126,14 @@ def test_doctor_says_what_the_machine_uses(tmp_path: Path):
     assert rows["weights uni_v1"]["found"] == str(repo / "snapshots" / "0123abc" / p.files[0])
     if not torch.cuda.is_available():
         assert rows["device cuda"]["found"] == "none"
+
+
+@pytest.mark.cuda
+@needs_triton
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+def test_cuda_kernels_pass_their_selfcheck(dtype):
+    """On a GPU the compiled kernels pass the check that `auto` runs (what `mambamil doctor` shows)."""
+    res = selfcheck.run_selfcheck("cuda", dtype)
+    print(res.describe())
+    assert res.passed, res.describe()
