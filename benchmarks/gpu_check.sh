@@ -5,7 +5,9 @@
 # (default benchmarks/out/gpu). On the GPU machine, from the project root, with ../shared/device/prepare.sh
 # run beforehand on the workstation (it makes .device/):
 #     source .device/gpu_env.sh; bash benchmarks/gpu_check.sh            # ~2.5 min kernel build + ~5 min
-# Steps can be chosen: GPU_CHECK_STEPS="tests scan agg" (default: those three, in that order). The features
+# Steps can be chosen: GPU_CHECK_STEPS="selfcheck tests scan agg" (default: those four, in that order). selfcheck
+# (issue 28) runs first: `mambamil doctor` (devices, backends, the Triton self-check on the GPU, fp32 and bf16) and
+# benchmarks/selfcheck.py (the check's cost, first and warm, against its float64 reference alone). The features
 # stage (issue 11) is a fourth step, best run as a second call since one call may last at most 10 minutes:
 #     WITH_IMAGECODECS=1 ../shared/device/prepare.sh   # on the workstation: the demo slides need imagecodecs
 #     source .device/gpu_env.sh --no-mamba; GPU_CHECK_STEPS=features bash benchmarks/gpu_check.sh
@@ -15,7 +17,7 @@
 set -u
 OUT=${OUT:-benchmarks/out/gpu}
 mkdir -p "$OUT"
-STEPS=${GPU_CHECK_STEPS:-tests scan agg}
+STEPS=${GPU_CHECK_STEPS:-selfcheck tests scan agg}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 {
@@ -28,7 +30,10 @@ cat "$OUT/env.txt"
 for step in $STEPS; do
   t0=$(date +%s)
   case $step in
+    selfcheck) { timeout 150 "$PY" -m mambamil doctor; timeout 150 "$PY" benchmarks/selfcheck.py --device cuda; } \
+                 > "$OUT/selfcheck.txt" 2>&1 ;;
     tests) timeout 170 "$PY" -m pytest -q -p no:cacheprovider -m cuda -rs tests/test_triton_scan.py tests/test_scan.py \
+             tests/test_scan_selfcheck.py \
              tests/test_models.py > "$OUT/tests.txt" 2>&1
            timeout 60 "$PY" -m pytest -q -p no:cacheprovider \
              tests/test_triton_scan.py::test_available_backends_does_not_initialise_cuda >> "$OUT/tests.txt" 2>&1 ;;
@@ -45,5 +50,6 @@ for step in $STEPS; do
   rc=$?
   echo "gpu_check: $step rc=$rc in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/env.txt"
 done
+cat "$OUT/selfcheck.txt" 2>/dev/null
 tail -n 5 "$OUT/tests.txt" 2>/dev/null
 tail -n 30 "$OUT/scan.txt" "$OUT/aggregator.txt" "$OUT/features.txt" "$OUT/encoders.txt" 2>/dev/null

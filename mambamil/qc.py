@@ -10,9 +10,9 @@ own stub carrying the same cause. A stub is a tiny HDF5 file whose root attribut
 (GeoJSON/PNG side outputs of the tile stage get an empty FeatureCollection / a grey placeholder instead.)
 Only properties of the slide are exclusions; conditions of the environment (:class:`~mambamil.errors.FaultError`:
 I/O errors, a full disk, a file cut short, memory) fail the job instead and leave no output behind. A stub whose
-slide file has since changed in size or modification time is *stale*: :func:`changed_slides` finds them and the
-workflow reruns their slides; :func:`retry_excluded` (``mambamil qc-retry``) removes the stubs of excluded slides
-so the next run redoes them.
+slide file has since changed in size or modification time is retried by the workflow (the tile rule's
+``slide_state`` parameter, Snakemake's ``params`` rerun trigger); :func:`retry_excluded` (``mambamil qc-retry``)
+removes the stubs of excluded slides so the next run redoes them.
 Every reader refuses a stub with :class:`SlideExcludedError`. :func:`collect_qc` gathers every slide's
 outcome into ``results/qc/slides.csv`` (slide_id, case_id, status, stage, cause) and
 ``results/qc/patients.csv``; splits, train and the summary read them.
@@ -109,7 +109,8 @@ def write_stub(path: str | Path, outcome: QCOutcome) -> None:
 
 
 def read_stub(path: str | Path) -> QCOutcome | None:
-    """The outcome recorded in a QC stub, or None if ``path`` is not a stub (or does not exist)."""
+    """The outcome recorded in a QC stub, or None if ``path`` is not a stub (or does not exist); a file that cannot
+    be read for a condition of the environment raises :class:`~mambamil.errors.FaultError`."""
     from mambamil.h5layout import read_root_attrs  # deferred: h5layout's readers refuse stubs (refuse_stub)
 
     path = Path(path)
@@ -124,7 +125,9 @@ def read_stub(path: str | Path) -> QCOutcome | None:
         if "slide_size" in a:
             slide = SlideStat(str(a["slide_file"]), int(a["slide_size"]), int(a["slide_mtime_ns"]))
         return QCOutcome(str(a.get("slide_id", path.stem)), str(a["qc_stage"]), str(a["qc_cause"]), slide)
-    except OSError:
+    except OSError as exc:
+        if (fault := fault_from(exc, path)) is not None:  # unreadable (EIO, ESTALE, EACCES...): a fault, not an output
+            raise fault from exc
         return None
 
 
@@ -187,7 +190,7 @@ def run_slide_stage(
     A condition of the environment (a :class:`FaultError`, or an OSError/MemoryError that is one: disk full,
     EIO, ESTALE, EACCES, EMFILE, ...) is never an exclusion: the outputs this call wrote are removed and the
     :class:`FaultError` propagates, one line naming the path. ``slide_file``: the slide, recorded in stubs (its
-    size and mtime), so a slide that changes afterwards is retried (:func:`changed_slides`)."""
+    size and mtime)."""
     if on_bad_slide not in MODES:
         raise MambamilError(f"--on-bad-slide must be one of {MODES}, got {on_bad_slide!r}")
     slide_inputs = list(slide_inputs)
@@ -223,44 +226,6 @@ def run_slide_stage(
 
 
 # -- retrying excluded slides -------------------------------------------------------------------------------
-def stale_stub(path: str | Path, slide_file: str | Path) -> QCOutcome | None:
-    """The stub at ``path`` if its slide file has changed (size or mtime) since it was excluded, else None.
-
-    A stub without a recorded slide (written before stubs recorded one) counts as changed: it is retried once."""
-    outcome = read_stub(path)
-    if outcome is None:
-        return None
-    if outcome.slide is None:
-        return outcome
-    now = SlideStat.of(slide_file)
-    if (now.size, now.mtime_ns) != (outcome.slide.size, outcome.slide.mtime_ns):
-        return outcome
-    return None
-
-
-def changed_slides(slide_files: dict[str, str | Path], stage_files: dict[str, list[Path]]) -> dict[str, str]:
-    """slide_id → what changed, for every slide with a stale stub among its stage outputs (:func:`stale_stub`)."""
-    changed = {}
-    for sid, slide in slide_files.items():
-        for path in stage_files.get(sid, []):
-            outcome = stale_stub(path, slide)
-            if outcome is not None:
-                was = outcome.slide.describe() if outcome.slide else "not recorded"
-                changed[sid] = f"slide file changed since excluded ({was} → {SlideStat.of(slide).describe()})"
-                break
-    return changed
-
-
-def age_outputs(paths: Iterable[str | Path], slide_file: str | Path) -> None:
-    """Set the modification time of the existing ``paths`` one second before the slide file's, so Snakemake's own
-    rule (an input newer than its output) reruns the job that writes them and everything downstream."""
-    now = SlideStat.of(slide_file)
-    t = (now.mtime_ns if now.size >= 0 else 0) - 1_000_000_000
-    for p in paths:
-        if os.path.lexists(p):
-            os.utime(p, ns=(t, t))
-
-
 def stage_stubs(results: str | Path) -> dict[str, list[Path]]:
     """slide_id → every QC stub under a results folder: tile coordinates, features (every encoder) and orders."""
     from mambamil.paths import features_dir, order_dir, tiles_dir

@@ -4,7 +4,9 @@ an excluded slide is retried when its file changes, or with `mambamil qc-retry` 
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import errno
 import os
 import shutil
 import subprocess
@@ -21,7 +23,7 @@ from mambamil.bags import Sample
 from mambamil.cli import main
 from mambamil.errors import FAULT_EXIT, FaultError, fault_from
 from mambamil.paths import tile_outputs
-from mambamil.qc import QCOutcome, SlideStat, changed_slides, read_stub, run_slide_stage, write_stub
+from mambamil.qc import QCOutcome, SlideStat, read_stub, run_slide_stage, write_stub
 from mambamil.slide import open_slide
 from mambamil.tiling import TilingSettings, tile_slide
 from mambamil.train.engine import bag_out_of_memory
@@ -121,8 +123,8 @@ def test_damaged_image_data_in_an_intact_file_stay_an_exclusion(demo_cohort: Pat
 # -- retry what was excluded ----------------------------------------------------------------------------------
 def test_truncate_then_restore_is_retried_and_ends_included(demo_cohort: Path, tmp_path: Path, capsys) -> None:
     """A slide excluded while its file was cut short (the stub an older version wrote then), restored later with
-    its original modification time: the stub's recorded size differs, so it is found as changed; `qc-retry`
-    removes its stubs at every stage; redone, the QC table shows it ok."""
+    its original modification time: `qc-retry` removes its stubs at every stage; redone, the QC table shows it ok.
+    (The workflow retries such a slide by itself: tests/test_qc_workflow.py.)"""
     sid = demo.slide_ids(4)[1]
     slide = tmp_path / "slides" / f"{sid}.tiff"
     slide.parent.mkdir()
@@ -139,13 +141,8 @@ def test_truncate_then_restore_is_retried_and_ends_included(demo_cohort: Path, t
     order = results / "features" / "enc" / "order" / "hilbert" / f"{sid}.npy"
     for path in (*tile_outputs(tiles, sid).values(), feats, order):
         write_stub(path, cause)
-    files = {sid: [tiles / f"{sid}.h5", feats, order]}
-    assert changed_slides({sid: slide}, files) == {}  # unchanged file: the stub stands
-
     shutil.copy(demo.slide_path(demo_cohort, sid), slide)  # restored, with its original mtime
     os.utime(slide, ns=(mtime, mtime))
-    changed = changed_slides({sid: slide}, files)
-    assert sid in changed and "→" in changed[sid] and str(slide.stat().st_size) in changed[sid]
 
     rc, _ = run("qc-retry", results, "--cause", "no tissue", capsys=capsys)  # no match: nothing removed
     assert rc == 0 and read_stub(tiles / f"{sid}.h5") is not None
@@ -252,3 +249,73 @@ def test_out_of_memory_names_the_batch_size_and_what_to_change(demo_cohort: Path
         is None
     )
     assert "out of memory" in str(fault_from(MemoryError(), tmp_path))
+
+
+# -- faults while reading weights and QC stubs (issue 28) -------------------------------------------------------
+def fail_opening(monkeypatch, path: Path, exc: BaseException, after: int = 0) -> None:
+    """``open(path)`` raises ``exc`` from its ``after + 1``-th call on, as a failing disk or NFS mount does (only
+    Python's file-open builtin is replaced: torch, h5py and OpenSlide run as they are)."""
+    real, target, calls = builtins.open, path.resolve(), [0]
+
+    def flaky_open(file, *args, **kwargs):
+        if isinstance(file, str | os.PathLike) and Path(file).resolve() == target:
+            calls[0] += 1
+            if calls[0] > after:
+                raise exc
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", flaky_open)
+
+
+def test_eio_while_reading_encoder_weights_is_a_fault(demo_cohort: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """torch.load's read of the checkpoint fails with EIO: exit 75 ('failed, retry', the file named), not exit 1
+    'truncated or corrupt', and no features file."""
+    import timm
+
+    sid = demo.slide_ids(4)[0]
+    slide = demo.slide_path(demo_cohort, sid)
+    coords = tile_slide(slide, tmp_path / "tiles", TilingSettings.from_config(), sid).outputs["coords"]
+    ckpt = tmp_path / "weights" / "convnext.pth"
+    ckpt.parent.mkdir()
+    torch.save(timm.create_model("test_convnext").state_dict(), ckpt)
+    out = tmp_path / "f" / f"{sid}.h5"
+    args = ["features", slide, "--coords", coords, "--out", out, "--encoder", "timm:test_convnext", "--weights", ckpt,
+            "--device", "cpu", "--num-workers", "0"]  # fmt: skip
+    fail_opening(monkeypatch, ckpt, OSError(errno.EIO, os.strerror(errno.EIO), str(ckpt)))
+    rc, err = run(*args, capsys=capsys)
+    assert rc == FAULT_EXIT and len(err.splitlines()) == 1, err
+    assert "failed, retry" in err and "[EIO]" in err and str(ckpt) in err and "corrupt" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "exc", [OSError(errno.ESTALE, "Stale file handle"), MemoryError()], ids=["ESTALE", "MemoryError"]
+)
+def test_environment_faults_loading_weights_are_faults_not_corrupt_checkpoints(tmp_path: Path, monkeypatch, exc):
+    import timm
+
+    from mambamil.features.encoders import create_encoder
+
+    ckpt = tmp_path / "convnext.pth"
+    torch.save(timm.create_model("test_convnext").state_dict(), ckpt)
+    fail_opening(monkeypatch, ckpt, exc)
+    with pytest.raises(FaultError) as err:
+        create_encoder("timm:test_convnext", str(ckpt))
+    assert ("ESTALE" if isinstance(exc, OSError) else "MemoryError") in str(err.value)
+
+
+def test_unreadable_qc_stub_is_a_fault_not_an_output(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A stage output that cannot be read (EIO) is neither a stub nor a normal output: `mambamil qc` exits 75 and
+    writes no table (before: taken for a normal output, the slide counted as ok)."""
+    feats = tmp_path / "features" / "s1.h5"
+    feats.parent.mkdir()
+    write_stub(feats, QCOutcome("s1", "features", "no tissue found", None))
+    sheet = tmp_path / "slides.csv"
+    sheet.write_text(f"slide_id,path,case_id\ns1,{tmp_path / 's1.svs'},p1\n")
+    qc_args = ["qc", "--slides", sheet, "--stage-file", tmp_path / "features" / "{slide_id}.h5", "--out"]
+    assert run(*qc_args, tmp_path / "qc_ok", capsys=capsys)[0] == 0  # readable: the stub is found
+    assert pd.read_csv(tmp_path / "qc_ok" / "slides.csv").loc[0, "status"] == "excluded"
+    fail_opening(monkeypatch, feats, OSError(errno.EIO, os.strerror(errno.EIO), str(feats)))
+    rc, err = run(*qc_args, tmp_path / "qc", capsys=capsys)
+    assert rc == FAULT_EXIT and "[EIO]" in err and str(feats) in err, err
+    assert not (tmp_path / "qc" / "slides.csv").exists()

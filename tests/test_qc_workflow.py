@@ -186,11 +186,17 @@ def planned(res: subprocess.CompletedProcess) -> dict[str, int]:
     return {p[0]: int(p[1]) for line in text.splitlines() if len(p := line.split()) == 2 and p[1].isdigit()}
 
 
+def mtimes(root: Path) -> dict[str, int]:
+    """Every file under ``root`` (recursively) → its modification time (ns)."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def test_a_slide_cut_short_fails_and_once_restored_is_retried(repo_root: Path, tmp_path: Path) -> None:
-    """Issue 22 in the workflow: a slide cut to a third fails its tile job (no exclusion); the stub an older version
-    left for it is retried once the intact file is back with its original modification time (the stub's recorded
-    size differs), and then stays done."""
-    from mambamil.qc import QCOutcome, SlideStat, read_stub, write_stub
+    """Issue 22 in the workflow: a slide cut to a third fails its tile job (no exclusion). Issue 28: a slide excluded
+    by the workflow (a file that is not a slide) and later restored with its original, older modification time is
+    retried (its tile job's slide_state parameter changed) and then stays done; `snakemake -n` plans that retry and
+    changes no file under results/ (parsing the workflow has no side effects)."""
+    from mambamil.qc import read_stub
 
     demo.generate_cohort(tmp_path / "demo", n_slides=2, seed=3, size=(2048, 1536), progress=False)
     config = {
@@ -203,28 +209,31 @@ def test_a_slide_cut_short_fails_and_once_restored_is_retried(repo_root: Path, t
     slide = demo.slide_path(tmp_path / "demo", "demo_000")
     intact, mtime = slide.read_bytes(), slide.stat().st_mtime_ns
     os.truncate(slide, len(intact) // 3)
-    tiles = tmp_path / "results" / "tiles"
+    results = tmp_path / "results"
+    tiles = results / "tiles"
     targets = [str(tiles / "demo_000.h5"), str(tiles / "demo_001.h5")]
     args = ["--cores", "1", "--configfile", str(cfg), "--replace-workflow-config", *targets]
 
     res = snakemake(repo_root, "--keep-going", *args)
     assert res.returncode != 0  # the cut slide's job failed: Snakemake's --retries / the cluster would retry it
-    log = (tmp_path / "results" / "logs" / "tile" / "demo_000.log").read_text()
+    log = (results / "logs" / "tile" / "demo_000.log").read_text()
     assert "failed, retry" in log and "file cut short" in log and "EXCLUDED" not in log
     assert not (tiles / "demo_000.h5").exists() and read_stub(tiles / "demo_001.h5") is None
 
-    # The stubs an older version wrote for the cut file ("not a slide format"): they stand while the file is as then.
-    stub = QCOutcome("demo_000", "tile", "not a slide format OpenSlide can read", SlideStat.of(slide))
-    for suffix in (".h5", ".tissue.geojson", ".preview.png"):
-        write_stub(tiles / f"demo_000{suffix}", stub)
+    # Not a slide at all: the workflow excludes it (QC stubs at the tile outputs).
+    slide.write_text("not a slide\n" * 50)
+    assert snakemake(repo_root, *args).returncode == 0
+    assert "not a slide format" in read_stub(tiles / "demo_000.h5").cause
+    before = mtimes(results)
     dry = snakemake(repo_root, "-n", *args)
-    assert dry.returncode == 0 and planned(dry).get("tile") is None, dry.stdout[-2000:]
+    assert dry.returncode == 0 and planned(dry).get("tile") is None, dry.stdout[-2000:]  # the stub stands
 
     slide.write_bytes(intact)  # the intact file back, with its original modification time: older than the stubs
     os.utime(slide, ns=(mtime, mtime))
     dry = snakemake(repo_root, "-n", *args)
     assert dry.returncode == 0 and planned(dry).get("tile") == 1, (dry.stdout + dry.stderr)[-3000:]
-    assert "demo_000: slide file changed since excluded" in dry.stderr
+    assert mtimes(results) == before  # the dry runs changed nothing under results/
+    assert "Params have changed since last execution" in dry.stdout + dry.stderr
 
     assert snakemake(repo_root, *args).returncode == 0
     assert read_stub(tiles / "demo_000.h5") is None  # included now

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from mambamil import __version__
-from mambamil.cli import config, demo, evaluate, external, features, heatmaps, order, qc, review, tiling, train
+from mambamil.cli import config, demo, doctor, evaluate, external, features, heatmaps, order, qc, review, tiling, train
 from mambamil.cli.options import Handler, Subparsers
 from mambamil.errors import FAULT_EXIT, FaultError, MambamilError, fault_from, one_line
 
@@ -44,6 +44,7 @@ COMMANDS: list[Callable[[Subparsers], None]] = [
     config.add_validate_config,
     features.add_encoders,
     review.add_review,
+    doctor.add_doctor,
 ]
 
 

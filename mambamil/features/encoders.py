@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mambamil.errors import InputFileError, MambamilError
+from mambamil.errors import InputFileError, MambamilError, fault_from
 from mambamil.features import HUB, RANDOM
 from mambamil.features.presets import (  # noqa: F401  (IMAGENET_*: re-exported)
     IMAGENET_MEAN,
@@ -553,6 +553,8 @@ def load_encoder_weights(path: str | Path, preset: Preset | None = None) -> dict
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        if (fault := fault_from(exc, path)) is not None:  # EIO, ESTALE, memory...: the moment, not the file
+            raise fault from exc
         first = (str(exc).strip().splitlines() or [""])[0]
         raise InputFileError(
             path, f"{who}not a loadable checkpoint, truncated or corrupt? ({type(exc).__name__}: {first})"

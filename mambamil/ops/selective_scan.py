@@ -20,8 +20,9 @@ Backends
                with torch's Linux CUDA wheels); on CPU tensors only under ``TRITON_INTERPRET=1`` (for tests).
                d_state > 16 runs ``chunked`` instead (one warning per value).
 
-``auto`` picks ``cuda`` (mamba-ssm imports, CUDA tensors), else ``triton`` (CUDA tensors, Triton imports),
-else ``chunked``; it never picks ``triton`` for CPU tensors.
+``auto`` picks ``cuda`` (mamba-ssm imports, CUDA tensors), else ``triton`` (CUDA tensors, Triton imports, and the
+kernels passed their self-check on that device for that dtype, :mod:`mambamil.ops.selfcheck`), else ``chunked``;
+it never picks ``triton`` for CPU tensors.
 """
 
 from __future__ import annotations
@@ -408,13 +409,23 @@ def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, re
     )
 
 
+#: tests only: under Triton's interpreter, ``auto`` treats CPU tensors as it treats CUDA ones (self-check included)
+_AUTO_INTERPRETED = False
+
+
 def _auto_backend(u: Tensor) -> str:
-    """``cuda`` (mamba-ssm, CUDA tensors), else ``triton`` (CUDA tensors, Triton usable), else ``chunked``."""
-    if not u.is_cuda:
+    """``cuda`` (mamba-ssm, CUDA tensors), else ``triton`` (CUDA tensors, Triton usable, its self-check passed on
+    this device for this dtype: :mod:`mambamil.ops.selfcheck`), else ``chunked``."""
+    interpreted = _AUTO_INTERPRETED and not u.is_cuda and _triton_usable(u)
+    if not (u.is_cuda or interpreted):
         return "chunked"
-    if _mamba_ssm_scan() is not None:
+    if u.is_cuda and _mamba_ssm_scan() is not None:
         return "cuda"
-    return "triton" if _triton_usable(u) else "chunked"
+    if not _triton_usable(u):
+        return "chunked"
+    from mambamil.ops.selfcheck import triton_passes
+
+    return "triton" if triton_passes(u.device, u.dtype) else "chunked"
 
 
 def _selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):

@@ -25,6 +25,7 @@ from mambamil.fileio import atomic_output, write_json
 from mambamil.h5layout import check_one_encoder
 from mambamil.inference import Standardized, load_trained, predict_dataset, unwrap
 from mambamil.models import create_model, save_checkpoint
+from mambamil.ops import selfcheck
 from mambamil.paths import fold_outputs
 from mambamil.train.evaluate import add_survival_times
 from mambamil.train.metrics import c_index, classification_metrics, nll_survival_loss
@@ -56,6 +57,7 @@ class TrainSettings:
     standardize_features: bool
     precision: str
     monitor: str
+    scan_selfcheck: bool
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None = None, **overrides: Any) -> TrainSettings:
@@ -154,6 +156,7 @@ def train_fold(
     outputs = fold_outputs(out_dir)
     seed_everything(settings.seed * 1000 + fold)
     device = resolve_device(settings.device)
+    selfcheck.set_enabled(settings.scan_selfcheck)
     rows = splits[splits["fold"] == fold]
     member = {split: set(rows.loc[rows["split"] == split, "case_id"]) for split in ("train", "val", "test")}
     subsets = {k: [s for s in samples if s.case_id in v] for k, v in member.items()}
@@ -314,6 +317,7 @@ def train_final(
     n_epochs = final_epochs(fold_summaries)
     seed_everything(settings.seed * 1000 + 999)
     device = resolve_device(settings.device)
+    selfcheck.set_enabled(settings.scan_selfcheck)
     data = BagDataset(samples, feature_files, order_files)
     model = create_model(model_name, in_dim=data.in_dim, n_classes=task.n_outputs, task=task.kind, **model_kwargs)
     scaler = feature_scaler(data) if settings.standardize_features else None

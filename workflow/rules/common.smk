@@ -10,7 +10,7 @@ from mambamil import demo, paths
 from mambamil.columns import LABEL_COLUMN
 from mambamil.config import task_model, task_training, verb_settings
 from mambamil.features import encoder_tag
-from mambamil.qc import EXCLUDED, age_outputs, changed_slides, exclusion_report, read_qc_table
+from mambamil.qc import EXCLUDED, SlideStat, exclusion_report, read_qc_table
 from mambamil.sheets import read_label_sheet, read_slide_sheet
 
 
@@ -82,6 +82,15 @@ def slide_files(slide_ids):
 def slide_input(wildcards):
     """The slide file of one ``{slide_id}`` job (see :func:`slide_files`)."""
     return slide_files([wildcards.slide_id])
+
+
+def slide_state(path):
+    """A tile job's parameter: the slide file's size and modification time (size -1: missing). A slide whose file
+    changes in any way after its tile job ran (also one restored with an older mtime, or one that appears) reruns
+    that job under Snakemake's `params` rerun trigger (on by default), and so everything downstream; an excluded
+    slide is retried that way. Evaluated per job when Snakemake plans it, never when the workflow is parsed."""
+    st = SlideStat.of(path)
+    return f"size={st.size} mtime_ns={st.mtime_ns}"
 
 
 def resource(rule_name, key, default):
@@ -312,19 +321,3 @@ def print_review_hint():
             f"  (then open http://{HOST}:{PORT}/; on a cluster see README 'Reviewing heatmaps')",
             file=sys.stderr,
         )
-
-
-def retry_changed_slides():
-    """A slide whose file changed in any way (size or modification time) since a QC stub excluded it is retried: its
-    tile outputs are dated a second before the slide file, so Snakemake's own rule (an input newer than its output)
-    reruns its tile job and everything downstream. Runs when the workflow is parsed, so `snakemake -n` shows it."""
-    if GENERATE_DEMO:
-        return
-    stage_files = {
-        s: [paths.tile_outputs(TILES_DIR, s)["coords"], paths.feature_file(FEATURES_DIR, s)]
-        + expand(ORDER, method=ORDER_METHODS, slide_id=s)
-        for s in SLIDE_IDS
-    }
-    for sid, why in changed_slides({s: SLIDE_PATHS[s] for s in SLIDE_IDS}, stage_files).items():
-        age_outputs(paths.tile_outputs(TILES_DIR, sid).values(), SLIDE_PATHS[sid])
-        print(f"QC: {sid}: {why}; retrying it", file=sys.stderr)

@@ -12,6 +12,7 @@ rule external_tile:
         **EXTERNAL_TILE,
     params:
         slide=lambda wc: EXTERNAL_SHEETS[wc.cohort].loc[wc.slide_id, "path"],
+        slide_state=lambda wc: slide_state(EXTERNAL_SHEETS[wc.cohort].loc[wc.slide_id, "path"]),
         out_dir=lambda wc: paths.tiles_dir(paths.external_dir(RESULTS, wc.cohort)),
         mpp=lambda wc: external_mpp_option(wc.cohort, wc.slide_id),
         settings=settings_option("tiling"),

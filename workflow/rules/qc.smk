@@ -2,8 +2,6 @@
 # train and the summary read; heatmaps follow the splits; excluded slides are listed again at the end of the run.
 
 
-retry_changed_slides()
-
 rule qc:
     input:
         slides=config["slides"],

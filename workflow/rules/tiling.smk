@@ -8,6 +8,7 @@ rule tile:
         **TILE,
     params:
         slide=lambda wc: SLIDE_PATHS[wc.slide_id],
+        slide_state=lambda wc: slide_state(SLIDE_PATHS[wc.slide_id]),  # a changed slide reruns its chain
         out_dir=TILES_DIR,
         mpp=lambda wc: f"--mpp {SLIDE_MPP[wc.slide_id]}" if wc.slide_id in SLIDE_MPP else "",
         settings=settings_option("tiling"),
