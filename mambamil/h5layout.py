@@ -24,11 +24,15 @@ Feature file (features stage), ``features/<encoder_tag>/<slide_id>.h5``::
                read_size_level0 (px read at level 0), slide_mpp, coords_file, settings_json (what a rerun
                compares to decide whether to skip), mambamil_version, torch_version, timm_version, preset (the
                encoder preset, "" for timm:<model>), output (recipe: cls | cls+mean | mean | pooled | projection |
-               attn_pool), interpolation, crop_pct, encoder_mpp (µm/px the preset was trained at, 0 if none)
+               attn_pool), interpolation, crop_pct, encoder_mpp (µm/px the preset was trained at, 0 if none),
+               stain_norm (none | macenko | reinhard), stain_reference (path of the reference tile),
+               stain_reference_sha256, stain_fit (JSON: the fitted stain matrix / LAB statistics),
+               stain_fallbacks (tiles kept unnormalised: too little tissue colour)
     /coords    int64 (N, 2)  level-0 top-left (x, y), identical to the tile stage's coords (same order)
         attrs: the tile stage's coords attributes, copied unchanged
 
-Feature files written before encoder presets lack the last five ``features`` attributes and still read.
+Feature files written before encoder presets lack the last ten ``features`` attributes and still read (no
+``stain_norm``: unnormalised).
 
 CLAM (``h5_files/<slide>.h5``: ``features`` (N, 1024), ``coords`` (N, 2)) and TRIDENT
 (``features_<encoder>/<slide>.h5``: the same two datasets, coords attributes from its patcher) read the two
@@ -153,6 +157,11 @@ class FeatureAttrs(_Attrs):
     interpolation: str | None = None  # resize interpolation: area | bilinear | bicubic
     crop_pct: float | None = None  # < 1: resized to input/crop_pct and centre-cropped
     encoder_mpp: float | None = None  # µm/px the preset was trained at
+    stain_norm: str | None = None  # none | macenko | reinhard (absent in older files: none)
+    stain_reference: str | None = None
+    stain_reference_sha256: str | None = None
+    stain_fit: str | None = None  # JSON
+    stain_fallbacks: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -461,6 +470,8 @@ ENCODER_IDENTITY = (
     "interpolation",
     "crop_pct",
     "state_dict_sha256",
+    "stain_norm",
+    "stain_reference_sha256",
 )
 
 
@@ -480,6 +491,8 @@ def encoder_identity(meta: FeatureAttrs | Mapping[str, Any] | None) -> dict[str,
         elif isinstance(value, float):
             value = round(value, 6)
         out[key] = value
+    if "encoder" in out:
+        out.setdefault("stain_norm", "none")  # written before stain normalisation existed: unnormalised
     return out if "encoder" in out else {}
 
 
@@ -490,6 +503,8 @@ def describe_encoder(identity: Mapping[str, Any]) -> str:
         text += f" [{identity['output']}]"
     if identity.get("state_dict_sha256"):
         text += f" (weights {str(identity['state_dict_sha256'])[:12]})"
+    if identity.get("stain_norm", "none") != "none":
+        text += f" + {identity['stain_norm']} stain normalisation"
     return text
 
 
