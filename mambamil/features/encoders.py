@@ -738,16 +738,29 @@ def _output_dim(model: nn.Module, spec: EncoderSpec, name: str) -> int:
 
 
 def check_tile_resolution(encoder: Encoder, target_mpp: float, patch_size: int, slide_id: str = "") -> str | None:
-    """A warning (logged and returned) when the tile stage's resolution differs from the one the preset was
-    trained at by more than 10 %; None when it fits or the encoder has no trained resolution."""
+    """A warning (logged and returned) when the tile stage's grid differs from the preset's: its µm/px by more than
+    10 %, or, for a preset that states its tiling (e.g. CONCH v1.5: 512 px at 0.5 µm/px resized to 448), another
+    patch size (another field of view); None when it fits or the encoder has no trained resolution."""
     p = encoder.preset
     if p is None or p.mpp is None or not target_mpp:
         return None
-    if abs(target_mpp - p.mpp) <= 0.1 * p.mpp:
+    where = f"{slide_id + ': ' if slide_id else ''}patches of {patch_size} px at {target_mpp:g} µm/px"
+    if p.tiling is not None:
+        px, mpp = p.tiling
+        if patch_size == px and abs(target_mpp - mpp) <= 0.1 * mpp:
+            return None
+        fov, want = patch_size * target_mpp, px * mpp
+        msg = (
+            f"{where} ({fov:g} µm, {fov / p.input_size:.3g} µm/px seen) but encoder '{p.name}' was trained on "
+            f"{px}-px tiles at {mpp:g} µm/px resized to {p.input_size} px ({want:g} µm, {p.seen_mpp:.3g} µm/px "
+            f"seen); set tiling.patch_size to {px} and tiling.target_mpp to {mpp:g}"
+        )
+    elif abs(target_mpp - p.mpp) <= 0.1 * p.mpp:
         return None
-    msg = (
-        f"{slide_id + ': ' if slide_id else ''}patches at {target_mpp:g} µm/px ({patch_size} px) but encoder "
-        f"'{p.name}' was trained at {p.mpp:g} µm/px ({p.input_size} px inputs); set tiling.target_mpp to {p.mpp:g}"
-    )
+    else:
+        msg = (
+            f"{where} but encoder '{p.name}' was trained at {p.mpp:g} µm/px ({p.input_size} px inputs); set "
+            f"tiling.target_mpp to {p.mpp:g}"
+        )
     log.warning(msg)
     return msg

@@ -55,7 +55,7 @@ from mambamil.features.encoders import (
     weights_kind,
 )
 from mambamil.features.presets import PRESETS
-from mambamil.features.stain import StainNormaliser, read_reference
+from mambamil.features.stain import NO_STAIN_ATTRS, StainNormaliser, read_reference
 from mambamil.h5layout import FEATURES_FORMAT_VERSION, CoordsFile, read_coords, read_feature_attrs, write_features
 from mambamil.slide import Slide, open_slide
 
@@ -259,7 +259,7 @@ def extract_slide(
             stain.report(slide_id)
         meta = replace(
             encoder.attrs(),
-            **(stain.attrs() if stain is not None else {"stain_norm": "none"}),
+            **(stain.attrs() if stain is not None else NO_STAIN_ATTRS),
             encoder_tag=settings.encoder_tag,
             resize=resized,
             precision=precision,

@@ -32,6 +32,9 @@ STAIN_METHODS = ("none", "macenko", "reinhard")
 DEFAULT_REFERENCE = Path(__file__).with_name("data") / "stain_reference.png"
 #: Least fraction of a tile's pixels with tissue colour (optical density ≥ beta in every channel) to fit it.
 MIN_TISSUE_FRACTION = 0.05
+#: The stain attributes of a feature file made without stain normalisation.
+NO_STAIN_ATTRS = {"stain_norm": "none", "stain_reference": "", "stain_reference_sha256": "", "stain_fit": "",
+                  "stain_fallbacks": 0}  # fmt: skip
 #: torchstain's defaults: transmitted light intensity and transparency threshold (optical density).
 IO, BETA = 240, 0.15
 
