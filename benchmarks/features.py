@@ -48,7 +48,7 @@ from mambamil.device import encoder_autocast, resolve_encoder_precision
 from mambamil.features.datapath import default_num_workers
 from mambamil.features.encoders import Encoder, create_encoder
 from mambamil.features.extract import FeatureSettings, extract_slide
-from mambamil.features.multi import SlideJob, extract_slides
+from mambamil.features.many_slides import SlideJob, extract_slides
 from mambamil.h5layout import read_coords, read_features, write_coords
 from mambamil.slide import open_slide
 from mambamil.tiling import TilingSettings, tile_slide

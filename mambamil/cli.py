@@ -692,7 +692,7 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
 def _feature_jobs(args: argparse.Namespace) -> list:
     """The slides of a features call: SLIDE arguments with --coords/--out, or --sheet (optionally one shard)."""
     from mambamil.batch import parse_shard, shard
-    from mambamil.features.multi import jobs_from_lists, jobs_from_sheet
+    from mambamil.features.many_slides import jobs_from_lists, jobs_from_sheet
 
     if args.sheet is not None:
         if args.slide:
@@ -710,7 +710,7 @@ def _feature_jobs(args: argparse.Namespace) -> list:
 
 def _run_features(args: argparse.Namespace) -> int:
     from mambamil.features.extract import FeatureSettings
-    from mambamil.features.multi import extract_slides
+    from mambamil.features.many_slides import extract_slides
 
     settings = FeatureSettings.from_config(section_from_args(args, "features"))
     jobs = _feature_jobs(args)
