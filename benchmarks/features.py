@@ -285,7 +285,9 @@ def stain_table(args: argparse.Namespace) -> None:
         for method in ("none", "macenko", "reinhard"):
             settings = FeatureSettings.from_config({**base, "stain_norm": method})
             out = tmp / f"{method}.h5"
-            _, t = _timed(lambda s=settings, o=out: extract_slide(args.slide, coords, o, s, False, encoder=enc))
+            _, t = _timed(
+                lambda s=settings, o=out: extract_slide(args.slide, coords, o, s, progress=False, encoder=enc)
+            )
             rates[method] = n / t
             fallbacks[method] = read_features(out).feature_meta.stain_fallbacks
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout

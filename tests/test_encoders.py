@@ -413,3 +413,20 @@ def test_enlarge_path_matches_the_model_card_pipeline(name: str, demo_cohort: Pa
         ref = enc.model(x).numpy()
     err = np.linalg.norm(feats - ref) / np.linalg.norm(ref)
     assert err < 0.01, f"{name}: features vs model-card pipeline differ by {err:.2%}"
+
+
+def test_one_registry_of_builders_and_tagged_rows() -> None:
+    """Every preset names a registered builder; list_encoders filters names and builder.name tags (timm's shape);
+    a new encoder is a row of a registered builder."""
+    from dataclasses import replace
+
+    from mambamil.features.encoders import _REGISTRY, list_encoders, register_preset
+
+    assert all(p.family in _REGISTRY for p in PRESETS.values())
+    assert list_encoders("resnet50*") == ["resnet50_trunc", "resnet50_trunc_native"]
+    assert set(list_encoders("timm_vit.*")) == {n for n, p in PRESETS.items() if p.family == "timm_vit"}
+    assert list_encoders() == list(PRESETS)
+    with pytest.raises(ValueError, match="already registered"):
+        register_preset(PRESETS["uni_v1"])
+    with pytest.raises(ValueError, match="no builder"):
+        register_preset(replace(PRESETS["uni_v1"], name="mine", family="nope"))

@@ -1,29 +1,22 @@
-"""Patch encoders: a registry of image → vector models and how their weights are obtained.
+"""Patch encoders, timm-shaped: one registry of architecture builders, and each encoder a tagged config row.
 
-Names:
+- :data:`_REGISTRY` holds the builders (``timm_vit``, ``resnet_trunc``, ``hf_clip``, ``hf_vit``, ``hf_dinov2``,
+  ``conch_v1_5``): ``builder(row, depth) -> (module, weights_module)``.
+- a **preset** (:mod:`mambamil.features.presets`, one data row each, e.g. ``uni_v2``; its tag is
+  ``<builder>.<name>`` as timm's ``arch.tag``) names its builder and pins the architecture arguments,
+  preprocessing, output recipe, dimension, weight release, tiling, licence and the sources of these facts. Its
+  settings cannot be overridden (that would no longer be the authors' embedding). :func:`list_encoders` filters
+  the rows by name or tag.
+- ``timm:<model>``: timm's own registry: any timm model with its classifier removed (pooled pre-logits),
+  ``encoder_kwargs`` to ``timm.create_model``; preprocessing and pooling from its timm config unless set
+  (``features.mean``, ``std``, ``input_size``, ``interpolation``, ``pooling``), with a warning naming the
+  normalisation it falls back to.
 
-- a **preset** (:mod:`mambamil.features.presets`: ``resnet50_trunc``, ``plip``, ``uni_v1``, ``uni_v2``,
-  ``conch_v1_5``, ``virchow``, ``virchow2``, ``h_optimus_0``, ``h_optimus_1``, ``gigapath``, ``phikon``,
-  ``phikon_v2``): a foundation model exactly as its authors run it. The preset row pins the architecture,
-  preprocessing (input size, interpolation, crop, mean/std), output recipe, dimension and weight release; a few
-  builders here (timm ViT, truncated ResNet, transformers CLIP/ViT/DINOv2, CONCH v1.5's vision tower) turn a row
-  into a model. Their settings cannot be overridden (that would no longer be the authors' embedding).
-- ``timm:<model>``: any timm model with its classifier removed (``num_classes=0``: pooled pre-logits),
-  ``encoder_kwargs`` to ``timm.create_model``; input size, mean/std, interpolation and pooling come from the timm
-  config unless set explicitly (``features.mean``, ``std``, ``input_size``, ``interpolation``, ``pooling``); a
-  warning names the normalisation a ``timm:`` model falls back to.
+Weights: :mod:`mambamil.features.weights` (``random`` seeded, ``hub`` when asked, or a checkpoint loaded strictly).
+Add an encoder with a row (:func:`register_preset`), and a builder first if its architecture is new::
 
-Weights: ``random`` (seeded, for the demo and tests; recorded in every output), ``hub`` (download via
-``huggingface_hub``/timm; only when asked), or a local checkpoint file or downloaded hub snapshot folder
-(``model.safetensors``, ``pytorch_model.bin``, ``pytorch_model_vision.bin``, ``open_clip_pytorch_model.bin``),
-loaded strictly: missing, unexpected or mis-shaped parameters are a one-line error naming the encoder, the file,
-the first mismatching keys and, when they fit one, the preset the weights belong to. Nothing is ever silently
-random.
-
-Register more with::
-
-    @register_encoder("my_encoder")
-    def _build(pretrained: bool, **kwargs) -> BuiltModel: ...
+    @register_builder("my_arch")
+    def _build(row: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]: ...
 """
 
 from __future__ import annotations
@@ -110,32 +103,43 @@ class BuiltModel:
 
 
 Builder = Callable[..., BuiltModel]
-_REGISTRY: dict[str, Builder] = {}
+ArchBuilder = Callable[[Preset, int | None], tuple[nn.Module, nn.Module]]
+#: The one registry: architecture builders by name (a preset's ``family``).
+_REGISTRY: dict[str, ArchBuilder] = {}
 
 
-def register_encoder(name: str) -> Callable[[Builder], Builder]:
-    """Register ``builder(pretrained: bool, **kwargs) -> BuiltModel`` under ``name``."""
+def register_builder(name: str) -> Callable[[ArchBuilder], ArchBuilder]:
+    """Register ``builder(row, depth) -> (module, weights_module)`` under ``name``."""
 
-    def deco(builder: Builder) -> Builder:
-        if name in _REGISTRY or name in PRESETS:
-            raise ValueError(f"encoder {name!r} is already registered")
+    def deco(builder: ArchBuilder) -> ArchBuilder:
+        if name in _REGISTRY:
+            raise ValueError(f"encoder builder {name!r} is already registered")
         _REGISTRY[name] = builder
         return builder
 
     return deco
 
 
-def available_encoders() -> list[str]:
-    return [*PRESETS, *sorted(_REGISTRY), "timm:<model name>"]
+def register_preset(row: Preset) -> Preset:
+    """Add an encoder as a config row of a registered builder."""
+    if row.family not in _REGISTRY:
+        raise ValueError(f"preset {row.name!r}: no builder {row.family!r} (register_builder first)")
+    if row.name in PRESETS:
+        raise ValueError(f"encoder {row.name!r} is already registered")
+    PRESETS[row.name] = row
+    return row
 
 
 def list_encoders(pattern: str = "*") -> list[str]:
-    """Preset and registered encoder names matching a shell-style ``pattern`` (as timm's ``list_models``); a
-    preset also matches by its ``family.name`` tag (``timm_vit.*`` lists the timm ViT presets)."""
+    """Encoder names whose name or ``builder.name`` tag matches a shell-style ``pattern`` (as timm's
+    ``list_models``: ``timm_vit.*`` lists the timm ViT presets); ``timm:<model>`` takes any of timm's."""
     from fnmatch import fnmatchcase
 
-    presets = [n for n, p in PRESETS.items() if fnmatchcase(n, pattern) or fnmatchcase(f"{p.family}.{n}", pattern)]
-    return [*presets, *(n for n in sorted(_REGISTRY) if fnmatchcase(n, pattern))]
+    return [n for n, p in PRESETS.items() if fnmatchcase(n, pattern) or fnmatchcase(f"{p.family}.{n}", pattern)]
+
+
+def available_encoders() -> list[str]:
+    return [*list_encoders(), "timm:<model name>"]
 
 
 @dataclass
@@ -226,6 +230,7 @@ def _timm_kwargs(arch_kwargs: Any, depth: int | None) -> dict[str, Any]:
     return kwargs
 
 
+@register_builder("timm_vit")
 def _build_timm_vit(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
     import timm
 
@@ -233,6 +238,7 @@ def _build_timm_vit(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]
     return TokenRecipe(vit, vit.forward_features, p.output, p.prefix_tokens), vit
 
 
+@register_builder("resnet_trunc")
 def _build_resnet_trunc(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
     model = _timm_create(f"{p.arch}.tv_in1k", False, num_classes=0)
     model.layer4 = nn.Identity()  # forward_features stops after layer3; the head average-pools 1024 channels
@@ -250,6 +256,7 @@ def _hf_config(cls_name: str, p: Preset, depth: int | None) -> Any:
     return config
 
 
+@register_builder("hf_clip")
 def _build_hf_clip(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
     from transformers import CLIPVisionModelWithProjection
 
@@ -257,6 +264,7 @@ def _build_hf_clip(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
     return _HFOutput(model, "image_embeds"), model
 
 
+@register_builder("hf_vit")
 def _build_hf_vit(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
     from transformers import ViTModel
 
@@ -264,6 +272,7 @@ def _build_hf_vit(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
     return TokenRecipe(model, _HFOutput(model, "last_hidden_state"), p.output, p.prefix_tokens), model
 
 
+@register_builder("hf_dinov2")
 def _build_hf_dinov2(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
     from transformers import Dinov2Model
 
@@ -338,6 +347,7 @@ class ConchVisionTower(nn.Module):
         return self.ln_contrast(self.attn_pool_contrast(self.tokens(x))[:, 0])
 
 
+@register_builder("conch_v1_5")
 def _build_conch_v1_5(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
     import timm
 
@@ -348,19 +358,9 @@ def _build_conch_v1_5(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Modul
     return tower, tower
 
 
-_FAMILIES: dict[str, Callable[[Preset, int | None], tuple[nn.Module, nn.Module]]] = {
-    "timm_vit": _build_timm_vit,
-    "resnet_trunc": _build_resnet_trunc,
-    "hf_clip": _build_hf_clip,
-    "hf_vit": _build_hf_vit,
-    "hf_dinov2": _build_hf_dinov2,
-    "conch_v1_5": _build_conch_v1_5,
-}
-
-
 def build_preset(p: Preset, depth: int | None = None) -> BuiltModel:
     """A preset's model with fresh (random) weights; ``depth`` builds a reduced-depth copy (tests)."""
-    module, target = _FAMILIES[p.family](p, depth)
+    module, target = _REGISTRY[p.family](p, depth)
     spec = EncoderSpec((p.input_size, p.input_size), p.mean, p.std, p.interpolation, p.crop_pct, p.output)
     return BuiltModel(module, spec, p.ignore_prefixes, target, p.ignore_suffixes, p.strip_prefix, p.key_renames)
 
@@ -495,11 +495,9 @@ def get_builder(name: str, overrides: TimmOverrides | None = None) -> Builder:
             f"encoder '{name}' fixes its own preprocessing and output; features.{', '.join(set_keys)} apply to "
             "timm:<model> encoders only"
         )
-    if name in PRESETS:
-        return _preset_builder(PRESETS[name])
-    if name not in _REGISTRY:
+    if name not in PRESETS:
         raise MambamilError(f"unknown encoder {name!r}; choose from {', '.join(available_encoders())}")
-    return _REGISTRY[name]
+    return _preset_builder(PRESETS[name])
 
 
 # -- creation ---------------------------------------------------------------------------------------------
