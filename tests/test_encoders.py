@@ -61,6 +61,12 @@ FACTS = [
     # Phikon: "layer_norm_eps": 1e-06 in the released config (https://huggingface.co/owkin/phikon/blob/main/
     # config.json), as iBOT's ViT (partial(nn.LayerNorm, eps=1e-6)).
     ("phikon", "layer_norm_eps", 1e-6, "https://huggingface.co/owkin/phikon/blob/main/config.json"),
+    (
+        "phikon",
+        "layer_norm_eps",
+        1e-6,
+        "https://github.com/bytedance/ibot/blob/da316d82636a7a7356835ef224b13d5f3ace0489/models/vision_transformer.py#L138",
+    ),
     ("phikon", "interpolation", "bilinear", TRIDENT_LOAD + "#L486"),
     # Virchow2: "Scaling Self-Supervised Mixed Magnification Models in Pathology" (5×, 10×, 20×, 40× tiles).
     ("virchow2", "mpp", None, "https://huggingface.co/papers/2408.00738"),
@@ -430,3 +436,21 @@ def test_one_registry_of_builders_and_tagged_rows() -> None:
         register_preset(PRESETS["uni_v1"])
     with pytest.raises(ValueError, match="no builder"):
         register_preset(replace(PRESETS["uni_v1"], name="mine", family="nope"))
+
+
+def test_original_recipe_feeds_native_512px_patches() -> None:
+    """config/mambamil_original.yaml: the paper's features, CLAM's ResNet-50 on 512-px patches at 20×, unresized."""
+    import yaml
+
+    from mambamil.features.encoders import check_tile_resolution
+
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "config" / "mambamil_original.yaml").read_text())
+    p = PRESETS[cfg["features"]["encoder"]]
+    assert p.name == "resnet50_trunc_native"
+    assert (cfg["tiling"]["patch_size"], cfg["tiling"]["target_mpp"]) == p.tiling == (512, 0.5)
+    enc = create_encoder(p.name, "random")
+    assert check_tile_resolution(enc, 0.5, 512) is None and "512-px tiles" in check_tile_resolution(enc, 0.5, 256)
+    same = DeviceResize((512, 512), (512, 512), p.mean, p.std, torch.device("cpu"), p.interpolation, p.crop_pct)
+    assert same.identity and same.describe() == "none: read at 512x512 px"
+    shrink = DeviceResize((1024, 1024), (512, 512), p.mean, p.std, torch.device("cpu"), p.interpolation)
+    assert shrink.describe().startswith("once on the device, 1024x1024 → 512x512 px: antialiased bilinear")

@@ -571,8 +571,8 @@ _PRESETS = [
         params_m=85.8,
         sources=(
             'https://huggingface.co/owkin/phikon/blob/main/config.json ("layer_norm_eps": 1e-06)',
-            "https://github.com/bytedance/ibot/blob/main/models/vision_transformer.py (norm_layer=partial("
-            "nn.LayerNorm, eps=1e-6))",
+            "https://github.com/bytedance/ibot/blob/da316d82636a7a7356835ef224b13d5f3ace0489/models/"
+            "vision_transformer.py#L138 (norm_layer=partial(nn.LayerNorm, eps=1e-6))",
         ),
     ),
     Preset(
