@@ -99,7 +99,15 @@ class StainNormaliser:
             self.normaliser = torchstain.normalizers.MacenkoNormalizer(backend="torch")
         else:
             self.normaliser = torchstain.normalizers.ReinhardNormalizer(backend="torch")
-        self.normaliser.fit(target)
+        self.device = device
+        try:
+            self.normaliser.fit(target)
+        except RuntimeError as exc:  # torchstain keeps some constants on the CPU (Reinhard's colour matrices)
+            if device.type == "cpu":
+                raise
+            log.warning("torchstain %s does not run on %s (%s); it runs on the CPU", method, device, exc)
+            self.device = torch.device("cpu")
+            self.normaliser.fit(target.cpu())
         self.fallbacks = 0
         self.tiles = 0
 
@@ -127,14 +135,15 @@ class StainNormaliser:
         colour, or a non-finite result)."""
         if tissue_fraction(x) < MIN_TISSUE_FRACTION:
             return None
+        tile = x.to(self.device)
         try:
             if self.method == "macenko":
-                out, _, _ = self.normaliser.normalize(I=x, Io=IO, beta=BETA, stains=False)
+                out, _, _ = self.normaliser.normalize(I=tile, Io=IO, beta=BETA, stains=False)
             else:
-                out = self.normaliser.normalize(I=x)
+                out = self.normaliser.normalize(I=tile)
         except (RuntimeError, IndexError, ValueError):  # a degenerate fit (torch.linalg errors are RuntimeErrors)
             return None
-        out = out.permute(2, 0, 1).float()
+        out = out.permute(2, 0, 1).float().to(x.device)
         return out if bool(torch.isfinite(out).all()) else None
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
