@@ -8,7 +8,9 @@ public release, key layout) and its licence. :mod:`mambamil.features.encoders` b
 handful of builders; ``mambamil encoders`` prints the table.
 
 Sources of the facts: each model's card on the Hugging Face hub (``hub_id``) and its reference loading code
-(collected in TRIDENT's ``trident/patch_encoder_models/load.py``); ``reference`` names the recipe followed.
+(collected in TRIDENT's ``trident/patch_encoder_models/load.py``); ``reference`` names the recipe followed and
+``sources`` where a fact was read (URL and line; ``tests/test_encoders.py`` pins the facts from them). A row's
+``family`` names its builder in :mod:`mambamil.features.encoders`; ``<family>.<name>`` is its tag.
 
 This module imports no torch, so listing presets is instant.
 """
