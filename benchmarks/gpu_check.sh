@@ -14,6 +14,10 @@
 # Encoder presets (issue 18): patches/s of uni_v1, uni_v2 and virchow2 alone and end to end (random weights at
 # full size; bf16, SDPA, channels-last; ENCODERS_COMPILE=1 adds torch.compile), needs imagecodecs as above:
 #     source .device/gpu_env.sh --no-mamba; GPU_CHECK_STEPS=encoders bash benchmarks/gpu_check.sh
+# Stain normalisation (issue 27): patches/s without it, with torchstain Macenko and with Reinhard on the device
+# (resnet50_trunc on CMU-1-Small-Region, 50 % overlap), and the stain tests on CUDA (torchstain's torch backend
+# keeps Reinhard's colour-space matrices on the CPU: this step shows whether it runs on CUDA at all):
+#     source .device/gpu_env.sh --no-mamba; GPU_CHECK_STEPS=stain bash benchmarks/gpu_check.sh
 set -u
 OUT=${OUT:-benchmarks/out/gpu}
 mkdir -p "$OUT"
@@ -45,6 +49,8 @@ for step in $STEPS; do
     encoders) timeout 480 "$PY" benchmarks/features.py --device cuda --precision bf16 --batch-size 256 \
                 --num-workers 15 --large-size 17216 12912 --seconds 10 --presets uni_v1 uni_v2 virchow2 \
                 ${ENCODERS_COMPILE:+--compile} > "$OUT/encoders.txt" 2>&1 ;;
+    stain) timeout 300 "$PY" benchmarks/features.py --device cuda --precision bf16 --batch-size 256 \
+                --num-workers 15 --stain > "$OUT/stain.txt" 2>&1 ;;
     *) echo "gpu_check: unknown step $step"; continue ;;
   esac
   rc=$?
@@ -52,4 +58,4 @@ for step in $STEPS; do
 done
 cat "$OUT/selfcheck.txt" 2>/dev/null
 tail -n 5 "$OUT/tests.txt" 2>/dev/null
-tail -n 30 "$OUT/scan.txt" "$OUT/aggregator.txt" "$OUT/features.txt" "$OUT/encoders.txt" 2>/dev/null
+tail -n 30 "$OUT/scan.txt" "$OUT/aggregator.txt" "$OUT/features.txt" "$OUT/encoders.txt" "$OUT/stain.txt" 2>/dev/null

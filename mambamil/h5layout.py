@@ -125,6 +125,11 @@ class FeatureAttrs(_Attrs):
     interpolation: str | None = None  # resize interpolation: area | bilinear | bicubic
     crop_pct: float | None = None  # < 1: resized to input/crop_pct and centre-cropped
     encoder_mpp: float | None = None  # µm/px the preset was trained at
+    stain_norm: str | None = None  # none | macenko | reinhard (absent in older files: none)
+    stain_reference: str | None = None
+    stain_reference_sha256: str | None = None
+    stain_fit: str | None = None  # JSON
+    stain_fallbacks: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -453,6 +458,8 @@ ENCODER_IDENTITY = (
     "interpolation",
     "crop_pct",
     "state_dict_sha256",
+    "stain_norm",
+    "stain_reference_sha256",
 )
 
 
@@ -472,6 +479,8 @@ def encoder_identity(meta: FeatureAttrs | Mapping[str, Any] | None) -> dict[str,
         elif isinstance(value, float):
             value = round(value, 6)
         out[key] = value
+    if "encoder" in out:
+        out.setdefault("stain_norm", "none")  # written before stain normalisation existed: unnormalised
     return out if "encoder" in out else {}
 
 
@@ -482,6 +491,8 @@ def describe_encoder(identity: Mapping[str, Any]) -> str:
         text += f" [{identity['output']}]"
     if identity.get("state_dict_sha256"):
         text += f" (weights {str(identity['state_dict_sha256'])[:12]})"
+    if identity.get("stain_norm", "none") != "none":
+        text += f" + {identity['stain_norm']} stain normalisation"
     return text
 
 

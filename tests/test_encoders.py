@@ -35,33 +35,63 @@ from mambamil.h5layout import (
 from mambamil.inference import load_bag
 
 IMNET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
-HOPT = ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
 
-#: From the model cards / reference code: normalisation, input px, interpolation, crop (resize-to / crop),
-#: output recipe, class+register tokens before the patch tokens, dimension, µm/px.
-CARDS = {
-    "resnet50_trunc": (IMNET, 224, "area", 1.0, "pooled", 0, 1024, 0.5),
-    "plip": (CLIP, 224, "bicubic", 1.0, "projection", 1, 512, None),
-    "uni_v1": (IMNET, 224, "bilinear", 1.0, "cls", 1, 1024, 0.5),
-    "uni_v2": (IMNET, 224, "bilinear", 1.0, "cls", 9, 1536, 0.5),
-    "conch_v1_5": (IMNET, 448, "bilinear", 1.0, "attn_pool", 1, 768, 0.5),
-    "virchow": (IMNET, 224, "bicubic", 1.0, "cls+mean", 1, 2560, 0.5),
-    "virchow2": (IMNET, 224, "bicubic", 1.0, "cls+mean", 5, 2560, 0.5),
-    "h_optimus_0": (HOPT, 224, "bilinear", 1.0, "cls", 5, 1536, 0.5),
-    "h_optimus_1": (HOPT, 224, "bilinear", 1.0, "cls", 5, 1536, 0.5),
-    "gigapath": (IMNET, 224, "bicubic", 224 / 256, "cls", 1, 1536, 0.5),
-    "phikon": (IMNET, 224, "bilinear", 1.0, "cls", 1, 768, 0.5),
-    "phikon_v2": (IMNET, 224, "bilinear", 1.0, "cls", 1, 1024, 0.5),
-}
+TRIDENT = "https://github.com/mahmoodlab/TRIDENT/blob/a91fa8490e0210ebbbe58452c3babe009e0ab7ca/"
+TRIDENT_LOAD = TRIDENT + "trident/patch_encoder_models/load.py"
+CLAM = "https://github.com/mahmoodlab/CLAM/blob/53e2409d4a8189c682c173382964a85f114f923c/"
+CLAM_2024_03 = "https://github.com/mahmoodlab/CLAM/blob/2e5bb7db6beefe2404ad311197aa94ba2211d338/"  # before d613a3d
+
+#: Facts as their sources state them, each with the place it was read (not a copy of the preset table):
+#: (preset, attribute, value, source).
+FACTS = [
+    # CLAM today: --target_patch_size 224 (extract_features_fp.py L60), transforms.Resize(target_img_size) on a PIL
+    # image (utils/transform_utils.py L7: torchvision's default BILINEAR, antialiased on PIL); TRIDENT
+    # ResNet50InferenceEncoder: target_img_size=224, InterpolationMode.BILINEAR, antialias=True (load.py L715).
+    ("resnet50_trunc", "input_size", 224, CLAM + "extract_features_fp.py#L60"),
+    ("resnet50_trunc", "interpolation", "bilinear", CLAM + "utils/transform_utils.py#L7"),
+    ("resnet50_trunc", "interpolation", "bilinear", TRIDENT_LOAD + "#L715"),
+    ("resnet50_trunc", "mean", IMNET[0], TRIDENT_LOAD + "#L714 (get_constants('imagenet'))"),
+    # CLAM before April 2024: --target_patch_size default -1 (extract_features_fp.py L69) → no resize
+    # (datasets/dataset_h5.py L126-L131); the MambaMIL paper: 512 × 512 patches at 20×.
+    ("resnet50_trunc_native", "tiling", (512, 0.5), CLAM_2024_03 + "extract_features_fp.py#L69"),
+    ("resnet50_trunc_native", "input_size", 512, CLAM_2024_03 + "datasets/dataset_h5.py#L126-L131"),
+    # CONCH v1.5: TRIDENT's table "--patch_size 512 --mag 20" (README.md L129), resized to img_size=448 (load.py L1302).
+    ("conch_v1_5", "tiling", (512, 0.5), TRIDENT + "README.md#L129"),
+    ("conch_v1_5", "input_size", 448, TRIDENT_LOAD + "#L1302"),
+    # Phikon: "layer_norm_eps": 1e-06 in the released config (https://huggingface.co/owkin/phikon/blob/main/
+    # config.json), as iBOT's ViT (partial(nn.LayerNorm, eps=1e-6)).
+    ("phikon", "layer_norm_eps", 1e-6, "https://huggingface.co/owkin/phikon/blob/main/config.json"),
+    (
+        "phikon",
+        "layer_norm_eps",
+        1e-6,
+        "https://github.com/bytedance/ibot/blob/da316d82636a7a7356835ef224b13d5f3ace0489/models/vision_transformer.py#L138",
+    ),
+    ("phikon", "interpolation", "bilinear", TRIDENT_LOAD + "#L486"),
+    # Virchow2: "Scaling Self-Supervised Mixed Magnification Models in Pathology" (5×, 10×, 20×, 40× tiles).
+    ("virchow2", "mpp", None, "https://huggingface.co/papers/2408.00738"),
+    ("virchow2", "interpolation", "bicubic", TRIDENT_LOAD + "#L1103"),
+    ("virchow", "interpolation", "bicubic", TRIDENT_LOAD + "#L1027"),
+    # H-optimus-0: the hub page asks to agree to share contact information (gated, automatic approval).
+    ("h_optimus_0", "gated", True, "https://huggingface.co/bioptimus/H-optimus-0"),
+    ("h_optimus_0", "mean", (0.707223, 0.578729, 0.703617), TRIDENT_LOAD + "#L1175"),
+    # Prov-GigaPath: Resize(256, BICUBIC), CenterCrop(224) (load.py L955-L956).
+    ("gigapath", "interpolation", "bicubic", TRIDENT_LOAD + "#L955"),
+    ("gigapath", "crop_pct", 224 / 256, TRIDENT_LOAD + "#L956"),
+]
 
 
-def test_every_preset_is_pinned_to_its_model_card() -> None:
-    assert set(PRESETS) == set(CARDS)
-    for name, ((mean, std), size, interp, crop, output, prefix, dim, mpp) in CARDS.items():
-        p = PRESETS[name]
-        got = (p.mean, p.std, p.input_size, p.interpolation, p.crop_pct, p.output, p.prefix_tokens, p.dim, p.mpp)
-        assert got == (mean, std, size, interp, pytest.approx(crop), output, prefix, dim, mpp), name
+@pytest.mark.parametrize(("name", "attribute", "value", "source"), FACTS)
+def test_preset_fact_from_its_source(name: str, attribute: str, value, source: str) -> None:
+    p = PRESETS[name]
+    got = p.arch_kwargs[attribute] if attribute in p.arch_kwargs else getattr(p, attribute)
+    assert got == (pytest.approx(value) if isinstance(value, float) else value), f"{name}.{attribute} ({source})"
+
+
+def test_conch_v1_5_sees_a_coarser_grid_than_its_tiles() -> None:
+    """512 px at 0.5 µm/px resized to 448 px: the model sees ≈ 0.571 µm/px."""
+    assert PRESETS["conch_v1_5"].seen_mpp == pytest.approx(512 * 0.5 / 448)
+    assert PRESETS["uni_v1"].seen_mpp == 0.5
 
 
 # -- full-size architectures on the meta device -----------------------------------------------------------------
@@ -137,26 +167,23 @@ def real_patch(real_slide: Path) -> np.ndarray:
 
 
 def reference_input(patch: np.ndarray, name: str, mean=None, std=None) -> torch.Tensor:
-    """The model card's preprocessing with PIL/torchvision (cv2 INTER_AREA for the CLAM recipe)."""
-    import cv2
+    """The model card's preprocessing with PIL/torchvision: Resize(input / crop_pct) with the row's interpolation,
+    CenterCrop(input), ToTensor, Normalize."""
     from PIL import Image
     from torchvision import transforms as T
 
-    (card_mean, card_std), size, interp, crop = CARDS[name][:4]
-    mean, std = mean or card_mean, std or card_std
-    if interp == "area":
-        x = T.ToTensor()(cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA))
-    else:
-        mode = T.InterpolationMode.BICUBIC if interp == "bicubic" else T.InterpolationMode.BILINEAR
-        img = T.CenterCrop(size)(T.Resize(round(size / crop), interpolation=mode)(Image.fromarray(patch)))
-        x = T.ToTensor()(img)
+    p = PRESETS[name]
+    mean, std = mean or p.mean, std or p.std
+    mode = T.InterpolationMode.BICUBIC if p.interpolation == "bicubic" else T.InterpolationMode.BILINEAR
+    resize = T.Resize(round(p.input_size / p.crop_pct), interpolation=mode)
+    x = T.ToTensor()(T.CenterCrop(p.input_size)(resize(Image.fromarray(patch))))
     return T.Normalize(mean, std)(x)[None]
 
 
 def reference_forward(enc, name: str, x: torch.Tensor) -> torch.Tensor:
     """Each recipe written out independently of the encoder's wrapper (what the model cards / TRIDENT do)."""
     p, target = PRESETS[name], enc.model
-    if name == "resnet50_trunc":
+    if p.family == "resnet_trunc":
         return target(x)
     if p.family == "timm_vit":
         vit = target.backbone
@@ -322,3 +349,111 @@ def test_device_resize_matches_pil(mode: str, real_patch: np.ndarray) -> None:
     x = torch.from_numpy(real_patch.copy())[None]
     assert crop(x).shape == (1, 3, 224, 224) and crop.resize_to == (256, 256) and crop.crop == (16, 16, 224, 224)
     torch.testing.assert_close(crop(x)[0], x[0, 16:240, 16:240].permute(2, 0, 1).float() / 255)  # 256 px: crop only
+
+
+def test_conch_tiling_mismatch_is_named() -> None:
+    """448-px tiles at 0.5 µm/px pass the µm/px check but are a 12.5 % smaller field than TITAN's 512-px tiles."""
+    from mambamil.features.encoders import check_tile_resolution
+
+    enc = create_encoder("conch_v1_5", "random", depth=1)
+    assert check_tile_resolution(enc, 0.5, 512) is None
+    msg = check_tile_resolution(enc, 0.5, 448, "S1")
+    assert msg is not None and "S1" in msg and "512-px tiles at 0.5 µm/px resized to 448" in msg
+    assert "0.571 µm/px seen" in msg and "tiling.patch_size to 512" in msg
+
+
+def test_area_resized_resnet_bags_are_refused_next_to_a_bilinear_checkpoint(tmp_path: Path) -> None:
+    """Features made before the fix (resnet50_trunc with cv2 area weights) carry interpolation=area."""
+    common = dict(encoder="resnet50_trunc", encoder_kwargs="{}", preset="resnet50_trunc", mean=IMNET[0],
+                  std=IMNET[1], input_size=(224, 224), output="pooled", crop_pct=1.0,
+                  state_dict_sha256="aa")  # fmt: skip
+    old = _bag(tmp_path / "old.h5", **common, interpolation="area")
+    new = _bag(tmp_path / "new.h5", **common, interpolation="bilinear", stain_norm="none")
+    trained = encoder_identity({**common, "interpolation": "bilinear"})
+    assert load_bag(new, 4, encoder=trained).features.shape == (3, 4)
+    with pytest.raises(InputFileError) as err:
+        load_bag(old, 4, encoder=trained)
+    assert "interpolation area vs bilinear" in str(err.value) or "interpolation bilinear vs area" in str(err.value)
+    with pytest.raises(InputFileError, match="interpolation"):
+        check_one_encoder({"old": old, "new": new})
+
+
+@pytest.mark.parametrize("name", ["resnet50_trunc", "gigapath"])
+def test_enlarge_path_matches_the_model_card_pipeline(name: str, demo_cohort: Path, tmp_path: Path) -> None:
+    """A slide coarser than the encoder input (112-px patches for a 224-px model): the features equal the model
+    card's PIL/torchvision pipeline (one Resize from the read pixels, CenterCrop, Normalize) on the same pixels."""
+    import h5py
+    import openslide
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from mambamil import demo
+    from mambamil.features.extract import FeatureSettings, extract_slide
+    from mambamil.h5layout import read_coords, write_coords
+    from mambamil.tiling import TilingSettings, tile_slide
+
+    sid = demo.slide_ids(4)[1]
+    path = demo.slide_path(demo_cohort, sid)
+    tiling = TilingSettings.from_config(patch_size=112, target_mpp=0.5, tissue_threshold=0.5)
+    full = read_coords(tile_slide(path, tmp_path, tiling, slide_id=sid).outputs["coords"])
+    coords = tmp_path / "first16.h5"  # 16 tissue patches keep the test fast
+    write_coords(coords, full.coords[:16], full.meta, np.ones(16, np.float32))
+    kwargs = {} if name == "resnet50_trunc" else {"depth": 1}
+    settings = FeatureSettings.from_config(
+        {"encoder": name, "weights": "random", "encoder_kwargs": kwargs, "num_workers": 0, "device": "cpu"}
+    )
+    out = extract_slide(path, coords, tmp_path / "f.h5", settings, progress=False).output
+    with h5py.File(out, "r") as f:
+        feats, xy, resized = f["features"][:12], f["coords"][:12], str(f["features"].attrs["resize"])
+        assert float(f["coords"].attrs["slide_mpp"]) == pytest.approx(0.5, rel=0.05)  # level 0 read: 112 px
+    # The model card (TRIDENT load.py L715 for ResNet-50, L955-L956 for GigaPath), written out independently.
+    mode, size, crop = ("bilinear", 224, 224) if name == "resnet50_trunc" else ("bicubic", 256, 224)
+    interp = T.InterpolationMode.BILINEAR if mode == "bilinear" else T.InterpolationMode.BICUBIC
+    card = T.Compose([T.Resize(size, interpolation=interp), T.CenterCrop(crop), T.ToTensor(), T.Normalize(*IMNET)])
+    assert f"112x112 → {size}x{size} px" in resized and "once" in resized
+    enc = create_encoder(name, "random", **kwargs)
+    with openslide.OpenSlide(str(path)) as s:
+        pixels = [np.asarray(s.read_region((int(a), int(b)), 0, (112, 112)).convert("RGB")) for a, b in xy]
+    x = torch.stack([card(Image.fromarray(p)) for p in pixels])
+    ours = DeviceResize((112, 112), (224, 224), IMNET[0], IMNET[1], torch.device("cpu"), mode, 224 / size)
+    levels = (ours(torch.from_numpy(np.stack(pixels))) - x) * torch.tensor(IMNET[1]).view(1, 3, 1, 1) * 255
+    assert float((levels.abs() > 1.5).float().mean()) < 0.005  # the same pixels up to uint8 rounding
+    with torch.inference_mode():
+        ref = enc.model(x).numpy()
+    err = np.linalg.norm(feats - ref) / np.linalg.norm(ref)
+    assert err < 0.01, f"{name}: features vs model-card pipeline differ by {err:.2%}"
+
+
+def test_one_registry_of_builders_and_tagged_rows() -> None:
+    """Every preset names a registered builder; list_encoders filters names and builder.name tags (timm's shape);
+    a new encoder is a row of a registered builder."""
+    from dataclasses import replace
+
+    from mambamil.features.encoders import _REGISTRY, list_encoders, register_preset
+
+    assert all(p.family in _REGISTRY for p in PRESETS.values())
+    assert list_encoders("resnet50*") == ["resnet50_trunc", "resnet50_trunc_native"]
+    assert set(list_encoders("timm_vit.*")) == {n for n, p in PRESETS.items() if p.family == "timm_vit"}
+    assert list_encoders() == list(PRESETS)
+    with pytest.raises(ValueError, match="already registered"):
+        register_preset(PRESETS["uni_v1"])
+    with pytest.raises(ValueError, match="no builder"):
+        register_preset(replace(PRESETS["uni_v1"], name="mine", family="nope"))
+
+
+def test_original_recipe_feeds_native_512px_patches() -> None:
+    """config/mambamil_original.yaml: the paper's features, CLAM's ResNet-50 on 512-px patches at 20×, unresized."""
+    import yaml
+
+    from mambamil.features.encoders import check_tile_resolution
+
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "config" / "mambamil_original.yaml").read_text())
+    p = PRESETS[cfg["features"]["encoder"]]
+    assert p.name == "resnet50_trunc_native"
+    assert (cfg["tiling"]["patch_size"], cfg["tiling"]["target_mpp"]) == p.tiling == (512, 0.5)
+    enc = create_encoder(p.name, "random")
+    assert check_tile_resolution(enc, 0.5, 512) is None and "512-px tiles" in check_tile_resolution(enc, 0.5, 256)
+    same = DeviceResize((512, 512), (512, 512), p.mean, p.std, torch.device("cpu"), p.interpolation, p.crop_pct)
+    assert same.identity and same.describe() == "none: read at 512x512 px"
+    shrink = DeviceResize((1024, 1024), (512, 512), p.mean, p.std, torch.device("cpu"), p.interpolation)
+    assert shrink.describe().startswith("once on the device, 1024x1024 → 512x512 px: antialiased bilinear")

@@ -160,7 +160,7 @@ def test_features_precedence(config_file: Path, monkeypatch) -> None:
         return []
 
     monkeypatch.setattr("mambamil.cli.features.feature_jobs", lambda args: [])
-    monkeypatch.setattr("mambamil.features.multi.extract_slides", extract_slides)
+    monkeypatch.setattr("mambamil.features.many_slides.extract_slides", extract_slides)
     settings = json.dumps({"batch_size": 16, "weights": "random", "num_workers": None})
     argv = ["features", "--config", str(config_file), "--settings", settings, "--no-fp16-storage"]
     assert main([*argv, "--encoder-kwargs", '{"a": 1}', "--num-workers", "3"]) == 0

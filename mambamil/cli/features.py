@@ -53,7 +53,7 @@ def add_features(sub: Subparsers) -> None:
 
 def feature_jobs(args: argparse.Namespace) -> list:
     """The slides of a features call: SLIDE arguments with --coords/--out, or --sheet (optionally one shard)."""
-    from mambamil.features.multi import jobs_from_lists, jobs_from_sheet
+    from mambamil.features.many_slides import jobs_from_lists, jobs_from_sheet
 
     if args.sheet is not None:
         if args.slide:
@@ -69,7 +69,7 @@ def feature_jobs(args: argparse.Namespace) -> list:
 
 def run_features(args: argparse.Namespace) -> int:
     from mambamil.features.extract import FeatureSettings
-    from mambamil.features.multi import extract_slides
+    from mambamil.features.many_slides import extract_slides
 
     settings = FeatureSettings.from_config(section_from_args(args, "features"))
     jobs = feature_jobs(args)

@@ -1,8 +1,12 @@
 """The features stage: patch coordinates → one embedding per patch, per slide.
 
 - :mod:`mambamil.features.presets`: foundation-model presets as data (``uni_v2``, ``virchow2``, … one row each).
-- :mod:`mambamil.features.encoders`: the encoder registry (the presets' builders, ``timm:<name>``) and weights
-  (``random`` | ``hub`` | a local checkpoint file or hub snapshot folder loaded strictly, SHA-256 recorded).
+- :mod:`mambamil.features.encoders`: the encoder registry (the presets' builders, ``timm:<name>``,
+  ``list_encoders``); :mod:`mambamil.features.weights`: their weights (``random`` | ``hub`` | a local checkpoint
+  file or hub snapshot folder loaded strictly, SHA-256 recorded).
+- :mod:`mambamil.features.stain`: optional Macenko / Reinhard stain normalisation (torchstain) before the encoder.
+- :mod:`mambamil.features.datapath`: block reads, the one resize on the device; :mod:`mambamil.features.many_slides`:
+  many slides in one process.
 - :mod:`mambamil.features.extract`: batched, multi-worker extraction of one slide into a feature H5
   (layout in :mod:`mambamil.h5layout`).
 

@@ -5,9 +5,10 @@ neighbouring patches whose union is read with ONE OpenSlide request at the patch
 patches in memory (overlapping patches share pixels, so a 50 % overlap grid reads ~2.5× fewer pixels). Patches
 leave the workers as uint8 at the read size (e.g. 256 px), in shared memory. The main process copies them into
 pinned, preallocated staging buffers (two, so one fills while the other is copied), sends them with
-non-blocking copies, and on the device resizes them to the encoder's input with the same arithmetic as the
-per-patch path (cv2 area/bilinear weights as two small matrix products, then rounded to uint8 levels),
-normalises, and runs the model. Features stay on the device until the slide is done: no host sync per batch.
+non-blocking copies, and on the device resizes them ONCE, with the encoder's interpolation, from the read size to
+the encoder's pre-crop size (shrinking or enlarging alike), rounds to uint8 levels, centre-crops when the preset
+crops, optionally normalises the stain (:mod:`mambamil.features.stain`), normalises mean/std, and runs the model.
+Features stay on the device until the slide is done: no host sync per batch.
 
 Blocks are handed to workers in contiguous runs (:func:`worker_runs_order`), so each worker reads one region
 of the slide after the other and OpenSlide's tile cache serves the tiles two blocks share.
@@ -33,17 +34,19 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mambamil.errors import SlideError
-from mambamil.slide import Slide, open_slide, resize, rgba_to_rgb
+from mambamil.slide import Slide, open_slide, rgba_to_rgb
 
 #: Edge of a block's cell, in pixels of the level the patches are read from (a block reads at most
 #: (cell + patch)² pixels: ~6.5 MB of RGBA for 1024 + 256).
 BLOCK_CELL_PX = 1024
 
-#: How the device path resizes (recorded in the output's ``resize`` attribute).
-DEVICE_RESIZE = (
-    "single resize from the pyramid level at or finer than the input, on the device: cv2 INTER_AREA (shrink) / "
-    "INTER_LINEAR (enlarge) weights as separable matrix products, rounded to uint8 levels"
-)
+#: What each interpolation is, as the output's ``resize`` attribute names it.
+RESIZE_METHODS = {
+    "area": "cv2 INTER_AREA weights (separable matrix products)",
+    "area-enlarge": "bilinear, half-pixel centres (cv2 INTER_AREA enlarges bilinearly)",
+    "bilinear": "antialiased bilinear (PIL / torchvision Resize)",
+    "bicubic": "antialiased bicubic (PIL / torchvision Resize)",
+}
 
 
 def default_num_workers(reserve: int = 1) -> int:
@@ -59,30 +62,26 @@ def default_num_workers(reserve: int = 1) -> int:
 @dataclass(frozen=True)
 class ReadPlan:
     """Where and how big the patches are read: pyramid ``level`` with ``downsample``, ``read_size`` (w, h)
-    pixels there, ``out_size`` (w, h) at the encoder input."""
+    pixels there (what the workers hand over, never resized there), ``out_size`` (w, h) the device resizes to
+    (the encoder's pre-crop size)."""
 
     level: int
     downsample: float
     read_size: tuple[int, int]
     out_size: tuple[int, int]
 
-    @property
-    def resize_on_device(self) -> bool:
-        """Shrinking (the usual case) happens on the device, bit-equal to cv2's INTER_AREA up to rare rounding
-        ties; enlarging (a slide coarser than the encoder input) stays in the workers with cv2 itself, whose
-        fixed-point bilinear the device would miss by one level in ~13 % of pixels."""
-        return self.out_size[0] <= self.read_size[0] and self.out_size[1] <= self.read_size[1]
-
-    @property
-    def handover_size(self) -> tuple[int, int]:
-        """(w, h) of the uint8 patches the workers hand over."""
-        return self.read_size if self.resize_on_device else self.out_size
-
 
 def plan_reads(slide: Slide, size0: float, out_size: tuple[int, int]) -> ReadPlan:
-    """The per-patch read the old path did (:meth:`Slide.region_read_plan`), as a :class:`ReadPlan`."""
+    """The read of a ``size0`` level-0 square for ``out_size`` (the encoder's pre-crop size): the coarsest level at
+    least as fine as the output (:meth:`Slide.region_read_plan`)."""
     choice, read_w, read_h = slide.region_read_plan((size0, size0), out_size)
     return ReadPlan(choice.level, choice.downsample, (read_w, read_h), (int(out_size[0]), int(out_size[1])))
+
+
+def pre_crop_size(input_size: tuple[int, int], crop_pct: float) -> tuple[int, int]:
+    """(w, h) a patch is resized to before the centre crop: the input / ``crop_pct`` (e.g. 224 / 0.875 = 256)."""
+    h, w = input_size
+    return (round(w / crop_pct), round(h / crop_pct)) if crop_pct < 1.0 else (w, h)
 
 
 def plan_blocks(coords: np.ndarray, downsample: float, cell_px: int = BLOCK_CELL_PX) -> list[np.ndarray]:
@@ -192,12 +191,10 @@ class BlockDataset(Dataset):
         t1 = time.perf_counter()
         rgb = rgba_to_rgb(rgba)
         t2 = time.perf_counter()
-        hw, hh = self.plan.handover_size
-        out = torch.empty((len(index), hh, hw, 3), dtype=torch.uint8)
+        out = torch.empty((len(index), rh, rw, 3), dtype=torch.uint8)
         view = out.numpy()
         for k, (ox, oy) in enumerate(off):
-            crop = rgb[oy : oy + rh, ox : ox + rw]
-            view[k] = crop if self.plan.resize_on_device else resize(crop, self.plan.out_size)
+            view[k] = rgb[oy : oy + rh, ox : ox + rw]
         if self.profile:
             times.update(read_decode=t1 - t0, rgba_to_rgb=t2 - t1, cut=time.perf_counter() - t2)
         return out
@@ -258,13 +255,14 @@ def area_weights(n_in: int, n_out: int) -> np.ndarray:
 
 
 class DeviceResize:
-    """uint8 (B, h, w, 3) as handed over → float (B, 3, H, W) at the encoder input on the device, channels-last.
+    """uint8 (B, h, w, 3) as read → float (B, 3, H, W) at the encoder input on the device, channels-last.
 
-    ``interpolation`` ``area`` (default) shrinks with cv2's INTER_AREA weights (two matrix products);
-    ``bilinear``/``bicubic`` resize with antialiasing as PIL/torchvision ``Resize`` do. Either way the result is
-    rounded to uint8 levels (as cv2 and PIL return images), centre-cropped when ``crop_pct`` < 1 (resized to
-    ``out/crop_pct`` first, as ``Resize(256)`` + ``CenterCrop(224)``), then normalised with the encoder's
-    mean/std exactly as :meth:`Encoder.preprocess`."""
+    One resize, from the read size straight to the pre-crop size (``out/crop_pct``, as ``Resize(256)`` +
+    ``CenterCrop(224)``), with ``interpolation``: ``area`` shrinks with cv2's INTER_AREA weights (two matrix
+    products) and enlarges bilinearly; ``bilinear``/``bicubic`` resize with antialiasing as PIL/torchvision
+    ``Resize`` do, shrinking or enlarging. The result is rounded to uint8 levels (as cv2 and PIL return images),
+    centre-cropped, passed through ``stain`` (a :class:`~mambamil.features.stain.StainNormaliser`, optional),
+    then normalised with the encoder's mean/std exactly as :meth:`Encoder.preprocess`."""
 
     def __init__(
         self,
@@ -275,18 +273,22 @@ class DeviceResize:
         device: torch.device,
         interpolation: str = "area",
         crop_pct: float = 1.0,
+        stain: Any = None,
     ) -> None:
         (w, h), (ow, oh) = size, out_size
-        rw, rh = (round(ow / crop_pct), round(oh / crop_pct)) if crop_pct < 1.0 else (ow, oh)
+        rw, rh = pre_crop_size((oh, ow), crop_pct)
+        self.size = (w, h)
         self.resize_to = (rh, rw)
         self.crop = (round((rh - oh) / 2.0), round((rw - ow) / 2.0), oh, ow) if (rw, rh) != (ow, oh) else None
-        self.mode = interpolation
+        if interpolation not in ("area", "bilinear", "bicubic"):
+            raise ValueError(f"unknown interpolation {interpolation!r}")
+        enlarge = rw > w or rh > h
+        self.mode = "area-enlarge" if interpolation == "area" and enlarge else interpolation
         self.identity = (w, h) == (rw, rh)
-        if interpolation == "area":
+        self.stain = stain
+        if self.mode == "area":
             self.wy = torch.tensor(area_weights(h, rh), dtype=torch.float32, device=device)
             self.wxt = torch.tensor(area_weights(w, rw).T, dtype=torch.float32, device=device)
-        elif interpolation not in ("bilinear", "bicubic"):
-            raise ValueError(f"unknown interpolation {interpolation!r}")
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
@@ -295,14 +297,30 @@ class DeviceResize:
         if not self.identity:
             if self.mode == "area":
                 x = torch.matmul(torch.matmul(self.wy, x), self.wxt)
+            elif self.mode == "area-enlarge":
+                x = F.interpolate(x, size=self.resize_to, mode="bilinear", align_corners=False)
             else:
                 x = F.interpolate(x, size=self.resize_to, mode=self.mode, antialias=True, align_corners=False)
             x = x.round_().clamp_(0.0, 255.0)
         if self.crop is not None:
             top, left, oh, ow = self.crop
             x = x[:, :, top : top + oh, left : left + ow]
+        if self.stain is not None:
+            x = self.stain(x)
         x = (x.div(255.0) - self.mean) / self.std  # the same arithmetic as Encoder.preprocess
         return x.contiguous(memory_format=torch.channels_last)
+
+    def describe(self) -> str:
+        """What ran, for the output's ``resize`` attribute: the one resize (or none) and the crop."""
+        (w, h), (rh, rw) = self.size, self.resize_to
+        text = (
+            f"none: read at {w}x{h} px"
+            if self.identity
+            else f"once on the device, {w}x{h} → {rw}x{rh} px: {RESIZE_METHODS[self.mode]}; rounded to uint8"
+        )
+        if self.crop is not None:
+            text += f"; centre crop {self.crop[3]}x{self.crop[2]} px"
+        return text
 
 
 # -- profile ----------------------------------------------------------------------------------------------
@@ -351,7 +369,7 @@ class _Staging:
     """Preallocated host buffers for a batch of uint8 patches (pinned on CUDA) with the copy's done-event."""
 
     def __init__(self, batch: int, plan: ReadPlan, device: torch.device) -> None:
-        rw, rh = plan.handover_size
+        rw, rh = plan.read_size
         pin = device.type == "cuda"
         self.images = torch.empty((batch, rh, rw, 3), dtype=torch.uint8, pin_memory=pin)
         self.index = torch.empty((batch,), dtype=torch.int64, pin_memory=pin)

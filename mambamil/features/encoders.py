@@ -1,48 +1,38 @@
-"""Patch encoders: a registry of image → vector models and how their weights are obtained.
+"""Patch encoders, timm-shaped: one registry of architecture builders, and each encoder a tagged config row.
 
-Names:
+- :data:`_REGISTRY` holds the builders (``timm_vit``, ``resnet_trunc``, ``hf_clip``, ``hf_vit``, ``hf_dinov2``,
+  ``conch_v1_5``): ``builder(row, depth) -> (module, weights_module)``.
+- a **preset** (:mod:`mambamil.features.presets`, one data row each, e.g. ``uni_v2``; its tag is
+  ``<builder>.<name>`` as timm's ``arch.tag``) names its builder and pins the architecture arguments,
+  preprocessing, output recipe, dimension, weight release, tiling, licence and the sources of these facts. Its
+  settings cannot be overridden (that would no longer be the authors' embedding). :func:`list_encoders` filters
+  the rows by name or tag.
+- ``timm:<model>``: timm's own registry: any timm model with its classifier removed (pooled pre-logits),
+  ``encoder_kwargs`` to ``timm.create_model``; preprocessing and pooling from its timm config unless set
+  (``features.mean``, ``std``, ``input_size``, ``interpolation``, ``pooling``), with a warning naming the
+  normalisation it falls back to.
 
-- a **preset** (:mod:`mambamil.features.presets`: ``resnet50_trunc``, ``plip``, ``uni_v1``, ``uni_v2``,
-  ``conch_v1_5``, ``virchow``, ``virchow2``, ``h_optimus_0``, ``h_optimus_1``, ``gigapath``, ``phikon``,
-  ``phikon_v2``): a foundation model exactly as its authors run it. The preset row pins the architecture,
-  preprocessing (input size, interpolation, crop, mean/std), output recipe, dimension and weight release; a few
-  builders here (timm ViT, truncated ResNet, transformers CLIP/ViT/DINOv2, CONCH v1.5's vision tower) turn a row
-  into a model. Their settings cannot be overridden (that would no longer be the authors' embedding).
-- ``timm:<model>``: any timm model with its classifier removed (``num_classes=0``: pooled pre-logits),
-  ``encoder_kwargs`` to ``timm.create_model``; input size, mean/std, interpolation and pooling come from the timm
-  config unless set explicitly (``features.mean``, ``std``, ``input_size``, ``interpolation``, ``pooling``); a
-  warning names the normalisation a ``timm:`` model falls back to.
+Weights: :mod:`mambamil.features.weights` (``random`` seeded, ``hub`` when asked, or a checkpoint loaded strictly).
+Add an encoder with a row (:func:`register_preset`), and a builder first if its architecture is new::
 
-Weights: ``random`` (seeded, for the demo and tests; recorded in every output), ``hub`` (download via
-``huggingface_hub``/timm; only when asked), or a local checkpoint file or downloaded hub snapshot folder
-(``model.safetensors``, ``pytorch_model.bin``, ``pytorch_model_vision.bin``, ``open_clip_pytorch_model.bin``),
-loaded strictly: missing, unexpected or mis-shaped parameters are a one-line error naming the encoder, the file,
-the first mismatching keys and, when they fit one, the preset the weights belong to. Nothing is ever silently
-random.
-
-Register more with::
-
-    @register_encoder("my_encoder")
-    def _build(pretrained: bool, **kwargs) -> BuiltModel: ...
+    @register_builder("my_arch")
+    def _build(row: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]: ...
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mambamil.errors import InputFileError, MambamilError, fault_from
+from mambamil.errors import MambamilError
 from mambamil.features import HUB, RANDOM
 from mambamil.features.presets import (  # noqa: F401  (IMAGENET_*: re-exported)
     IMAGENET_MEAN,
@@ -53,6 +43,18 @@ from mambamil.features.presets import (  # noqa: F401  (IMAGENET_*: re-exported)
     SWIGLU_PACKED,
     WEIGHT_FILES,
     Preset,
+)
+from mambamil.features.weights import (  # noqa: F401  (re-exported: the weights half of the encoder API)
+    _hub_error,
+    file_sha256,
+    hub_snapshot,
+    load_encoder_weights,
+    load_strict,
+    matching_presets,
+    release_to_model_keys,
+    resolve_weights_file,
+    state_dict_sha256,
+    weights_kind,
 )
 from mambamil.h5layout import FeatureAttrs
 
@@ -101,23 +103,43 @@ class BuiltModel:
 
 
 Builder = Callable[..., BuiltModel]
-_REGISTRY: dict[str, Builder] = {}
+ArchBuilder = Callable[[Preset, int | None], tuple[nn.Module, nn.Module]]
+#: The one registry: architecture builders by name (a preset's ``family``).
+_REGISTRY: dict[str, ArchBuilder] = {}
 
 
-def register_encoder(name: str) -> Callable[[Builder], Builder]:
-    """Register ``builder(pretrained: bool, **kwargs) -> BuiltModel`` under ``name``."""
+def register_builder(name: str) -> Callable[[ArchBuilder], ArchBuilder]:
+    """Register ``builder(row, depth) -> (module, weights_module)`` under ``name``."""
 
-    def deco(builder: Builder) -> Builder:
-        if name in _REGISTRY or name in PRESETS:
-            raise ValueError(f"encoder {name!r} is already registered")
+    def deco(builder: ArchBuilder) -> ArchBuilder:
+        if name in _REGISTRY:
+            raise ValueError(f"encoder builder {name!r} is already registered")
         _REGISTRY[name] = builder
         return builder
 
     return deco
 
 
+def register_preset(row: Preset) -> Preset:
+    """Add an encoder as a config row of a registered builder."""
+    if row.family not in _REGISTRY:
+        raise ValueError(f"preset {row.name!r}: no builder {row.family!r} (register_builder first)")
+    if row.name in PRESETS:
+        raise ValueError(f"encoder {row.name!r} is already registered")
+    PRESETS[row.name] = row
+    return row
+
+
+def list_encoders(pattern: str = "*") -> list[str]:
+    """Encoder names whose name or ``builder.name`` tag matches a shell-style ``pattern`` (as timm's
+    ``list_models``: ``timm_vit.*`` lists the timm ViT presets); ``timm:<model>`` takes any of timm's."""
+    from fnmatch import fnmatchcase
+
+    return [n for n, p in PRESETS.items() if fnmatchcase(n, pattern) or fnmatchcase(f"{p.family}.{n}", pattern)]
+
+
 def available_encoders() -> list[str]:
-    return [*PRESETS, *sorted(_REGISTRY), "timm:<model name>"]
+    return [*list_encoders(), "timm:<model name>"]
 
 
 @dataclass
@@ -208,6 +230,7 @@ def _timm_kwargs(arch_kwargs: Any, depth: int | None) -> dict[str, Any]:
     return kwargs
 
 
+@register_builder("timm_vit")
 def _build_timm_vit(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
     import timm
 
@@ -215,6 +238,7 @@ def _build_timm_vit(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]
     return TokenRecipe(vit, vit.forward_features, p.output, p.prefix_tokens), vit
 
 
+@register_builder("resnet_trunc")
 def _build_resnet_trunc(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
     model = _timm_create(f"{p.arch}.tv_in1k", False, num_classes=0)
     model.layer4 = nn.Identity()  # forward_features stops after layer3; the head average-pools 1024 channels
@@ -232,6 +256,7 @@ def _hf_config(cls_name: str, p: Preset, depth: int | None) -> Any:
     return config
 
 
+@register_builder("hf_clip")
 def _build_hf_clip(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
     from transformers import CLIPVisionModelWithProjection
 
@@ -239,6 +264,7 @@ def _build_hf_clip(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
     return _HFOutput(model, "image_embeds"), model
 
 
+@register_builder("hf_vit")
 def _build_hf_vit(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
     from transformers import ViTModel
 
@@ -246,6 +272,7 @@ def _build_hf_vit(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
     return TokenRecipe(model, _HFOutput(model, "last_hidden_state"), p.output, p.prefix_tokens), model
 
 
+@register_builder("hf_dinov2")
 def _build_hf_dinov2(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
     from transformers import Dinov2Model
 
@@ -320,6 +347,7 @@ class ConchVisionTower(nn.Module):
         return self.ln_contrast(self.attn_pool_contrast(self.tokens(x))[:, 0])
 
 
+@register_builder("conch_v1_5")
 def _build_conch_v1_5(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Module]:
     import timm
 
@@ -330,19 +358,9 @@ def _build_conch_v1_5(p: Preset, depth: int | None) -> tuple[nn.Module, nn.Modul
     return tower, tower
 
 
-_FAMILIES: dict[str, Callable[[Preset, int | None], tuple[nn.Module, nn.Module]]] = {
-    "timm_vit": _build_timm_vit,
-    "resnet_trunc": _build_resnet_trunc,
-    "hf_clip": _build_hf_clip,
-    "hf_vit": _build_hf_vit,
-    "hf_dinov2": _build_hf_dinov2,
-    "conch_v1_5": _build_conch_v1_5,
-}
-
-
 def build_preset(p: Preset, depth: int | None = None) -> BuiltModel:
     """A preset's model with fresh (random) weights; ``depth`` builds a reduced-depth copy (tests)."""
-    module, target = _FAMILIES[p.family](p, depth)
+    module, target = _REGISTRY[p.family](p, depth)
     spec = EncoderSpec((p.input_size, p.input_size), p.mean, p.std, p.interpolation, p.crop_pct, p.output)
     return BuiltModel(module, spec, p.ignore_prefixes, target, p.ignore_suffixes, p.strip_prefix, p.key_renames)
 
@@ -451,14 +469,6 @@ def _timm_create(model_name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
         raise MambamilError(f"encoder 'timm:{model_name}': bad encoder_kwargs ({exc})") from exc
 
 
-def _hub_error(model_name: str, exc: BaseException) -> MambamilError:
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return MambamilError(
-        f"encoder '{model_name}': could not get hub weights ({type(exc).__name__}: {first}); offline machines need "
-        "weights=<path to a local checkpoint>"
-    )
-
-
 def _triple(values: Any) -> tuple[float, float, float]:
     v = tuple(float(x) for x in values)
     return (v[0], v[0], v[0]) if len(v) == 1 else (v[0], v[1], v[2])
@@ -485,189 +495,9 @@ def get_builder(name: str, overrides: TimmOverrides | None = None) -> Builder:
             f"encoder '{name}' fixes its own preprocessing and output; features.{', '.join(set_keys)} apply to "
             "timm:<model> encoders only"
         )
-    if name in PRESETS:
-        return _preset_builder(PRESETS[name])
-    if name not in _REGISTRY:
+    if name not in PRESETS:
         raise MambamilError(f"unknown encoder {name!r}; choose from {', '.join(available_encoders())}")
-    return _REGISTRY[name]
-
-
-# -- weights ----------------------------------------------------------------------------------------------
-def weights_kind(weights: str | None) -> str:
-    """``random`` | ``hub`` | ``checkpoint``; no weights at all is an error, never a silent random model."""
-    if weights is None or str(weights).strip() == "":
-        raise MambamilError(
-            "no encoder weights given: set weights to a local checkpoint path, 'hub' (downloads; online machines "
-            "only) or 'random' (demo/tests; features without pretrained knowledge)"
-        )
-    return weights if weights in (RANDOM, HUB) else "checkpoint"
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def state_dict_sha256(module: nn.Module) -> str:
-    """SHA-256 over parameter names and bytes: identifies the weights actually in use."""
-    h = hashlib.sha256()
-    for key, value in sorted(module.state_dict().items()):
-        h.update(key.encode())
-        t = value.detach().cpu().contiguous().reshape(-1)
-        h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def resolve_weights_file(path: str | Path, preset: Preset | None = None) -> Path:
-    """The weight file of ``path``: the file itself, or in a folder (a downloaded hub snapshot) the preset's
-    release file, else the first of :data:`~mambamil.features.presets.WEIGHT_FILES` present."""
-    path = Path(path)
-    if not path.exists():
-        raise InputFileError(path, "checkpoint not found")
-    if not path.is_dir():
-        return path
-    names = (*(preset.files if preset else ()), *WEIGHT_FILES)
-    for name in dict.fromkeys(names):
-        if (path / name).is_file():
-            return path / name
-    raise InputFileError(path, f"folder holds no weight file (looked for {', '.join(dict.fromkeys(names))})")
-
-
-def load_encoder_weights(path: str | Path, preset: Preset | None = None) -> dict[str, torch.Tensor]:
-    """An encoder's state dict from a weights file or snapshot folder (unwraps ``state_dict``/``model`` and DDP
-    ``module.`` prefixes)."""
-    path = resolve_weights_file(path, preset)
-    who = f"encoder '{preset.name}': " if preset else ""
-    if path.stat().st_size == 0:
-        raise InputFileError(path, f"{who}checkpoint is empty (0 bytes)")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(path))
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        if (fault := fault_from(exc, path)) is not None:  # EIO, ESTALE, memory...: the moment, not the file
-            raise fault from exc
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise InputFileError(
-            path, f"{who}not a loadable checkpoint, truncated or corrupt? ({type(exc).__name__}: {first})"
-        ) from exc
-    for key in ("state_dict", "model", "model_state_dict", "teacher"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise InputFileError(path, f"{who}checkpoint holds no state dict of tensors")
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module.") :]: v for k, v in obj.items()}
-    return obj
-
-
-def load_strict(built: BuiltModel, state: dict[str, torch.Tensor], path: str | Path, name: str) -> None:
-    """Load ``state`` into ``built.target``: every parameter must be present and shaped right, and every
-    checkpoint key must be used, except those under ``built.ignore_prefixes`` (or ending in ``ignore_suffixes``).
-    A mismatch is one line naming the encoder, the file, the first mismatching keys and the preset the weights
-    fit, if any."""
-    own = built.target.state_dict()
-    state = release_to_model_keys(state, own, built.strip_prefix, built.key_renames)
-    skip = lambda k: k.startswith(built.ignore_prefixes) or k.endswith(built.ignore_suffixes or ("\0",))  # noqa: E731
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked") and not skip(k)]
-    unexpected = [k for k in state if k not in own and not skip(k)]
-    shapes = [
-        f"{k} {tuple(state[k].shape)}≠{tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
-            if keys:
-                parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:2])})")
-        fits = [p for p in matching_presets(state) if p != name]
-        hint = f"; these look like '{fits[0]}' weights" if fits else ""
-        file = resolve_weights_file(path) if Path(path).is_dir() else path
-        raise InputFileError(file, f"checkpoint does not match encoder '{name}': {'; '.join(parts)}{hint}")
-    built.target.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-
-
-def release_to_model_keys(
-    state: dict[str, Any], own: Any, strip_prefix: str = "", renames: tuple[tuple[str, str], ...] = ()
-) -> dict[str, Any]:
-    """A release's state dict under the model's key names: ``strip_prefix`` removed when every key has it, and
-    the ``renames`` applied when the model (its state dict ``own``) no longer uses the release's names."""
-    if strip_prefix and all(k.startswith(strip_prefix) for k in state):
-        state = {k[len(strip_prefix) :]: v for k, v in state.items()}
-    rules = [(re.compile(a), b) for a, b in renames]
-    if rules and not any(rx.search(k) for k in own for rx, _ in rules[:1]):
-        renamed = {}
-        for k, v in state.items():
-            for rx, repl in rules:
-                k = rx.sub(repl, k)
-            renamed[k] = v
-        state = renamed
-    return state
-
-
-def matching_presets(state: dict[str, torch.Tensor]) -> list[str]:
-    """Presets whose full-size architecture (built on the meta device) the state dict fits exactly; only presets
-    whose recorded release shapes (:attr:`Preset.release_keys`) fit are built."""
-    out = []
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    for p in PRESETS.values():
-        recorded = release_to_model_keys(dict(p.release_keys), shapes, p.strip_prefix, p.key_renames)
-        probe = release_to_model_keys(shapes, shapes, p.strip_prefix, p.key_renames)
-        if any(probe.get(k) != tuple(s) for k, s in recorded.items()):
-            continue  # the few recorded release shapes already differ: no need to build it
-        try:
-            with torch.device("meta"):
-                built = build_preset(p)
-        except Exception:  # an optional dependency missing: that preset cannot be the answer here
-            continue
-        sd = built.target.state_dict()
-        own = {k: tuple(v.shape) for k, v in sd.items() if not k.endswith("num_batches_tracked")}
-        theirs = {
-            k: s
-            for k, s in release_to_model_keys(shapes, sd, p.strip_prefix, p.key_renames).items()
-            if not k.startswith(p.ignore_prefixes)
-            and not (p.ignore_suffixes and k.endswith(p.ignore_suffixes))
-            and not k.endswith("num_batches_tracked")
-        }
-        if own == theirs:
-            out.append(p.name)
-    return out
-
-
-def hub_snapshot(p: Preset) -> Path:
-    """Download (or find in the local cache) a preset's release files through ``huggingface_hub``; the token
-    comes from the environment (``HF_TOKEN``) or ``huggingface-cli login``. Never called at import or in tests."""
-    try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-    except ImportError as exc:
-        raise MambamilError(
-            f"encoder '{p.name}': weights=hub needs huggingface_hub (pip install huggingface_hub)"
-        ) from exc
-    try:
-        return Path(snapshot_download(p.hub_id, allow_patterns=list(p.files)))
-    except GatedRepoError as exc:
-        raise MambamilError(
-            f"encoder '{p.name}': https://huggingface.co/{p.hub_id} is gated ({p.licence}): accept its terms on the "
-            "hub with your account, then set HF_TOKEN (or run 'huggingface-cli login'); or download it and set "
-            "weights to the folder"
-        ) from exc
-    except RepositoryNotFoundError as exc:
-        raise MambamilError(
-            f"encoder '{p.name}': hub repository {p.hub_id} not found or not visible to your token"
-        ) from exc
-    except Exception as exc:
-        raise _hub_error(p.name, exc) from exc
+    return _preset_builder(PRESETS[name])
 
 
 # -- creation ---------------------------------------------------------------------------------------------
@@ -740,16 +570,29 @@ def _output_dim(model: nn.Module, spec: EncoderSpec, name: str) -> int:
 
 
 def check_tile_resolution(encoder: Encoder, target_mpp: float, patch_size: int, slide_id: str = "") -> str | None:
-    """A warning (logged and returned) when the tile stage's resolution differs from the one the preset was
-    trained at by more than 10 %; None when it fits or the encoder has no trained resolution."""
+    """A warning (logged and returned) when the tile stage's grid differs from the preset's: its µm/px by more than
+    10 %, or, for a preset that states its tiling (e.g. CONCH v1.5: 512 px at 0.5 µm/px resized to 448), another
+    patch size (another field of view); None when it fits or the encoder has no trained resolution."""
     p = encoder.preset
     if p is None or p.mpp is None or not target_mpp:
         return None
-    if abs(target_mpp - p.mpp) <= 0.1 * p.mpp:
+    where = f"{slide_id + ': ' if slide_id else ''}patches of {patch_size} px at {target_mpp:g} µm/px"
+    if p.tiling is not None:
+        px, mpp = p.tiling
+        if patch_size == px and abs(target_mpp - mpp) <= 0.1 * mpp:
+            return None
+        fov, want = patch_size * target_mpp, px * mpp
+        msg = (
+            f"{where} ({fov:g} µm, {fov / p.input_size:.3g} µm/px seen) but encoder '{p.name}' was trained on "
+            f"{px}-px tiles at {mpp:g} µm/px resized to {p.input_size} px ({want:g} µm, {p.seen_mpp:.3g} µm/px "
+            f"seen); set tiling.patch_size to {px} and tiling.target_mpp to {mpp:g}"
+        )
+    elif abs(target_mpp - p.mpp) <= 0.1 * p.mpp:
         return None
-    msg = (
-        f"{slide_id + ': ' if slide_id else ''}patches at {target_mpp:g} µm/px ({patch_size} px) but encoder "
-        f"'{p.name}' was trained at {p.mpp:g} µm/px ({p.input_size} px inputs); set tiling.target_mpp to {p.mpp:g}"
-    )
+    else:
+        msg = (
+            f"{where} but encoder '{p.name}' was trained at {p.mpp:g} µm/px ({p.input_size} px inputs); set "
+            f"tiling.target_mpp to {p.mpp:g}"
+        )
     log.warning(msg)
     return msg

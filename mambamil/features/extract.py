@@ -4,7 +4,8 @@ Reading: :mod:`mambamil.features.datapath`. DataLoader workers (each opens its o
 neighbouring patches with one OpenSlide request each and cut them; each patch is the level-0 square
 ``patch_size × target_mpp`` µm wide at the stored coordinate, read from the pyramid level at or finer than the
 encoder's input. The main process sends uint8 patches to the device through pinned buffers, resizes them there
-once to the encoder's input (cv2's area weights when shrinking, bilinear when enlarging; no crop), normalises,
+once, with the encoder's interpolation, to its pre-crop input size, crops, optionally normalises the stain
+(:mod:`mambamil.features.stain`), normalises,
 runs the model in ``torch.inference_mode`` with channels-last memory and bf16/fp16 autocast on CUDA, and writes
 the file atomically.
 
@@ -32,7 +33,6 @@ from mambamil.device import encoder_autocast, resolve_device, resolve_encoder_pr
 from mambamil.errors import InputFileError
 from mambamil.features import RANDOM, encoder_tag
 from mambamil.features.datapath import (
-    DEVICE_RESIZE,
     BlockDataset,
     DeviceResize,
     StageTimes,
@@ -41,6 +41,7 @@ from mambamil.features.datapath import (
     make_block_loader,
     plan_blocks,
     plan_reads,
+    pre_crop_size,
 )
 from mambamil.features.encoders import (
     RANDOM_SEED,
@@ -54,6 +55,7 @@ from mambamil.features.encoders import (
     weights_kind,
 )
 from mambamil.features.presets import PRESETS
+from mambamil.features.stain import NO_STAIN_ATTRS, StainNormaliser, read_reference
 from mambamil.h5layout import FEATURES_FORMAT_VERSION, CoordsFile, read_coords, read_feature_attrs, write_features
 from mambamil.slide import Slide, open_slide
 
@@ -83,6 +85,8 @@ class FeatureSettings:
     interpolation: str | None
     pooling: str | None
     compile: bool
+    stain_norm: str
+    stain_reference: str | None
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None = None, **overrides: Any) -> FeatureSettings:
@@ -169,7 +173,22 @@ def settings_fingerprint(settings: FeatureSettings, cf: CoordsFile, weights_sha:
         "precision": precision,
         "fp16_storage": settings.fp16_storage,
         **({"timm_overrides": vars(o)} if (o := TimmOverrides.of(settings)).any else {}),
+        **(
+            {"stain_norm": settings.stain_norm, "stain_reference_sha256": _reference_sha(settings)}
+            if _stained(settings)
+            else {}
+        ),
     }
+
+
+def _stained(settings: FeatureSettings) -> bool:
+    return settings.stain_norm not in (None, "none")
+
+
+def _reference_sha(settings: FeatureSettings) -> str:
+    from mambamil.features.stain import DEFAULT_REFERENCE
+
+    return read_reference(settings.stain_reference or DEFAULT_REFERENCE)[1]
 
 
 # -- one slide --------------------------------------------------------------------------------------------
@@ -231,14 +250,18 @@ def extract_slide(
         model = fast_model(encoder, device, settings.compile)
         out_dtype = np.dtype(np.float16 if settings.fp16_storage else np.float32)
         times = StageTimes() if profile else None
-        feats = _embed_slide(
-            slide, cf.coords, size0, encoder, model, settings, device, precision, out_dtype, times, progress
+        stain = StainNormaliser(settings.stain_norm, settings.stain_reference, device) if _stained(settings) else None
+        feats, resized = _embed_slide(
+            slide, cf.coords, size0, encoder, model, settings, device, precision, out_dtype, times, progress, stain
         )
         t_write = time.perf_counter()
+        if stain is not None:
+            stain.report(slide_id)
         meta = replace(
             encoder.attrs(),
+            **(stain.attrs() if stain is not None else NO_STAIN_ATTRS),
             encoder_tag=settings.encoder_tag,
-            resize=DEVICE_RESIZE,
+            resize=resized,
             precision=precision,
             device=device.type,
             storage_dtype=str(out_dtype),
@@ -277,18 +300,18 @@ def _embed_slide(
     out_dtype: np.dtype,
     times: StageTimes | None,
     progress: bool,
-) -> np.ndarray:
-    """Every patch's features as an (N, D) host array (data path in :mod:`mambamil.features.datapath`)."""
-    h, w = encoder.spec.input_size
-    plan = plan_reads(slide, size0, (w, h))
+    stain: StainNormaliser | None = None,
+) -> tuple[np.ndarray, str]:
+    """Every patch's features as an (N, D) host array, and what the resize did (data path in
+    :mod:`mambamil.features.datapath`)."""
+    spec = encoder.spec
+    plan = plan_reads(slide, size0, pre_crop_size(spec.input_size, spec.crop_pct))
     blocks = plan_blocks(coords, plan.downsample)
     dataset = BlockDataset(str(slide.path), coords, blocks, plan, slide.mpp, slide.slide_id, profile=times is not None)
     workers = default_num_workers() if settings.num_workers is None else settings.num_workers
     workers = 0 if len(blocks) <= 1 else min(workers, len(blocks))  # never start more readers than blocks
-    spec = encoder.spec
-    resize = DeviceResize(
-        plan.handover_size, plan.out_size, spec.mean, spec.std, device, spec.interpolation, spec.crop_pct
-    )
+    h, w = spec.input_size
+    resize = DeviceResize(plan.read_size, (w, h), spec.mean, spec.std, device, spec.interpolation, spec.crop_pct, stain)
 
     def on_error(i: int, cause: str, fault: bool = True) -> None:
         x, y = coords[i]
@@ -338,7 +361,7 @@ def _embed_slide(
         ) from exc
     finally:
         dataset.close()
-    return host
+    return host, resize.describe()
 
 
 def _out_of_memory(exc: BaseException) -> bool:

@@ -8,7 +8,9 @@ public release, key layout) and its licence. :mod:`mambamil.features.encoders` b
 handful of builders; ``mambamil encoders`` prints the table.
 
 Sources of the facts: each model's card on the Hugging Face hub (``hub_id``) and its reference loading code
-(collected in TRIDENT's ``trident/patch_encoder_models/load.py``); ``reference`` names the recipe followed.
+(collected in TRIDENT's ``trident/patch_encoder_models/load.py``); ``reference`` names the recipe followed and
+``sources`` where a fact was read (URL and line; ``tests/test_encoders.py`` pins the facts from them). A row's
+``family`` names its builder in :mod:`mambamil.features.encoders`; ``<family>.<name>`` is its tag.
 
 This module imports no torch, so listing presets is instant.
 """
@@ -86,6 +88,19 @@ class Preset:
     #: check a full-size build against.
     release_keys: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     params_m: float = 0.0
+    #: (patch px, µm/px) the authors tile at before resizing to ``input_size`` (None: tiles of ``input_size`` at
+    #: ``mpp``); the tile-resolution check compares the tile stage's grid with it.
+    tiling: tuple[int, float] | None = None
+    #: Where each fact of this row was read (URL and line), for the tests that pin them.
+    sources: tuple[str, ...] = ()
+
+    @property
+    def seen_mpp(self) -> float | None:
+        """µm/px of the pixels the model sees: the tiling's µm/px scaled by the resize to ``input_size``."""
+        if self.tiling is None:
+            return self.mpp
+        px, mpp = self.tiling
+        return px * mpp / self.input_size
 
     @property
     def crop(self) -> str:
@@ -101,7 +116,10 @@ class Preset:
             "dim": self.dim,
             "input": f"{self.input_size} px {self.interpolation}"
             + (f" crop {self.crop_pct:g}" if self.crop_pct < 1 else ""),
-            "µm/px": "—" if self.mpp is None else f"{self.mpp:g}",
+            "µm/px": "—"
+            if self.mpp is None
+            else f"{self.mpp:g}"
+            + (f" ({self.tiling[0]} px → {self.input_size}, {self.seen_mpp:.3g} seen)" if self.tiling else ""),
             "output": self.output,
             "mean/std": f"{_fmt(self.mean)} / {_fmt(self.std)}",
             "weights": f"hf:{self.hub_id} ({', '.join(self.files)})",
@@ -131,15 +149,21 @@ _HF_VIT = (
     (r"^encoder\.layer\.", "layers."),
 )
 
+# Where the facts were read (commits as fetched on 2026-12-05).
+_CLAM = "https://github.com/mahmoodlab/CLAM/blob/53e2409d4a8189c682c173382964a85f114f923c/"
+_CLAM_2024_03 = "https://github.com/mahmoodlab/CLAM/blob/2e5bb7db6beefe2404ad311197aa94ba2211d338/"  # d613a3d~1
+_TRIDENT = "https://github.com/mahmoodlab/TRIDENT/blob/a91fa8490e0210ebbbe58452c3babe009e0ab7ca/"
+_TRIDENT_LOAD = _TRIDENT + "trident/patch_encoder_models/load.py"
+
 _PRESETS = [
     Preset(
         name="resnet50_trunc",
-        title="ResNet-50 (ImageNet) to layer3 (CLAM / MambaMIL)",
+        title="ResNet-50 (ImageNet) to layer3, bilinear to 224 px (CLAM / TRIDENT today)",
         family="resnet_trunc",
         arch="resnet50",
         arch_kwargs=_kw(),
         input_size=224,
-        interpolation="area",
+        interpolation="bilinear",
         crop_pct=1.0,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
@@ -152,10 +176,47 @@ _PRESETS = [
         key_layout="torchvision/timm ResNet (conv1, bn1, layer1-4, fc); layer4 and fc unused",
         licence="BSD-3-Clause (torchvision weights)",
         gated=False,
-        reference="CLAM resnet50_baseline (MambaMIL's features)",
+        reference="CLAM extract_features_fp.py --target_patch_size 224 (torchvision Resize on PIL, antialiased "
+        "bilinear) / TRIDENT resnet50",
         ignore_prefixes=("layer4.", "fc."),
         release_keys=_kw(**{"conv1.weight": (64, 3, 7, 7), "layer3.5.conv3.weight": (1024, 256, 1, 1)}),
         params_m=8.54,
+        sources=(
+            f"{_CLAM}extract_features_fp.py#L60 (--target_patch_size 224)",
+            f"{_CLAM}utils/transform_utils.py#L7 (transforms.Resize)",
+            f"{_TRIDENT_LOAD}#L715 (BILINEAR, antialias=True, 224)",
+        ),
+    ),
+    Preset(
+        name="resnet50_trunc_native",
+        title="ResNet-50 (ImageNet) to layer3, native 512-px patches at 20× (CLAM ≤ 2024-03 / MambaMIL paper)",
+        family="resnet_trunc",
+        arch="resnet50",
+        arch_kwargs=_kw(),
+        input_size=512,
+        interpolation="bilinear",
+        crop_pct=1.0,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        output="pooled",
+        prefix_tokens=0,
+        dim=1024,
+        mpp=0.5,
+        hub_id="timm/resnet50.tv_in1k",
+        files=("model.safetensors", "pytorch_model.bin"),
+        key_layout="torchvision/timm ResNet (conv1, bn1, layer1-4, fc); layer4 and fc unused",
+        licence="BSD-3-Clause (torchvision weights)",
+        gated=False,
+        reference="CLAM before d613a3d (target_patch_size=-1: no resize) on 512-px patches at 20×, as the MambaMIL "
+        "paper's features",
+        ignore_prefixes=("layer4.", "fc."),
+        release_keys=_kw(**{"conv1.weight": (64, 3, 7, 7), "layer3.5.conv3.weight": (1024, 256, 1, 1)}),
+        params_m=8.54,
+        tiling=(512, 0.5),
+        sources=(
+            f"{_CLAM_2024_03}extract_features_fp.py#L69 (--target_patch_size default -1)",
+            f"{_CLAM_2024_03}datasets/dataset_h5.py#L126-L131 (no resize when -1)",
+        ),
     ),
     Preset(
         name="plip",
@@ -287,7 +348,8 @@ _PRESETS = [
         key_layout="trunk.* (timm ViT-L/16), attn_pool_contrast.*, ln_contrast.*",
         licence="CC-BY-NC-ND-4.0",
         gated=True,
-        reference="TITAN / TRIDENT conch_v15 (448 px, DINO position-embedding interpolation)",
+        reference="TITAN / TRIDENT conch_v15 (512-px tiles at 20× resized to 448 px, DINO position-embedding "
+        "interpolation)",
         release_keys=_kw(
             **{
                 "trunk.pos_embed": (1, 197, 1024),
@@ -298,6 +360,11 @@ _PRESETS = [
             }
         ),
         params_m=307.0,
+        tiling=(512, 0.5),
+        sources=(
+            f"{_TRIDENT}README.md#L129 (conch_v15: --patch_size 512 --mag 20)",
+            f"{_TRIDENT_LOAD}#L1302 (Conchv15InferenceEncoder._build(img_size=448))",
+        ),
     ),
     Preset(
         name="virchow",
@@ -360,7 +427,7 @@ _PRESETS = [
         output="cls+mean",
         prefix_tokens=5,
         dim=2560,
-        mpp=0.5,
+        mpp=None,  # trained on mixed 5×/10×/20×/40× tiles: no one training resolution (20× is a usage choice)
         hub_id="paige-ai/Virchow2",
         files=("pytorch_model.bin",),
         key_layout="timm VisionTransformer (reg_token, SwiGLU fc1/fc2)",
@@ -371,6 +438,10 @@ _PRESETS = [
             **{"reg_token": (1, 4, 1280), "pos_embed": (1, 261, 1280), "blocks.31.mlp.fc1.weight": (6832, 1280)}
         ),
         params_m=631.2,
+        sources=(
+            "https://huggingface.co/papers/2408.00738 (Virchow 2: Scaling Self-Supervised Mixed Magnification "
+            "Models in Pathology: 5×, 10×, 20×, 40× tiles)",
+        ),
     ),
     Preset(
         name="h_optimus_0",
@@ -391,12 +462,13 @@ _PRESETS = [
         files=("pytorch_model.bin",),
         key_layout="timm VisionTransformer (reg_token)",
         licence="Apache-2.0",
-        gated=False,
+        gated=True,  # access requests on the hub page, approved automatically
         reference="H-optimus-0 model card / TRIDENT hoptimus0",
         release_keys=_kw(
             **{"reg_token": (1, 4, 1536), "pos_embed": (1, 256, 1536), "blocks.39.mlp.fc1.weight": (8192, 1536)}
         ),
         params_m=1134.8,
+        sources=("https://huggingface.co/bioptimus/H-optimus-0 (gated: agree to share contact information)",),
     ),
     Preset(
         name="h_optimus_1",
@@ -471,7 +543,7 @@ _PRESETS = [
             image_size=224,
             patch_size=16,
             qkv_bias=True,
-            layer_norm_eps=1e-12,
+            layer_norm_eps=1e-6,
         ),
         input_size=224,
         interpolation="bilinear",
@@ -499,6 +571,11 @@ _PRESETS = [
             }
         ),
         params_m=85.8,
+        sources=(
+            'https://huggingface.co/owkin/phikon/blob/main/config.json ("layer_norm_eps": 1e-06)',
+            "https://github.com/bytedance/ibot/blob/da316d82636a7a7356835ef224b13d5f3ace0489/models/"
+            "vision_transformer.py#L138 (norm_layer=partial(nn.LayerNorm, eps=1e-6))",
+        ),
     ),
     Preset(
         name="phikon_v2",
