@@ -408,14 +408,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _evaluation_settings(spec: dict):
     from mambamil.config import config_section
-    from mambamil.train.evaluate import EvaluationSettings
+    from mambamil.evaluation.frame import EvaluationSettings
 
     return EvaluationSettings.from_config(config_section("evaluation", settings=spec.get("evaluation")))
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from mambamil.bags import TaskSpec
-    from mambamil.train.evaluate import evaluate_folds
+    from mambamil.evaluation.evaluate import evaluate_folds
 
     spec = _task_settings(args)
     task = TaskSpec.from_config(spec["task_name"], spec["task"])
@@ -451,8 +451,8 @@ def _run_compare(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from mambamil.bags import TaskSpec
+    from mambamil.evaluation.compare import compare_models
     from mambamil.fileio import atomic_output
-    from mambamil.train.evaluate import compare_models
 
     if len(args.names) != len(args.predictions):
         raise MambamilError(f"compare: {len(args.predictions)} predictions files but {len(args.names)} --names")

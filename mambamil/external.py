@@ -127,11 +127,11 @@ def evaluate_cohort(
     info: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Metrics of the labelled rows of ``preds`` (:func:`mambamil.train.evaluate.evaluate_predictions`, the
+    """Metrics of the labelled rows of ``preds`` (:func:`mambamil.evaluation.evaluate.evaluate_predictions`, the
     development cohort's metrics and intervals; ``evaluation``: that config section, schema defaults when None) in
     ``out_dir``; with no labelled row, ``metrics.json`` says why. ``info`` (checkpoints, level), the label problems
     and the counts are recorded under ``settings`` beside the evaluation settings."""
-    from mambamil.train.evaluate import evaluate_predictions, json_safe
+    from mambamil.evaluation.evaluate import evaluate_predictions, json_safe
 
     scored = labelled(preds, kind)
     provenance = {**(info or {}), "label_problems": problems, "n_predicted": len(preds), "n_scored": len(scored)}

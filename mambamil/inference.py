@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from mambamil.bags import BagDataset, TaskSpec
+from mambamil.columns import probability_column
 from mambamil.device import mil_autocast, resolve_device
 from mambamil.errors import InputFileError, MambamilError
 from mambamil.fileio import atomic_output
@@ -236,11 +237,6 @@ def forward(
         (grad,) = torch.autograd.grad(_explained_target(out), xg)
     gxi = (grad.float() * xg.detach()).sum(dim=-1).cpu()
     return {k: v.detach().float().cpu() for k, v in out.items() if isinstance(v, torch.Tensor)}, gxi
-
-
-def probability_column(name: str) -> str:
-    """The prediction CSV column of one class's probability."""
-    return f"prob_{name}"
 
 
 def check_finite_outputs(outs: list[dict[str, torch.Tensor]], source: str) -> None:

@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from mambamil import __version__, paths
+from mambamil.evaluation.registry import label as metric_label
 from mambamil.fileio import atomic_output
 
 #: Packages whose versions the report lists.
@@ -38,21 +39,6 @@ PACKAGES = (
     "openslide-python",
     "snakemake",
 )
-#: Display names of the metrics (time-dependent AUCs are named by their time).
-LABELS = {
-    "auc": "AUC",
-    "average_precision": "average precision",
-    "balanced_accuracy": "balanced accuracy",
-    "weighted_f1": "weighted F1",
-    "brier": "Brier score",
-    "ece": "expected calibration error",
-    "sensitivity": "sensitivity (validation-chosen threshold)",
-    "specificity": "specificity (validation-chosen threshold)",
-    "c_index": "Harrell's c-index",
-    "uno_c_index": "Uno's c-index (IPCW)",
-    "ibs": "integrated Brier score",
-    "logrank_p": "log-rank p (median risk split)",
-}
 #: The plots of an evaluation folder, in report order, with their captions.
 PLOTS = {
     "classification": (("curves", "ROC and precision–recall, bootstrap bands"), ("calibration", "reliability curve")),
@@ -71,9 +57,7 @@ figcaption { font-size: 0.8em; color: #555; } pre { background: #f7f7f7; padding
 
 
 def _label(name: str) -> str:
-    if name.startswith("td_auc_"):
-        return f"AUC(t = {name.removeprefix('td_auc_')})"
-    return LABELS.get(name, name)
+    return metric_label(name)
 
 
 def _num(value: Any, digits: int = 3) -> str:

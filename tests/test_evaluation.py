@@ -30,18 +30,12 @@ from sksurv.metrics import (
 from sksurv.nonparametric import CensoringDistributionEstimator
 from sksurv.util import Surv
 
+from mambamil.evaluation import bootstrap as bs
+from mambamil.evaluation.classification import add_operating_thresholds, brier_rows, operating_threshold
+from mambamil.evaluation.compare import compare_models
+from mambamil.evaluation.evaluate import evaluate_folds, evaluate_predictions, metrics_with_intervals
+from mambamil.evaluation.summary import summary_table
 from mambamil.paths import evaluation_outputs, fold_outputs
-from mambamil.train import bootstrap as bs
-from mambamil.train.evaluate import (
-    _brier_rows,
-    add_operating_thresholds,
-    compare_models,
-    evaluate_folds,
-    evaluate_predictions,
-    metrics_with_intervals,
-    operating_threshold,
-    summary_table,
-)
 
 SETTINGS = {"n_resamples": 1000, "seed": 0}
 
@@ -77,11 +71,11 @@ def test_classification_estimators_match_scikit_learn(cls_data) -> None:
         pred = probs.argmax(1)
         assert bs.balanced_accuracy(y, pred, 3, W)[0] == pytest.approx(balanced_accuracy_score(y[idx], pred[idx]))
         assert bs.weighted_f1(y, pred, 3, W)[0] == pytest.approx(f1_score(y[idx], pred[idx], average="weighted"))
-        assert bs.weighted_mean(_brier_rows(y, probs), W)[0] == pytest.approx(
+        assert bs.weighted_mean(brier_rows(y, probs), W)[0] == pytest.approx(
             brier_score_loss(y[idx], probs[idx], labels=[0, 1, 2])
         )
         two = np.c_[1 - pb, pb]
-        assert bs.weighted_mean(_brier_rows(yb, two), W)[0] == pytest.approx(brier_score_loss(yb[idx], pb[idx]))
+        assert bs.weighted_mean(brier_rows(yb, two), W)[0] == pytest.approx(brier_score_loss(yb[idx], pb[idx]))
     # A resample without one of the classes has no AUC (NaN, left out of the interval), not an error.
     assert np.isnan(bs.auc(pb, yb == 1, (yb == 1)[None, :].astype(float))[0])
 

@@ -21,14 +21,15 @@ from mambamil.bags import BagDataset, Sample, TaskSpec
 from mambamil.config import settings_from_config
 from mambamil.device import mil_autocast, resolve_device
 from mambamil.errors import FaultError, MambamilError
+from mambamil.evaluation.metrics import c_index, classification_metrics
+from mambamil.evaluation.plots import loss_curves
+from mambamil.evaluation.survival import add_survival_times
 from mambamil.fileio import atomic_output, write_json
 from mambamil.h5layout import check_one_encoder
 from mambamil.inference import Standardized, load_trained, predict_dataset, unwrap
 from mambamil.models import create_model, save_checkpoint
 from mambamil.paths import fold_outputs
-from mambamil.train.evaluate import add_survival_times
-from mambamil.train.metrics import c_index, classification_metrics, nll_survival_loss
-from mambamil.train.plots import loss_curves
+from mambamil.train.losses import nll_survival_loss
 
 log = logging.getLogger(__name__)
 

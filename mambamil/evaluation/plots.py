@@ -15,8 +15,8 @@ from lifelines import KaplanMeierFitter
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from mambamil.evaluation import bootstrap as bs
 from mambamil.fileio import atomic_output
-from mambamil.train import bootstrap as bs
 
 
 def _save(fig: plt.Figure, path: str | Path) -> None:
