@@ -23,6 +23,7 @@ import yaml
 
 from mambamil import __version__, paths
 from mambamil.evaluation.registry import label as metric_label
+from mambamil.evaluation.summary import fold_text
 from mambamil.fileio import atomic_output
 
 #: Packages whose versions the report lists.
@@ -101,8 +102,8 @@ def _metrics_section(runs: dict[str, Path], heading: str) -> str:
             m = r.get("metrics", {}).get(name)
             fold = r.get("summary", {}).get(name)
             text = _cell(m) if m else ""
-            if fold and fold.get("mean") is not None and math.isfinite(fold["mean"]):
-                text += f'<br><span class="note">folds {_num(fold["mean"])} ± {_num(fold["std"])}</span>'
+            if fold and fold.get("computed"):
+                text += f'<br><span class="note">folds {html.escape(fold_text(fold))}</span>'
             row += f"<td>{text}</td>"
         rows.append(f"<tr>{row}</tr>")
     header = "".join(
@@ -115,8 +116,8 @@ def _metrics_section(runs: dict[str, Path], heading: str) -> str:
         heading,
         f"<table><tr><th>metric</th>{header}</tr>{''.join(rows)}</table>",
         "".join(
-            f'<p class="note">Intervals: {html.escape(m)}. Below each pooled estimate: the mean ± std over '
-            "the test folds.</p>"
+            f'<p class="note">Intervals: {html.escape(m)}. Below each pooled estimate: the mean ± std (ddof 1) '
+            "over the test folds that could compute it (k of K folds); p-values are not averaged.</p>"
             for m in methods
         ),
     ]
@@ -151,6 +152,8 @@ def _runs(folder: Path) -> dict[str, dict[str, Path]]:
     runs: dict[str, dict[str, Path]] = {}
     for metrics in sorted(folder.glob("*/*/metrics.json")):
         runs.setdefault(metrics.parent.parent.name, {})[metrics.parent.name] = metrics.parent
+    for metrics in sorted(folder.glob("*/*/final/metrics.json")):  # external cohorts: the final model's
+        runs.setdefault(metrics.parents[2].name, {})[f"{metrics.parent.parent.name} (final model)"] = metrics.parent
     return runs
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from mambamil.columns import probability_column
 from mambamil.evaluation import bootstrap as bs
-from mambamil.evaluation.frame import Frame, Unavailable
+from mambamil.evaluation.frame import Frame, Unavailable, add_validation_cutoffs
 
 
 # -- the operating point ---------------------------------------------------------------------------------------
@@ -34,18 +34,14 @@ def operating_threshold(val: pd.DataFrame, classes: list[str]) -> tuple[float, s
 def add_operating_thresholds(preds: pd.DataFrame, val_files: dict[int, Path], classes: list[str]) -> pd.DataFrame:
     """``threshold`` (and ``threshold_reason``) per test row: the operating point chosen on its own fold's
     validation predictions (:func:`operating_threshold`)."""
-    out = preds.copy()
-    out["threshold"] = np.nan
-    out["threshold_reason"] = ""
-    for fold in out["fold"].unique():
-        path = val_files.get(int(fold))
-        if path is None or not Path(path).exists():
-            thr, why = float("nan"), f"no validation predictions for fold {fold} ({path})"
-        else:
-            thr, why = operating_threshold(pd.read_csv(path, dtype={"sample_id": str, "case_id": str}), classes)
-            why = f"fold {fold}: {why}" if why else ""
-        out.loc[out["fold"] == fold, ["threshold", "threshold_reason"]] = [thr, why]
-    return out
+    return add_validation_cutoffs(preds, val_files, "threshold", lambda val: operating_threshold(val, classes))
+
+
+#: How the operating point is fixed, written beside it.
+OPERATING_POINT_METHOD = (
+    "Youden's J on each fold's validation predictions, carried to its test patients; external cohorts: the median "
+    "over folds"
+)
 
 
 # -- shared pieces -----------------------------------------------------------------------------------------------

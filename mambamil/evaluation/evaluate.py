@@ -20,11 +20,18 @@ from mambamil.columns import probability_column
 from mambamil.errors import InputFileError
 from mambamil.evaluation import bootstrap as bs
 from mambamil.evaluation import registry
-from mambamil.evaluation.classification import add_operating_thresholds, calibration_pairs
-from mambamil.evaluation.frame import EvaluationSettings, as_settings, prepare
-from mambamil.evaluation.metrics import classification_metrics, survival_metrics
+from mambamil.evaluation.classification import OPERATING_POINT_METHOD, add_operating_thresholds, calibration_pairs
+from mambamil.evaluation.frame import EvaluationSettings, as_settings, cutoff_summary, prepare
+from mambamil.evaluation.metrics import classification_metrics
 from mambamil.evaluation.plots import calibration_plot, km_plot, roc_pr_plot, time_auc_plot
-from mambamil.evaluation.survival import evaluation_times
+from mambamil.evaluation.survival import (
+    RISK_CUTOFF_METHOD,
+    SURV_GRID_POINTS,
+    add_risk_cutoffs,
+    evaluation_times,
+    risk_groups,
+    truncation_time,
+)
 from mambamil.fileio import atomic_output, write_json
 from mambamil.paths import evaluation_outputs, fold_outputs
 
@@ -34,14 +41,23 @@ def metrics_with_intervals(
     kind: str,
     classes: list[str],
     settings: dict[str, Any] | EvaluationSettings | None = None,
+    survival_times: list[float] | None = None,
 ) -> dict[str, Any]:
     """Every metric of the pooled frame: ``metrics`` {name: {estimate, ci_low, ci_high, resamples, reason}}, the
-    interval ``method``, the ``survival_times`` and IBS range; and, for the plots (not JSON), the prepared
-    ``frame``, the bootstrap ``weights`` and the IBS ``grid``."""
+    interval ``method``, the ``survival_times``, IBS range and τ; and, for the plots (not JSON), the prepared
+    ``frame``, the bootstrap ``weights`` and the IBS ``grid``. ``survival_times``: the development cohort's times
+    (external cohorts), instead of :func:`evaluation_times`."""
     settings = as_settings(settings)
-    times, grid = evaluation_times(preds, settings) if kind == "survival" else ([], None)
+    times, grid, tau, tau_source = [], None, None, None
+    if kind == "survival":
+        if survival_times is not None:
+            times = sorted(float(t) for t in survival_times)
+            grid = np.linspace(times[0], times[-1], SURV_GRID_POINTS) if len(times) >= 2 else None
+        else:
+            times, grid = evaluation_times(preds, settings)
+        tau, tau_source = truncation_time(preds, settings)
     names = registry.metric_names(kind, times)
-    f = prepare(preds, kind, classes, settings, times, grid)
+    f = prepare(preds, kind, classes, settings, times, grid, tau)
     if f.n_patients < settings.min_patients:
         values, reasons = {}, dict.fromkeys(names, f"fewer than {settings.min_patients} patients ({f.n_patients})")
     else:
@@ -67,6 +83,8 @@ def metrics_with_intervals(
         "method": settings.method,
         "survival_times": times,
         "ibs_range": [float(grid[0]), float(grid[-1])] if grid is not None else None,
+        "tau": tau,
+        "tau_source": tau_source,
         "frame": f,
         "weights": W,
         "grid": grid,
@@ -87,14 +105,20 @@ def read_predictions(prediction_files: list[Path]) -> pd.DataFrame:
     return preds
 
 
-def _fold_summary(per_fold: dict[int, dict[str, float]], names: list[str]) -> dict[str, Any]:
+def fold_summary(per_fold: dict[int, dict[str, float]], names: list[str]) -> dict[str, Any]:
+    """Per metric over the folds that could compute it: ``mean``, ``std`` (ddof = 1; NaN below two folds),
+    ``computed`` (k) of ``n_folds`` (K) and the per-fold ``folds`` values. P-values get no mean or std (a mean of
+    p-values is not a p-value): their folds only."""
     summary = {}
     for key in names:
         values = np.array([m.get(key, np.nan) for m in per_fold.values()], dtype=float)
         finite = values[np.isfinite(values)]
+        averaged = registry.has_interval(key)
         summary[key] = {
-            "mean": float(finite.mean()) if finite.size else float("nan"),
-            "std": float(finite.std()) if finite.size else float("nan"),
+            "mean": float(finite.mean()) if finite.size and averaged else float("nan"),
+            "std": float(finite.std(ddof=1)) if finite.size > 1 and averaged else float("nan"),
+            "computed": int(finite.size),
+            "n_folds": int(values.size),
             "folds": values.tolist(),
         }
     return summary
@@ -107,6 +131,8 @@ def evaluate_predictions(
     out_dir: str | Path,
     title: str,
     settings: dict[str, Any] | EvaluationSettings | None = None,
+    survival_times: list[float] | None = None,
+    time_unit: str | None = None,
 ) -> dict[str, Any]:
     """Metrics of one pooled prediction frame (the columns of ``test_predictions.csv``; ``fold`` optional): writes
     ``metrics.json``, ``predictions.csv`` and the plots named by :func:`mambamil.paths.evaluation_outputs` into
@@ -115,20 +141,22 @@ def evaluate_predictions(
 
     Optional columns: ``threshold`` (classification: the operating point on the positive class's probability,
     per row, for sensitivity/specificity; ``threshold_reason`` when missing) and ``surv_k`` / ``surv_time_k``
-    (survival: the model's curve, for the integrated Brier score; :func:`add_survival_times`)."""
+    (survival: the model's curve, for the integrated Brier score; :func:`add_survival_times`), ``risk_cutoff``
+    (survival: the risk-group cut-off per row). ``survival_times``: the development cohort's (external cohorts);
+    ``time_unit``: the unit of the times, written beside them."""
     settings = as_settings(settings)
-    study = metrics_with_intervals(preds, kind, classes, settings)
+    study = metrics_with_intervals(preds, kind, classes, settings, survival_times)
     names = list(study["metrics"])
     folds = sorted(preds["fold"].unique()) if "fold" in preds.columns else []
     per_fold: dict[int, dict[str, float]] = {}
     fold_reasons: dict[int, dict[str, str]] = {}
     if len(folds) > 1:
-        times, grid = study["survival_times"], study["grid"]
+        times, grid, tau = study["survival_times"], study["grid"], study["tau"]
         for fold, rows in preds.groupby("fold"):
-            values, reasons = registry.estimates(prepare(rows, kind, classes, settings, times, grid), names)
+            values, reasons = registry.estimates(prepare(rows, kind, classes, settings, times, grid, tau), names)
             per_fold[int(fold)] = {**_legacy(rows, kind, classes), **values}
             fold_reasons[int(fold)] = reasons
-    summary = _fold_summary(per_fold, names) if per_fold else {}
+    summary = fold_summary(per_fold, names) if per_fold else {}
     pooled = {**_legacy(preds, kind, classes), **{k: m["estimate"] for k, m in study["metrics"].items()}}
     result = {
         "kind": kind,
@@ -139,6 +167,11 @@ def evaluate_predictions(
         "settings": asdict(settings),
         "survival_times": study["survival_times"],
         "ibs_range": study["ibs_range"],
+        "tau": study["tau"],
+        "tau_source": study["tau_source"],
+        "time_unit": time_unit if kind == "survival" else None,
+        "operating_point": cutoff_summary(preds, "threshold", OPERATING_POINT_METHOD),
+        "risk_cutoff": _risk_cutoff_summary(study["frame"], preds) if kind == "survival" else None,
         "metrics": study["metrics"],
         "summary": summary,
         "pooled": pooled,
@@ -149,18 +182,28 @@ def evaluate_predictions(
     write_json(outputs["metrics"], json_safe(result))
     with atomic_output(outputs["predictions"]) as tmp:
         preds.to_csv(tmp, index=False)
-    _plots(study, preds, kind, classes, outputs, title, settings)
+    _plots(study, kind, classes, outputs, title, settings, time_unit)
     return result
 
 
+def _risk_cutoff_summary(f, preds: pd.DataFrame) -> dict[str, Any]:
+    summary = cutoff_summary(preds, "risk_cutoff", RISK_CUTOFF_METHOD)
+    if summary is None or not np.isfinite(summary["development"]):
+        _, how = risk_groups(f)
+        return {"development": float(np.median(f.risk)) if len(f.risk) else float("nan"), "per_fold": {},
+                "method": how}  # fmt: skip
+    return summary
+
+
 def _legacy(rows: pd.DataFrame, kind: str, classes: list[str]) -> dict[str, Any]:
-    """The counts, confusion matrix and metrics of :mod:`mambamil.evaluation.metrics` (also used by training)."""
+    """The counts and confusion matrix (classification: with the metrics of :mod:`mambamil.evaluation.metrics`,
+    also used by training); survival: patients and events (its metrics are the registry's)."""
     if kind == "classification":
         probs = rows[[probability_column(c) for c in classes]].to_numpy()
         with warnings.catch_warnings():  # a fold whose predictions name a class its patients lack
             warnings.simplefilter("ignore", UserWarning)
             return classification_metrics(rows["target"].to_numpy(), probs, classes)
-    return survival_metrics(rows["time"].to_numpy(), rows["event"].to_numpy(), rows["risk"].to_numpy())
+    return {"n": len(rows), "events": int(rows["event"].to_numpy(dtype=float).sum())}
 
 
 def json_safe(obj: Any) -> Any:
@@ -176,15 +219,16 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def _plots(study: dict, preds: pd.DataFrame, kind: str, classes: list[str], outputs: dict, title: str, settings):
+def _plots(study: dict, kind: str, classes: list[str], outputs: dict, title: str, settings, time_unit: str | None):
     f, W = study["frame"], study["weights"]
     if kind == "classification":
         roc_pr_plot(f.y, f.probs, classes, W, outputs["curves"], title, settings.confidence_level)
         calibration_plot(*calibration_pairs(f.y, f.probs), settings.calibration_bins, outputs["calibration"], title,
                          "positive class " + classes[1] if len(classes) == 2 else "top class")  # fmt: skip
     else:
-        km_plot(f.time, f.event, f.risk, outputs["curves"], title)
-        time_auc_plot(study["metrics"], study["survival_times"], outputs["time_auc"], title)
+        high, how = risk_groups(f)
+        km_plot(f.time, f.event, high, outputs["curves"], title, how, time_unit)
+        time_auc_plot(study["metrics"], study["survival_times"], outputs["time_auc"], title, time_unit)
 
 
 def evaluate_folds(
@@ -194,17 +238,20 @@ def evaluate_folds(
     out_dir: str | Path,
     title: str,
     settings: dict[str, Any] | EvaluationSettings | None = None,
+    time_unit: str | None = None,
 ) -> dict[str, Any]:
-    """Read each fold's ``test_predictions.csv`` (and, for binary tasks, the ``val_predictions.csv`` beside it,
-    which picks the fold's operating point) and evaluate the pooled out-of-fold predictions
-    (:func:`evaluate_predictions`)."""
+    """Read each fold's ``test_predictions.csv`` (and the ``val_predictions.csv`` beside it, which fixes the fold's
+    operating point (binary tasks) or risk-group cut-off (survival)) and evaluate the pooled out-of-fold
+    predictions (:func:`evaluate_predictions`)."""
     preds = read_predictions(prediction_files)
+    val_files = {}
+    for path in prediction_files:
+        folds = pd.read_csv(path, usecols=["fold"])["fold"].unique()
+        val_files.update({int(k): fold_outputs(Path(path).parent)["val_predictions"] for k in folds})
     if kind == "classification" and len(classes) == 2:
-        val_files = {}
-        for path in prediction_files:
-            folds = pd.read_csv(path, usecols=["fold"])["fold"].unique()
-            val_files.update({int(k): fold_outputs(Path(path).parent)["val_predictions"] for k in folds})
         preds = add_operating_thresholds(preds, val_files, classes)
-    return evaluate_predictions(preds, kind, classes, out_dir, title, settings)
+    elif kind == "survival":
+        preds = add_risk_cutoffs(preds, val_files)
+    return evaluate_predictions(preds, kind, classes, out_dir, title, settings, time_unit=time_unit)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ class EvaluationSettings:
     min_patients: int
     calibration_bins: int
     survival_times: list[float]
+    tau: float | None
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None = None, **overrides: Any) -> EvaluationSettings:
@@ -66,6 +69,8 @@ class Frame:
     time: np.ndarray | None = None
     event: np.ndarray | None = None
     risk: np.ndarray | None = None
+    risk_cutoff: np.ndarray | None = None  # per row: its fold's risk-group cut-off
+    tau: float | None = None  # truncation time of the IPCW metrics
     surv_grid: np.ndarray | None = None  # predicted survival at the IBS grid (rows × grid)
     cache: dict[str, Any] = field(default_factory=dict)
 
@@ -77,6 +82,7 @@ def prepare(
     settings: EvaluationSettings,
     times: list[float] | None = None,
     grid: np.ndarray | None = None,
+    tau: float | None = None,
 ) -> Frame:
     """The arrays of ``preds`` (the columns of ``test_predictions.csv``) its metrics read."""
     from mambamil.evaluation.survival import survival_at, survival_curves
@@ -93,7 +99,48 @@ def prepare(
     f.time = preds["time"].to_numpy(dtype=float)
     f.event = preds["event"].to_numpy(dtype=float).astype(bool)
     f.risk = preds["risk"].to_numpy(dtype=float)
+    f.tau = tau
+    if "risk_cutoff" in preds.columns:
+        f.risk_cutoff = preds["risk_cutoff"].to_numpy(dtype=float)
     curves = survival_curves(preds)
     if curves is not None and grid is not None:
         f.surv_grid = survival_at(curves, grid)
     return f
+
+
+def add_validation_cutoffs(
+    preds: pd.DataFrame,
+    val_files: dict[int, Path],
+    column: str,
+    choose: Callable[[pd.DataFrame], tuple[float, str | None]],
+) -> pd.DataFrame:
+    """``column`` (and ``<column>_reason``) per test row: ``choose`` applied to its own fold's validation
+    predictions (``val_files``: fold → ``val_predictions.csv``), so a cut-off is fixed before the test patients are
+    seen and carried to them."""
+    out = preds.copy()
+    out[column] = np.nan
+    out[f"{column}_reason"] = ""
+    for fold in out["fold"].unique():
+        path = val_files.get(int(fold))
+        if path is None or not Path(path).exists():
+            value, why = float("nan"), f"no validation predictions for fold {fold} ({path})"
+        else:
+            value, why = choose(pd.read_csv(path, dtype={"sample_id": str, "case_id": str}))
+            why = f"fold {fold}: {why}" if why else ""
+        out.loc[out["fold"] == fold, [column, f"{column}_reason"]] = [value, why]
+    return out
+
+
+def cutoff_summary(preds: pd.DataFrame, column: str, method: str) -> dict[str, Any] | None:
+    """The cut-off ``column`` of a prediction frame as reported: each fold's value, and the development value
+    external cohorts carry over (the median over folds); None without the column."""
+    if column not in preds.columns:
+        return None
+    if "fold" in preds.columns:
+        per_fold = {int(k): float(v) for k, v in preds.groupby("fold")[column].first().items()}
+    else:
+        per_fold = {}
+    values = np.array(list(per_fold.values()) or preds[column].dropna().unique().tolist(), dtype=float)
+    finite = values[np.isfinite(values)]
+    return {"development": float(np.median(finite)) if finite.size else float("nan"), "per_fold": per_fold,
+            "method": method}  # fmt: skip

@@ -49,7 +49,12 @@ METRICS: tuple[Metric, ...] = (
            surv.uno_c_index_replicates),
     Metric("td_auc", "AUC(t = {t})", "survival", "higher", surv.td_auc, surv.td_auc_replicates, per_time=True),
     Metric("ibs", "integrated Brier score", "survival", "lower", surv.ibs, surv.ibs_replicates),
-    Metric("logrank_p", "log-rank p (median risk split)", "survival", "p-value", surv.logrank_p, None),
+    Metric("ibs_km", "integrated Brier score, Kaplan–Meier (no skill)", "survival", "lower", surv.ibs_km,
+           surv.ibs_km_replicates),
+    Metric("ipa", "index of prediction accuracy (1 − IBS / IBS KM)", "survival", "higher", surv.ipa,
+           surv.ipa_replicates),
+    Metric("logrank_p", "log-rank p (risk groups at the validation cut-off)", "survival", "p-value",
+           surv.logrank_p, None),
 )  # fmt: skip
 BY_NAME = {m.name: m for m in METRICS}
 
