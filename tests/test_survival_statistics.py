@@ -1,7 +1,8 @@
-"""Survival statistics a reviewer signs (issue 26): each fold's targets from its training patients only, the
-model's curve as one step function (IBS = scikit-survival's on that curve, beside the Kaplan–Meier no-skill IBS
-and IPA), τ for the IPCW metrics, fold summaries over the folds that computed a metric, risk groups cut on
-validation predictions."""
+"""Survival statistics and external scoring a reviewer signs (issue 26): each fold's targets from its training
+patients only; the model's curve as one step function (IBS = scikit-survival's on that curve, beside the
+Kaplan–Meier no-skill IBS and IPA); τ for the IPCW metrics; fold summaries over the folds that computed a metric;
+risk groups cut on validation predictions; ensembles averaged on one time grid; the development operating point,
+risk cut-off and survival times carried to external cohorts."""
 
 from __future__ import annotations
 
@@ -46,6 +47,16 @@ def survival_frame(n: int = 60, seed: int = 0, folds: int = 3) -> pd.DataFrame:
             frame.loc[rows, f"surv_{k}"] = np.exp(-edges[k] / (10 * np.exp(-x[rows])))
             frame.loc[rows, f"surv_time_{k}"] = edges[k]
     return frame
+
+
+def classification_frame(n: int = 60, seed: int = 0, folds: int = 3) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    p = 1 / (1 + np.exp(-rng.normal(1.5 * (y - 0.5), 1)))
+    ids = [f"P{i:03d}" for i in range(n)]
+    return pd.DataFrame(
+        {"fold": np.arange(n) % folds, "sample_id": ids, "case_id": ids, "target": y, "prob_neg": 1 - p, "prob_pos": p}
+    )
 
 
 def test_each_folds_training_targets_come_from_its_training_patients_only() -> None:
@@ -163,3 +174,49 @@ def test_frame_truncation_keeps_the_events_before_tau() -> None:
     time, event = truncated(f)
     assert time.max() == 5.0 and not event[preds["time"].to_numpy() >= 5.0].any()
     assert (event == (preds["event"].astype(bool) & (preds["time"] < 5.0))).all()
+
+
+def test_an_ensemble_averages_its_members_step_curves_on_one_time_grid() -> None:
+    import torch
+
+    from mambamil.inference import summarise
+
+    task = TaskSpec("os", "survival", n_bins=3)
+    edges = [[0.0, 10.0, 20.0, 30.0], [0.0, 15.0, 25.0, 40.0]]  # two folds, two sets of bins
+    outs = [{"risk": torch.tensor([[-2.0]]), "S": torch.tensor([[0.9, 0.6, 0.3]])},
+            {"risk": torch.tensor([[-1.0]]), "S": torch.tensor([[0.8, 0.5, 0.2]])}]  # fmt: skip
+    row = summarise(outs, task, "bag", edges)
+    ends = [row[f"surv_time_{k}"] for k in range(1, 7)]
+    assert ends == [10.0, 15.0, 20.0, 25.0, 30.0, 40.0]
+    # Each member's own step function at the union of bin ends, then the mean (never bin 1 with bin 1).
+    first, second = [0.9, 0.9, 0.6, 0.6, 0.3, 0.3], [1.0, 0.8, 0.8, 0.5, 0.5, 0.2]
+    expected = (np.array(first) + np.array(second)) / 2
+    assert [row[f"surv_{k}"] for k in range(1, 7)] == pytest.approx(expected)
+    assert row["risk"] == pytest.approx(-1.5)
+
+
+def test_external_scoring_carries_the_development_operating_point_and_survival_times(tmp_path) -> None:
+    from mambamil.external import evaluate_cohort, read_development
+
+    dev = classification_frame(n=60, folds=3)
+    dev["threshold"] = dev["fold"].map({0: 0.4, 1: 0.5, 2: 0.7})
+    evaluate_predictions(dev, "classification", ["neg", "pos"], tmp_path / "dev", "dev", SETTINGS)
+    development = read_development(evaluation_outputs(tmp_path / "dev")["metrics"])
+    assert development["threshold"] == pytest.approx(0.5)  # the median over the folds' operating points
+    ext = classification_frame(n=30, seed=4).drop(columns="fold")
+    result = evaluate_cohort(ext, "classification", ["neg", "pos"], tmp_path / "ext", "ext", [],
+                             development=development)  # fmt: skip
+    m, positive = result["metrics"], ext["target"] == 1
+    assert m["sensitivity"]["estimate"] == pytest.approx((ext.loc[positive, "prob_pos"] >= 0.5).mean())
+    assert m["specificity"]["estimate"] == pytest.approx((ext.loc[~positive, "prob_pos"] < 0.5).mean())
+    assert result["settings"]["development_metrics"] == development["path"]
+
+    dev_surv = survival_frame(n=60, folds=3)
+    evaluate_predictions(dev_surv, "survival", [], tmp_path / "dev_s", "dev", SETTINGS)
+    development = read_development(evaluation_outputs(tmp_path / "dev_s")["metrics"])
+    ext = survival_frame(n=40, seed=9).drop(columns="fold")
+    result = evaluate_cohort(ext, "survival", [], tmp_path / "ext_s", "ext", [], development=development)
+    assert result["survival_times"] == development["survival_times"]  # the development cohort's times
+    for name in ("ibs", "ipa", *[registry.time_key("td_auc", t) for t in development["survival_times"]]):
+        assert math.isfinite(result["metrics"][name]["estimate"]), (name, result["metrics"][name])
+    assert result["risk_cutoff"]["development"] == pytest.approx(development["risk_cutoff"])
