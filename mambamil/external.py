@@ -121,7 +121,8 @@ def labelled(preds: pd.DataFrame, kind: str) -> pd.DataFrame:
 
 def read_development(path: str | Path) -> dict[str, Any]:
     """What external scoring carries over from the development evaluation's ``metrics.json``: the operating point
-    (``threshold``), the risk-group cut-off (``risk_cutoff``), the ``survival_times`` and the ``path``."""
+    (``threshold``), the risk-group cut-off (``risk_cutoff``), the ``survival_times``, the evaluation ``settings``
+    (the same intervals and minimum counts) and the ``path``."""
     path = Path(path)
     if not path.exists():
         raise InputFileError(path, "development metrics not found (run the evaluate rule of this task and model)")
@@ -130,8 +131,8 @@ def read_development(path: str | Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputFileError(path, f"not a metrics.json ({exc})") from None
     value = lambda key: (dev.get(key) or {}).get("development")  # noqa: E731
-    return {"threshold": value("operating_point"), "risk_cutoff": value("risk_cutoff"),
-            "survival_times": dev.get("survival_times"), "path": str(path)}  # fmt: skip
+    return {"threshold": value("operating_point"), "risk_cutoff": value("risk_cutoff"), "path": str(path),
+            "survival_times": dev.get("survival_times"), "settings": dev.get("settings")}  # fmt: skip
 
 
 def carry_development(preds: pd.DataFrame, kind: str, development: dict[str, Any]) -> pd.DataFrame:
@@ -158,7 +159,8 @@ def evaluate_cohort(
     time_unit: str | None = None,
 ) -> dict[str, Any]:
     """Metrics of the labelled rows of ``preds`` (:func:`mambamil.evaluation.evaluate.evaluate_predictions`, the
-    development cohort's metrics and intervals; ``evaluation``: that config section, schema defaults when None) in
+    development cohort's metrics and intervals; ``evaluation``: that config section, else the development
+    evaluation's settings, else the schema defaults) in
     ``out_dir``; with no labelled row, ``metrics.json`` says why. ``info`` (checkpoints, level), the label problems
     and the counts are recorded under ``settings`` beside the evaluation settings. ``development``
     (:func:`read_development`): the operating point, risk-group cut-off and survival times carried over."""
@@ -174,6 +176,8 @@ def evaluate_cohort(
     if kind == "survival":
         scored["event"] = scored["event"].astype(int)
     times = None
+    if development is not None and evaluation is None:
+        evaluation = development.get("settings")
     if development is not None:
         scored = carry_development(scored, kind, development)
         provenance["development_metrics"] = development["path"]

@@ -41,6 +41,7 @@ def config(root: Path, external: dict, final_model: bool = True) -> Path:
             **{"seed": 1, "folds": 2, "epochs": 3, "min_epochs": 1, "patience": 1, "val_fraction": 0.25},
             **{"device": "cpu", "final_model": final_model},
         },
+        "evaluation": {"min_patients": 2},  # the external cohort scores 2 patients
         "external": external,
     }
     path = root / "config.yaml"
@@ -58,6 +59,8 @@ def external_cohort(root: Path) -> dict:
     slides.to_csv(root / "slides.csv", index=False)
     labels = pd.read_csv(root / "labels.csv", dtype=str)
     labels.loc[labels["slide_id"] == "demo_002", "label"] = "lymphoma"
+    labels.loc[labels["slide_id"] == "demo_000", "label"] = "normal"  # the two scored patients: one of each class
+    labels.loc[labels["slide_id"] == "demo_001", "label"] = "tumor"
     labels.loc[len(labels)] = ["gone_case", "gone", "tumor", "3", "1"]  # a patient without slides
     labels.loc[len(labels)] = ["blank_case", "blank", "normal", "5", "0"]  # its one slide is excluded by QC
     labels.to_csv(root / "labels.csv", index=False)
@@ -165,3 +168,13 @@ def test_external_cohort_predictions_and_metrics(repo_root: Path, tmp_path: Path
     final = pd.read_csv(ext / "subtype" / "mean" / "final" / "cohort_predictions.csv", dtype={"sample_id": str})
     assert sorted(final["sample_id"]) == sorted(pred.index)
     assert json.loads((ext / "subtype" / "mean" / "final" / "metrics.json").read_text())["n"] == 2
+
+    # The development operating point is carried over: external sensitivity and specificity exist (issue 26).
+    development = json.loads((results / "evaluation" / "subtype" / "mean" / "metrics.json").read_text())
+    threshold = development["operating_point"]["development"]
+    for folder in (ext / "subtype" / "mean", ext / "subtype" / "mean" / "final"):
+        scored = pd.read_csv(folder / "predictions.csv")
+        assert np.allclose(scored["threshold"], threshold)
+        m = json.loads((folder / "metrics.json").read_text())["metrics"]
+        for name in ("sensitivity", "specificity"):
+            assert m[name]["estimate"] is not None, (folder, name, m[name])
