@@ -55,7 +55,7 @@ def metrics_with_intervals(
             grid = np.linspace(times[0], times[-1], SURV_GRID_POINTS) if len(times) >= 2 else None
         else:
             times, grid = evaluation_times(preds, settings)
-        tau, tau_source = truncation_time(preds, settings)
+        tau, tau_source = truncation_time(preds, settings, external=survival_times is not None)
     names = registry.metric_names(kind, times)
     f = prepare(preds, kind, classes, settings, times, grid, tau)
     if f.n_patients < settings.min_patients:

@@ -82,31 +82,35 @@ def positive_censoring_time(time: np.ndarray, event: np.ndarray) -> float:
     return float(positive.max()) if positive.size else float("nan")
 
 
-def truncation_time(preds: pd.DataFrame, settings: EvaluationSettings) -> tuple[float, str]:
+def truncation_time(preds: pd.DataFrame, settings: EvaluationSettings, external: bool = False) -> tuple[float, str]:
     """τ of Uno's c-index, the time-dependent AUC and the IBS, and where it comes from: ``evaluation.tau``, else the
     largest time at which the censoring survival is positive in every fold (``fold`` column; the whole frame
-    without one). A τ beyond the follow-up, or survival times outside every fold's follow-up, are errors naming the
-    setting."""
+    without one). On the development cohort a τ beyond the follow-up, or survival times outside every fold's
+    follow-up, are errors naming the setting; an ``external`` cohort whose follow-up is shorter falls back to its
+    own default τ (said in the source) and NaN metrics with their reasons."""
     time = preds["time"].to_numpy(dtype=float)
     groups = [rows for _, rows in preds.groupby("fold")] if "fold" in preds.columns else [preds]
     spans = [(rows["time"].min(), rows["time"].max()) for rows in groups]
-    for t in settings.survival_times:
+    for t in [] if external else settings.survival_times:
         if not any(lo <= t < hi for lo, hi in spans):
             raise MambamilError(
                 f"evaluation.survival_times: t={t:g} is outside the follow-up of every fold "
                 f"({', '.join(f'[{lo:g}, {hi:g})' for lo, hi in spans)})"
             )
+    note = ""
     if settings.tau is not None:
-        if len(time) and not (time.min() < settings.tau <= time.max()):
+        if not len(time) or time.min() < settings.tau <= time.max():
+            return float(settings.tau), "evaluation.tau"
+        if not external:
             raise MambamilError(
                 f"evaluation.tau = {settings.tau:g} is beyond the follow-up [{time.min():g}, {time.max():g}] of the "
                 "evaluated patients"
             )
-        return float(settings.tau), "evaluation.tau"
+        note = f" (evaluation.tau = {settings.tau:g} is beyond this cohort's follow-up)"
     taus = [positive_censoring_time(rows["time"].to_numpy(float), rows["event"].to_numpy(float)) for rows in groups]
     where = "every fold" if len(groups) > 1 else "the evaluated patients"
     return float(np.nanmin(taus)) if np.isfinite(taus).any() else float("nan"), (
-        f"largest time with censoring survival > 0 in {where}"
+        f"largest time with censoring survival > 0 in {where}{note}"
     )
 
 
