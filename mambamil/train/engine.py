@@ -139,8 +139,11 @@ def fold_subsets(
     rows = splits[splits["fold"] == fold]
     member = {split: set(rows.loc[rows["split"] == split, "case_id"]) for split in ("train", "val", "test")}
     if task.kind == "survival":
-        samples, edges = fold_survival_targets(samples, [s for s in samples if s.case_id in member["train"]],
-                                               task.n_bins)  # fmt: skip
+        training = [s for s in samples if s.case_id in member["train"]]
+        try:
+            samples, edges = fold_survival_targets(samples, training, task.n_bins)
+        except MambamilError as exc:
+            raise MambamilError(f"task '{task.name}' fold {fold} training patients: {exc} (lower n_bins)") from None
         meta = {**meta, "bin_edges": edges, "bin_edges_from": f"training patients of fold {fold}"}
     return {k: [s for s in samples if s.case_id in v] for k, v in member.items()}, meta
 
