@@ -26,9 +26,9 @@ from mambamil.evaluation.metrics import classification_metrics
 from mambamil.evaluation.plots import calibration_plot, km_plot, roc_pr_plot, time_auc_plot
 from mambamil.evaluation.survival import (
     RISK_CUTOFF_METHOD,
-    SURV_GRID_POINTS,
     add_risk_cutoffs,
     evaluation_times,
+    ibs_grid,
     risk_groups,
     truncation_time,
 )
@@ -52,7 +52,7 @@ def metrics_with_intervals(
     if kind == "survival":
         if survival_times is not None:
             times = sorted(float(t) for t in survival_times)
-            grid = np.linspace(times[0], times[-1], SURV_GRID_POINTS) if len(times) >= 2 else None
+            grid = ibs_grid(times)
         else:
             times, grid = evaluation_times(preds, settings)
         tau, tau_source = truncation_time(preds, settings, external=survival_times is not None)

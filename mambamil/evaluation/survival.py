@@ -65,8 +65,12 @@ def evaluation_times(preds: pd.DataFrame, settings: EvaluationSettings) -> tuple
         times = sorted({float(np.round(t, 6)) for t in np.quantile(observed, [0.25, 0.5, 0.75])})
     else:
         times = []
-    grid = np.linspace(times[0], times[-1], SURV_GRID_POINTS) if len(times) >= 2 else None
-    return times, grid
+    return times, ibs_grid(times)
+
+
+def ibs_grid(times: list[float]) -> np.ndarray | None:
+    """The integrated Brier score's grid: 100 points from the first to the last evaluation time (None below two)."""
+    return np.linspace(times[0], times[-1], SURV_GRID_POINTS) if len(times) >= 2 else None
 
 
 def positive_censoring_time(time: np.ndarray, event: np.ndarray) -> float:
