@@ -74,7 +74,9 @@ def ibs_grid(times: list[float]) -> np.ndarray | None:
 
 
 def positive_censoring_time(time: np.ndarray, event: np.ndarray) -> float:
-    """The largest observed time at which the Kaplan–Meier censoring survival is still positive (NaN: none)."""
+    """The end of the time range in which the Kaplan–Meier censoring survival is positive: the first observed time
+    at which it reaches 0, else infinity (NaN without events). Metrics truncated at τ (strictly before it) never
+    divide by a zero censoring survival."""
     from sksurv.nonparametric import CensoringDistributionEstimator
 
     try:
@@ -82,8 +84,8 @@ def positive_censoring_time(time: np.ndarray, event: np.ndarray) -> float:
     except ValueError:  # no events: no survival metric either, each NaN with its reason
         return float("nan")
     unique = np.unique(time)
-    positive = unique[cens.predict_proba(unique) > 0]
-    return float(positive.max()) if positive.size else float("nan")
+    zero = unique[cens.predict_proba(unique) <= 0]
+    return float(zero.min()) if zero.size else float("inf")
 
 
 def truncation_time(preds: pd.DataFrame, settings: EvaluationSettings, external: bool = False) -> tuple[float, str]:
@@ -111,11 +113,12 @@ def truncation_time(preds: pd.DataFrame, settings: EvaluationSettings, external:
                 "evaluated patients"
             )
         note = f" (evaluation.tau = {settings.tau:g} is beyond this cohort's follow-up)"
-    taus = [positive_censoring_time(rows["time"].to_numpy(float), rows["event"].to_numpy(float)) for rows in groups]
+    taus = np.array([positive_censoring_time(rows["time"].to_numpy(float), rows["event"].to_numpy(float))
+                     for rows in groups])  # fmt: skip
     where = "every fold" if len(groups) > 1 else "the evaluated patients"
-    return float(np.nanmin(taus)) if np.isfinite(taus).any() else float("nan"), (
-        f"largest time with censoring survival > 0 in {where}{note}"
-    )
+    if not np.isfinite(taus).any():
+        return float("nan"), f"none: censoring survival > 0 through the last follow-up in {where}{note}"
+    return float(np.nanmin(taus)), f"end of the times with censoring survival > 0 in {where}{note}"
 
 
 # -- shared pieces -----------------------------------------------------------------------------------------------
