@@ -25,6 +25,7 @@ from mambamil.evaluation.frame import EvaluationSettings, as_settings, cutoff_su
 from mambamil.evaluation.metrics import classification_metrics
 from mambamil.evaluation.plots import calibration_plot, km_plot, roc_pr_plot, time_auc_plot
 from mambamil.evaluation.survival import (
+    MEDIAN_CUTOFF,
     RISK_CUTOFF_METHOD,
     add_risk_cutoffs,
     evaluation_times,
@@ -187,12 +188,12 @@ def evaluate_predictions(
 
 
 def _risk_cutoff_summary(f, preds: pd.DataFrame) -> dict[str, Any]:
-    summary = cutoff_summary(preds, "risk_cutoff", RISK_CUTOFF_METHOD)
-    if summary is None or not np.isfinite(summary["development"]):
-        _, how = risk_groups(f)
+    """The risk-group cut-offs as :func:`risk_groups` used them: each fold's, or the frame's median."""
+    _, how = risk_groups(f)
+    if how == MEDIAN_CUTOFF:
         return {"development": float(np.median(f.risk)) if len(f.risk) else float("nan"), "per_fold": {},
                 "method": how}  # fmt: skip
-    return summary
+    return cutoff_summary(preds, "risk_cutoff", RISK_CUTOFF_METHOD)
 
 
 def _legacy(rows: pd.DataFrame, kind: str, classes: list[str]) -> dict[str, Any]:

@@ -207,6 +207,10 @@ RISK_CUTOFF_METHOD = (
 )
 
 
+#: The risk groups' cut-off when no fold has one (a bare prediction frame, or a fold without validation risks).
+MEDIAN_CUTOFF = "median risk of the evaluated patients (no validation cut-off for every patient)"
+
+
 def risk_cutoff(val: pd.DataFrame) -> tuple[float, str | None]:
     """The risk-group cut-off fixed on one fold's validation predictions: their median risk, or (NaN, reason)."""
     risk = val["risk"].to_numpy(dtype=float) if "risk" in val.columns else np.array([])
@@ -224,7 +228,7 @@ def risk_groups(f: Frame) -> tuple[np.ndarray, str]:
     validation patients (``risk_cutoff`` column), or the median risk of the frame when none was given."""
     if f.risk_cutoff is not None and np.isfinite(f.risk_cutoff).all():
         return f.risk > f.risk_cutoff, "cut-off fixed on validation predictions"
-    return f.risk > np.median(f.risk), "median risk of the evaluated patients (no validation cut-off given)"
+    return f.risk > np.median(f.risk), MEDIAN_CUTOFF
 
 
 # -- point estimates ----------------------------------------------------------------------------------------------
