@@ -4,7 +4,7 @@
 # heatmaps and the QC stubs/table (mambamil/qc.py), against the fast behaviour tests.
 #
 #   benchmarks/mutation.sh                       # everything in [tool.mutmut] only_mutate (hours on 2 cores)
-#   benchmarks/mutation.sh 'mambamil.train.metrics.*' 'mambamil.inference.*'   # a restricted scope
+#   benchmarks/mutation.sh 'mambamil.evaluation.metrics.*' 'mambamil.inference.*'   # a restricted scope
 #   MUTATION_WALL_S=1800 benchmarks/mutation.sh ...                             # stop after 30 min (default)
 #
 # Run from the repository root in the project's virtual environment. Writes mutants/ (git-ignored) and prints

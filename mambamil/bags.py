@@ -4,7 +4,7 @@ or patients) with labels, and the bag dataset that loads a sample's ordered, con
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ class TaskSpec:
     classes: tuple[str, ...] = ()
     label_column: str = LABEL_COLUMN
     n_bins: int = 4
+    time_unit: str = "time units"
 
     @property
     def n_outputs(self) -> int:
@@ -44,6 +45,7 @@ class TaskSpec:
             classes=tuple(section.get("classes", ())),
             label_column=section.get("label_column", cls.label_column),
             n_bins=int(section.get("n_bins", cls.n_bins)),
+            time_unit=str(section.get("time_unit", cls.time_unit)),
         )
 
 
@@ -77,6 +79,16 @@ def assign_bins(times: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.clip(np.searchsorted(edges, np.asarray(times, dtype=float), side="right") - 1, 0, len(edges) - 2)
 
 
+def fold_survival_targets(
+    samples: list[Sample], training: list[Sample], n_bins: int
+) -> tuple[list[Sample], list[float]]:
+    """Survival bin edges from the ``training`` patients only (one fold's training set) and every sample's time
+    bin (``label``) under them: validation and test patients' times never shape the training targets."""
+    edges = survival_bin_edges(np.array([s.time for s in training]), np.array([s.event for s in training]), n_bins)
+    labels = assign_bins(np.array([s.time for s in samples]), edges)
+    return [replace(s, label=int(k)) for s, k in zip(samples, labels, strict=True)], edges.tolist()
+
+
 def build_samples(
     labels: pd.DataFrame,
     feature_files: dict[str, Path],
@@ -88,7 +100,9 @@ def build_samples(
 
     ``on_missing`` = "error" stops on label rows without features (and features without labels) naming the ids;
     "warn" logs them and skips. Returns the samples and metadata (label map or survival bin edges).
-    """
+
+    Survival labels here are bins of the whole cohort (used to stratify the folds); training replaces them by each
+    fold's own (:func:`fold_survival_targets`)."""
     labelled = set(labels["slide_id"])
     no_features = sorted(labelled - set(feature_files))
     no_label = sorted(set(feature_files) - labelled)

@@ -5,6 +5,7 @@ Used by ``mambamil predict --labels`` and by the workflow's external cohorts (RE
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pandas as pd
 
 from mambamil.bags import assign_bins
 from mambamil.columns import LABEL_COLUMN
+from mambamil.errors import InputFileError
 from mambamil.fileio import write_json
 from mambamil.paths import evaluation_outputs
 
@@ -118,6 +120,33 @@ def labelled(preds: pd.DataFrame, kind: str) -> pd.DataFrame:
     return preds[mask].reset_index(drop=True)
 
 
+def read_development(path: str | Path) -> dict[str, Any]:
+    """What external scoring carries over from the development evaluation's ``metrics.json``: the operating point
+    (``threshold``), the risk-group cut-off (``risk_cutoff``), the ``survival_times``, the evaluation ``settings``
+    (the same intervals and minimum counts) and the ``path``."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(path, "development metrics not found (run the evaluate rule of this task and model)")
+    try:
+        dev = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputFileError(path, f"not a metrics.json ({exc})") from None
+    value = lambda key: (dev.get(key) or {}).get("development")  # noqa: E731
+    return {"threshold": value("operating_point"), "risk_cutoff": value("risk_cutoff"), "path": str(path),
+            "survival_times": dev.get("survival_times"), "settings": dev.get("settings")}  # fmt: skip
+
+
+def carry_development(preds: pd.DataFrame, kind: str, development: dict[str, Any]) -> pd.DataFrame:
+    """``preds`` with the development cohort's operating point (``threshold``, binary tasks) or risk-group cut-off
+    (``risk_cutoff``, survival) on every row, and the reason where the development evaluation had none."""
+    column = "threshold" if kind == "classification" else "risk_cutoff"
+    value = development.get(column)
+    out = preds.copy()
+    out[column] = float("nan") if value is None else float(value)
+    out[f"{column}_reason"] = "" if value is not None else f"no development {column} in {development.get('path')}"
+    return out
+
+
 def evaluate_cohort(
     preds: pd.DataFrame,
     kind: str,
@@ -127,12 +156,16 @@ def evaluate_cohort(
     problems: list[str],
     info: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
+    development: dict[str, Any] | None = None,
+    time_unit: str | None = None,
 ) -> dict[str, Any]:
-    """Metrics of the labelled rows of ``preds`` (:func:`mambamil.train.evaluate.evaluate_predictions`, the
-    development cohort's metrics and intervals; ``evaluation``: that config section, schema defaults when None) in
+    """Metrics of the labelled rows of ``preds`` (:func:`mambamil.evaluation.evaluate.evaluate_predictions`, the
+    development cohort's metrics and intervals; ``evaluation``: that config section, else the development
+    evaluation's settings, else the schema defaults) in
     ``out_dir``; with no labelled row, ``metrics.json`` says why. ``info`` (checkpoints, level), the label problems
-    and the counts are recorded under ``settings`` beside the evaluation settings."""
-    from mambamil.train.evaluate import evaluate_predictions, json_safe
+    and the counts are recorded under ``settings`` beside the evaluation settings. ``development``
+    (:func:`read_development`): the operating point, risk-group cut-off and survival times carried over."""
+    from mambamil.evaluation.evaluate import evaluate_predictions, json_safe
 
     scored = labelled(preds, kind)
     provenance = {**(info or {}), "label_problems": problems, "n_predicted": len(preds), "n_scored": len(scored)}
@@ -143,7 +176,14 @@ def evaluate_cohort(
         return result
     if kind == "survival":
         scored["event"] = scored["event"].astype(int)
-    result = evaluate_predictions(scored, kind, classes, out_dir, title, evaluation)
+    times = None
+    if development is not None and evaluation is None:
+        evaluation = development.get("settings")
+    if development is not None:
+        scored = carry_development(scored, kind, development)
+        provenance["development_metrics"] = development["path"]
+        times = development.get("survival_times") if kind == "survival" else None
+    result = evaluate_predictions(scored, kind, classes, out_dir, title, evaluation, times, time_unit)
     result["n"] = len(scored)
     result["settings"] = {**result["settings"], **provenance}
     write_json(evaluation_outputs(out_dir)["metrics"], json_safe(result))

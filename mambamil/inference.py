@@ -28,6 +28,7 @@ from mambamil.bags import BagDataset, TaskSpec
 from mambamil.columns import probability_column
 from mambamil.device import mil_autocast, resolve_device
 from mambamil.errors import InputFileError, MambamilError
+from mambamil.evaluation.survival import survival_at
 from mambamil.fileio import atomic_output
 from mambamil.h5layout import describe_encoder, encoder_difference, encoder_identity
 from mambamil.models import load_checkpoint
@@ -117,6 +118,12 @@ class Ensemble:
     @property
     def models(self) -> list[torch.nn.Module]:
         return [m.model for m in self.members]
+
+    @property
+    def bin_edges(self) -> list[list[float]] | None:
+        """Each member's survival time-bin edges (from its checkpoint), or None when any member lacks them."""
+        edges = [(m.extra.get("meta") or {}).get("bin_edges") for m in self.members]
+        return edges if self.task.kind == "survival" and all(e is not None for e in edges) else None
 
 
 def load_ensemble(
@@ -250,9 +257,17 @@ def check_finite_outputs(outs: list[dict[str, torch.Tensor]], source: str) -> No
             )
 
 
-def summarise(outs: list[dict[str, torch.Tensor]], task: TaskSpec, source: str) -> dict[str, Any]:
+def summarise(
+    outs: list[dict[str, torch.Tensor]], task: TaskSpec, source: str, bin_edges: list[list[float]] | None = None
+) -> dict[str, Any]:
     """Ensemble prediction from per-model outputs: mean class probabilities and the predicted class, or the
-    mean risk (survival). ``source`` (the bag's file) names the bag when an output is not finite."""
+    mean risk (survival). ``source`` (the bag's file) names the bag when an output is not finite.
+
+    Survival curves: without ``bin_edges``, ``surv_k`` per bin (one model, or models sharing bins). With each
+    model's ``bin_edges`` (members trained on different folds have different bins), every model's step curve is
+    evaluated at the union of their bin ends and averaged there (``surv_k`` at ``surv_time_k``): never averaged
+    bin by bin. Each model's risk is −Σₖ S(end of bin k) over its own ``n_bins`` bins (the expected number of
+    its bins survived, the same range for every member), so the mean risk stays on one scale."""
     check_finite_outputs(outs, source)
     if task.kind == "classification":
         probs = torch.stack([F.softmax(o["logits"], dim=1)[0] for o in outs]).mean(0).numpy()
@@ -260,9 +275,17 @@ def summarise(outs: list[dict[str, torch.Tensor]], task: TaskSpec, source: str) 
         row["predicted"] = task.classes[int(probs.argmax())]
         return row
     row = {"risk": float(torch.stack([o["risk"].reshape(-1)[0] for o in outs]).mean())}
-    if all("S" in o for o in outs):  # the survival curve: surv_k = P(surviving past the end of time bin k)
-        surv = torch.stack([o["S"].float().reshape(-1) for o in outs]).mean(0).numpy()
-        row.update({f"surv_{k + 1}": float(v) for k, v in enumerate(surv)})
+    if not all("S" in o for o in outs):
+        return row
+    curves = np.stack([o["S"].float().reshape(-1).numpy() for o in outs])  # surv_k = P(surviving past bin k's end)
+    if bin_edges is None:
+        row.update({f"surv_{k + 1}": float(v) for k, v in enumerate(curves.mean(0))})
+        return row
+    ends = np.stack([np.asarray(e[1:], dtype=float) for e in bin_edges])
+    grid = np.unique(ends)
+    surv = survival_at((ends, curves), grid).mean(0)
+    row.update({f"surv_{k + 1}": float(v) for k, v in enumerate(surv)})
+    row.update({f"surv_time_{k + 1}": float(t) for k, t in enumerate(grid)})
     return row
 
 
@@ -291,7 +314,7 @@ def bag_outputs(ensemble: Ensemble, bag: Bag, gradients: bool = False) -> BagRes
         if gxi is not None:
             gradxinput.append(gxi.reshape(-1).numpy()[inverse])
     return BagResult(
-        summarise(outs, ensemble.task, str(bag.path)),
+        summarise(outs, ensemble.task, str(bag.path), ensemble.bin_edges),
         np.mean(attention, axis=0) if attention else None,
         np.mean(gradxinput, axis=0) if gradxinput else None,
     )
@@ -360,7 +383,7 @@ def pooled_outputs(ensemble: Ensemble, bags: list[Bag]) -> dict[str, Any]:
     for member in ensemble.members:
         x = torch.cat([bag.features[torch.as_tensor(sequence_order(bag, member.order))] for bag in bags])
         outs.append(forward(member.model, x, ensemble.device, member.precision)[0])
-    return summarise(outs, ensemble.task, ", ".join(str(b.path) for b in bags))
+    return summarise(outs, ensemble.task, ", ".join(str(b.path) for b in bags), ensemble.bin_edges)
 
 
 def trained_level(ensemble: Ensemble) -> str:
@@ -410,7 +433,8 @@ def predict_cohort(
                      "n_instances": sum(len(b.features) for b in bags), **pooled_outputs(ensemble, bags)})  # fmt: skip
     task = ensemble.task
     outputs = [*map(probability_column, task.classes), "predicted"] if task.kind == "classification" else ["risk"]
-    return pd.DataFrame(rows, columns=["sample_id", "case_id", "slide_ids", "n_instances", *outputs])
+    curves = [c for c in (rows[0] if rows else {}) if c.startswith("surv_")]  # the ensemble's survival curves
+    return pd.DataFrame(rows, columns=["sample_id", "case_id", "slide_ids", "n_instances", *outputs, *curves])
 
 
 def predict_slides(

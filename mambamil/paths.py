@@ -210,12 +210,15 @@ def evaluation_runs(
     results: PathLike, cohort: str | None = None, output: str = "metrics"
 ) -> dict[str, dict[str, Path]]:
     """task → model → evaluation folder (:func:`evaluation_dir`; with ``cohort``, that external cohort's
-    :func:`external_evaluation_dir`) for every one that holds its ``output`` (a key of :func:`evaluation_outputs`)."""
+    :func:`external_evaluation_dir`, and its final model's as ``"<model> (final model)"``) for every one that holds
+    its ``output`` (a key of :func:`evaluation_outputs`)."""
     root = external_dir(results, cohort) if cohort else Path(results) / "evaluation"
     name = evaluation_outputs("")[output].name
     runs: dict[str, dict[str, Path]] = {}
     for found in sorted(root.glob(f"*/*/{name}")):
         runs.setdefault(found.parent.parent.name, {})[found.parent.name] = found.parent
+    for found in sorted(root.glob(f"*/*/final/{name}")) if cohort else ():
+        runs.setdefault(found.parents[2].name, {})[f"{found.parents[1].name} (final model)"] = found.parent
     return runs
 
 

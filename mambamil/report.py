@@ -22,6 +22,8 @@ import pandas as pd
 import yaml
 
 from mambamil import __version__, paths
+from mambamil.evaluation.registry import label as metric_label
+from mambamil.evaluation.summary import fold_text
 from mambamil.fileio import atomic_output
 from mambamil.qc import EXCLUDED
 
@@ -39,21 +41,6 @@ PACKAGES = (
     "openslide-python",
     "snakemake",
 )
-#: Display names of the metrics (time-dependent AUCs are named by their time).
-LABELS = {
-    "auc": "AUC",
-    "average_precision": "average precision",
-    "balanced_accuracy": "balanced accuracy",
-    "weighted_f1": "weighted F1",
-    "brier": "Brier score",
-    "ece": "expected calibration error",
-    "sensitivity": "sensitivity (validation-chosen threshold)",
-    "specificity": "specificity (validation-chosen threshold)",
-    "c_index": "Harrell's c-index",
-    "uno_c_index": "Uno's c-index (IPCW)",
-    "ibs": "integrated Brier score",
-    "logrank_p": "log-rank p (median risk split)",
-}
 #: The plots of an evaluation folder, in report order, with their captions.
 PLOTS = {
     "classification": (("curves", "ROC and precision–recall, bootstrap bands"), ("calibration", "reliability curve")),
@@ -72,9 +59,7 @@ figcaption { font-size: 0.8em; color: #555; } pre { background: #f7f7f7; padding
 
 
 def _label(name: str) -> str:
-    if name.startswith("td_auc_"):
-        return f"AUC(t = {name.removeprefix('td_auc_')})"
-    return LABELS.get(name, name)
+    return metric_label(name)
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -118,8 +103,8 @@ def _metrics_section(runs: dict[str, Path], heading: str) -> str:
             m = r.get("metrics", {}).get(name)
             fold = r.get("summary", {}).get(name)
             text = _cell(m) if m else ""
-            if fold and fold.get("mean") is not None and math.isfinite(fold["mean"]):
-                text += f'<br><span class="note">folds {_num(fold["mean"])} ± {_num(fold["std"])}</span>'
+            if fold and fold.get("computed"):
+                text += f'<br><span class="note">folds {html.escape(fold_text(fold))}</span>'
             row += f"<td>{text}</td>"
         rows.append(f"<tr>{row}</tr>")
     header = "".join(
@@ -132,8 +117,8 @@ def _metrics_section(runs: dict[str, Path], heading: str) -> str:
         heading,
         f"<table><tr><th>metric</th>{header}</tr>{''.join(rows)}</table>",
         "".join(
-            f'<p class="note">Intervals: {html.escape(m)}. Below each pooled estimate: the mean ± std over '
-            "the test folds.</p>"
+            f'<p class="note">Intervals: {html.escape(m)}. Below each pooled estimate: the mean ± std (ddof 1) '
+            "over the test folds that could compute it (k of K folds); p-values are not averaged.</p>"
             for m in methods
         ),
     ]

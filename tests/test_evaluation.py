@@ -30,18 +30,13 @@ from sksurv.metrics import (
 from sksurv.nonparametric import CensoringDistributionEstimator
 from sksurv.util import Surv
 
+from mambamil.errors import MambamilError
+from mambamil.evaluation import bootstrap as bs
+from mambamil.evaluation.classification import add_operating_thresholds, brier_rows, operating_threshold
+from mambamil.evaluation.compare import compare_models
+from mambamil.evaluation.evaluate import evaluate_folds, evaluate_predictions, metrics_with_intervals
+from mambamil.evaluation.summary import summary_table
 from mambamil.paths import evaluation_outputs, fold_outputs
-from mambamil.train import bootstrap as bs
-from mambamil.train.evaluate import (
-    _brier_rows,
-    add_operating_thresholds,
-    compare_models,
-    evaluate_folds,
-    evaluate_predictions,
-    metrics_with_intervals,
-    operating_threshold,
-    summary_table,
-)
 
 SETTINGS = {"n_resamples": 1000, "seed": 0}
 
@@ -77,11 +72,11 @@ def test_classification_estimators_match_scikit_learn(cls_data) -> None:
         pred = probs.argmax(1)
         assert bs.balanced_accuracy(y, pred, 3, W)[0] == pytest.approx(balanced_accuracy_score(y[idx], pred[idx]))
         assert bs.weighted_f1(y, pred, 3, W)[0] == pytest.approx(f1_score(y[idx], pred[idx], average="weighted"))
-        assert bs.weighted_mean(_brier_rows(y, probs), W)[0] == pytest.approx(
+        assert bs.weighted_mean(brier_rows(y, probs), W)[0] == pytest.approx(
             brier_score_loss(y[idx], probs[idx], labels=[0, 1, 2])
         )
         two = np.c_[1 - pb, pb]
-        assert bs.weighted_mean(_brier_rows(yb, two), W)[0] == pytest.approx(brier_score_loss(yb[idx], pb[idx]))
+        assert bs.weighted_mean(brier_rows(yb, two), W)[0] == pytest.approx(brier_score_loss(yb[idx], pb[idx]))
     # A resample without one of the classes has no AUC (NaN, left out of the interval), not an error.
     assert np.isnan(bs.auc(pb, yb == 1, (yb == 1)[None, :].astype(float))[0])
 
@@ -255,10 +250,11 @@ def test_survival_evaluation_has_every_metric(tmp_path) -> None:
     preds = survival_frame()
     result = evaluate_predictions(preds, "survival", [], tmp_path, "s", {**SETTINGS, "survival_times": [2.0, 5.0]})
     m = result["metrics"]
-    assert set(m) == {"c_index", "uno_c_index", "td_auc_2", "td_auc_5", "ibs", "logrank_p"}
-    for name in ("c_index", "uno_c_index", "td_auc_2", "td_auc_5", "ibs"):
+    assert set(m) == {"c_index", "uno_c_index", "td_auc_2", "td_auc_5", "ibs", "ibs_km", "ipa", "logrank_p"}
+    for name in ("c_index", "uno_c_index", "td_auc_2", "td_auc_5", "ibs", "ibs_km", "ipa"):
         assert m[name]["ci_low"] < m[name]["estimate"] < m[name]["ci_high"], name
-    assert m["ibs"]["estimate"] < 0.25  # better than a constant 0.5 survival
+    assert m["ibs"]["estimate"] < m["ibs_km"]["estimate"]  # the risk is informative: better than no skill
+    assert result["ibs_range"] == [2.0, 5.0] and result["tau"] < preds["time"].max()
     assert m["logrank_p"]["reason"] is None and np.isnan(m["logrank_p"]["ci_low"])  # a p-value has no interval
     assert evaluation_outputs(tmp_path)["time_auc"].exists()
     default = evaluate_predictions(preds, "survival", [], tmp_path / "q", "s", SETTINGS)
@@ -324,8 +320,12 @@ def test_metrics_that_cannot_be_computed_are_nan_with_the_reason(tmp_path) -> No
     assert "no patients of class ['mid']" in m["auc"]["reason"] and "binary" in m["sensitivity"]["reason"]
     m = metrics(survival_frame().assign(event=0), "survival")
     assert all(math.isnan(v["estimate"]) and v["reason"] == "no events" for v in m.values())
-    m = metrics(survival_frame(), "survival", survival_times=[1e6])
-    assert "outside the follow-up" in m["td_auc_1e+06"]["reason"]
+    with pytest.raises(MambamilError, match=r"evaluation.survival_times: t=1e\+06 is outside the follow-up of every"):
+        metrics(survival_frame(), "survival", survival_times=[1e6])
+    with pytest.raises(MambamilError, match=r"evaluation.tau = 1e\+06 is beyond the follow-up"):
+        metrics(survival_frame(), "survival", tau=1e6)
+    m = metrics(survival_frame(), "survival", survival_times=[0.5, 20.0], tau=10.0)
+    assert "not before τ=10" in m["td_auc_20"]["reason"] and "not before τ=10" in m["ibs"]["reason"]
     m = metrics(survival_frame().drop(columns=[f"surv_time_{k}" for k in range(1, 5)]), "survival")
     assert "no per-bin survival curves" in m["ibs"]["reason"]
     evaluate_predictions(survival_frame().assign(event=0), "survival", [], tmp_path, "t", SETTINGS)
@@ -336,7 +336,8 @@ def test_summary_table_has_fold_mean_and_pooled_interval_columns(tmp_path) -> No
     result = evaluate_predictions(classification_frame(), "classification", CLASSES, tmp_path, "t", SETTINGS)
     table = summary_table({("subtype", "m"): evaluation_outputs(tmp_path)["metrics"]})
     row = table.iloc[0]
-    assert row["auc"] == f"{result['summary']['auc']['mean']:.3f} ± {result['summary']['auc']['std']:.3f}"
+    fold = result["summary"]["auc"]
+    assert row["auc"] == f"{fold['mean']:.3f} ± {fold['std']:.3f} (3 of 3 folds)"
     assert row["auc_pooled"] == pytest.approx(result["metrics"]["auc"]["estimate"])
     assert row["auc_ci_low"] < row["auc_pooled"] < row["auc_ci_high"] and row["auc_reason"] is None
     assert "no operating point" in row["sensitivity_reason"]

@@ -6,6 +6,7 @@ cannot be scored are reported row by row. Kept tiny: a small encoder, small slid
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,9 +38,11 @@ def config(root: Path, external: dict, final_model: bool = True) -> Path:
         "tasks": {"subtype": {"type": "classification", "classes": ["normal", "tumor"]}},
         "models": {"mean": {"model": "mean"}},
         "training": {
-            **{"seed": 1, "folds": 2, "epochs": 3, "min_epochs": 1, "patience": 1, "val_fraction": 0.25},
+            # val_fraction 0.45: two validation patients per fold, one of each class, fix an operating point
+            **{"seed": 1, "folds": 2, "epochs": 3, "min_epochs": 1, "patience": 1, "val_fraction": 0.45},
             **{"device": "cpu", "final_model": final_model},
         },
+        "evaluation": {"min_patients": 2},  # the external cohort scores 2 patients
         "external": external,
     }
     path = root / "config.yaml"
@@ -57,6 +60,8 @@ def external_cohort(root: Path) -> dict:
     slides.to_csv(root / "slides.csv", index=False)
     labels = pd.read_csv(root / "labels.csv", dtype=str)
     labels.loc[labels["slide_id"] == "demo_002", "label"] = "lymphoma"
+    labels.loc[labels["slide_id"] == "demo_000", "label"] = "normal"  # the two scored patients: one of each class
+    labels.loc[labels["slide_id"] == "demo_001", "label"] = "tumor"
     labels.loc[len(labels)] = ["gone_case", "gone", "tumor", "3", "1"]  # a patient without slides
     labels.loc[len(labels)] = ["blank_case", "blank", "normal", "5", "0"]  # its one slide is excluded by QC
     labels.to_csv(root / "labels.csv", index=False)
@@ -78,6 +83,40 @@ def test_unlabelled_cohort_plans_predictions_only(repo_root: Path, tmp_path: Pat
     bad = config(tmp_path, {"site b": {"slides": str(tmp_path / "ext.csv")}})
     res = snakemake(repo_root, "-n", "--cores", "1", "--configfile", str(bad), "--replace-workflow-config")
     assert res.returncode != 0 and "site b" in res.stdout + res.stderr
+
+
+def test_the_report_is_rebuilt_when_an_external_metrics_file_changes(repo_root: Path, tmp_path: Path) -> None:
+    """The report shows the external cohorts' metrics (fold ensemble and final model): they are inputs of its rule,
+    so a changed metrics file plans the report again (and the report is never built before they exist)."""
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "slides.csv").write_text("slide_id,path\na,a.tiff\n")
+    (tmp_path / "dev" / "labels.csv").write_text("case_id,slide_id,label\na,a,normal\n")
+    (tmp_path / "ext.csv").write_text("slide_id,path,case_id\na,a.tiff,p1\n")
+    (tmp_path / "ext_labels.csv").write_text("case_id,slide_id,label\np1,a,normal\n")
+    labelled = {"slides": str(tmp_path / "ext.csv"), "labels": str(tmp_path / "ext_labels.csv")}
+    cfg = config(tmp_path, {"site_b": labelled})
+    results = tmp_path / "results"
+    ext = results / "external" / "site_b" / "subtype" / "mean"
+    inputs = [results / "evaluation" / "summary.csv", results / "evaluation" / "comparison.csv",
+              results / "qc" / "slides.csv", ext / "metrics.json", ext / "final" / "metrics.json"]  # fmt: skip
+    for path in [*inputs, results / "report.html"]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+        os.utime(path, (1e9, 1e9 if path.name != "report.html" else 1e9 + 100))  # the report is newer
+
+    def plan() -> str:
+        options = ["--configfile", str(cfg), "--replace-workflow-config", "--rerun-triggers", "mtime"]
+        target = str(results / "report.html")
+        res = snakemake(repo_root, "-n", "--cores", "1", *options, "--allowed-rules", "report", target)
+        assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+        return res.stdout + res.stderr
+
+    assert "Nothing to be done" in plan()
+    for changed in (ext / "metrics.json", ext / "final" / "metrics.json"):
+        os.utime(changed, (1e9 + 200, 1e9 + 200))
+        out = plan()
+        assert "rule report:" in out and str(changed) in out.split("rule report:")[1].split("rule ")[0], out[-3000:]
+        os.utime(changed, (1e9, 1e9))
 
 
 @pytest.mark.slow
@@ -130,3 +169,13 @@ def test_external_cohort_predictions_and_metrics(repo_root: Path, tmp_path: Path
     final = pd.read_csv(ext / "subtype" / "mean" / "final" / "cohort_predictions.csv", dtype={"sample_id": str})
     assert sorted(final["sample_id"]) == sorted(pred.index)
     assert json.loads((ext / "subtype" / "mean" / "final" / "metrics.json").read_text())["n"] == 2
+
+    # The development operating point is carried over: external sensitivity and specificity exist (issue 26).
+    development = json.loads((results / "evaluation" / "subtype" / "mean" / "metrics.json").read_text())
+    threshold = development["operating_point"]["development"]
+    for folder in (ext / "subtype" / "mean", ext / "subtype" / "mean" / "final"):
+        scored = pd.read_csv(folder / "predictions.csv")
+        assert np.allclose(scored["threshold"], threshold)
+        m = json.loads((folder / "metrics.json").read_text())["metrics"]
+        for name in ("sensitivity", "specificity"):
+            assert m[name]["estimate"] is not None, (folder, name, m[name])

@@ -11,8 +11,9 @@ import torch
 
 from mambamil.bags import Sample, TaskSpec, assign_bins, build_samples, survival_bin_edges
 from mambamil.errors import InputFileError, MambamilError
+from mambamil.evaluation.metrics import c_index, classification_metrics, survival_metrics
 from mambamil.order import METHODS, order_permutation, read_order, window_spread, write_order
-from mambamil.train.metrics import c_index, classification_metrics, nll_survival_loss, survival_metrics
+from mambamil.train.losses import nll_survival_loss
 from mambamil.train.splits import check_splits, make_splits
 
 

@@ -10,8 +10,9 @@ import pytest
 
 from mambamil import paths
 from mambamil.cli import main
+from mambamil.evaluation.compare import compare_models
+from mambamil.evaluation.evaluate import evaluate_predictions
 from mambamil.fileio import atomic_output
-from mambamil.train.evaluate import compare_models, evaluate_predictions
 from tests.test_evaluation import CLASSES, SETTINGS, classification_frame, survival_frame
 
 

@@ -15,11 +15,11 @@ import pytest
 
 from mambamil.cli import build_parser, main
 from mambamil.config import WORKFLOW_ONLY, section_properties
+from mambamil.evaluation.frame import EvaluationSettings
 from mambamil.features.extract import FeatureSettings
 from mambamil.heatmaps import HeatmapSettings
 from mambamil.tiling import TilingSettings
 from mambamil.train.engine import TrainSettings
-from mambamil.train.evaluate import EvaluationSettings
 
 DATACLASSES = [
     (TilingSettings, "tiling"),

@@ -15,7 +15,7 @@ import torch
 from mambamil.bags import Sample, TaskSpec, build_samples
 from mambamil.config import default_section
 from mambamil.train.engine import Objective, TrainSettings
-from mambamil.train.metrics import nll_survival_loss
+from mambamil.train.losses import nll_survival_loss
 
 # hazards h = (0.1, 0.2, 0.3, 0.4) → survival S = cumprod(1 − h) = (0.9, 0.72, 0.504, 0.3024)
 HAZARDS = torch.tensor([[0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)

@@ -20,6 +20,7 @@ from mambamil.h5layout import CoordsAttrs, FeatureAttrs, read_bag, write_feature
 from mambamil.inference import load_trained, unwrap
 from mambamil.models import create_model, load_checkpoint
 from mambamil.models.common import MILModel
+from mambamil.train import engine
 from mambamil.train.engine import TrainSettings, train_fold
 
 DIM = 3
@@ -58,9 +59,18 @@ class Cohort:
     def splits(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=["case_id", "fold", "split"])
 
-    def train(self, out: Path, task: TaskSpec, st: TrainSettings, model: str = "mean", **kw) -> dict:
+    def train(self, out: Path, task: TaskSpec, st: TrainSettings, model: str = "mean", given_bins=None, **kw) -> dict:
+        """Train fold 0. ``given_bins`` (a pytest ``monkeypatch``): keep the samples' hand-set survival time bins
+        instead of the fold's own (which tests/test_survival_statistics.py checks), for tests built on them."""
         kw = {"dropout": 0.0, "hidden": 4, **kw}
+        if given_bins is not None:
+            given_bins.setattr(engine, "fold_survival_targets", lambda samples, training, n_bins: (samples, []))
         return train_fold(task, model, kw, st, self.samples, self.splits, 0, self.files, {}, out, {}, progress=False)
+
+    def fold_labels(self, task: TaskSpec) -> dict[str, int]:
+        """Each sample's training target in fold 0 (survival: the time bin of the fold's training patients)."""
+        subsets, _ = engine.fold_subsets(task, self.samples, self.splits, 0, {})
+        return {s.sample_id: s.label for subset in subsets.values() for s in subset}
 
 
 def bag(value: float, n: int = 4, seed: int = 0) -> np.ndarray:
@@ -116,15 +126,14 @@ class RecordingAdam(torch.optim.Adam):
 
 
 @pytest.mark.parametrize("k", [2, 4])
-@pytest.mark.parametrize("task", [SUBTYPE, SURVIVAL])
+@pytest.mark.parametrize("task", [SUBTYPE, TaskSpec("survival", "survival", n_bins=2)])
 def test_accumulation_over_k_bags_is_the_gradient_of_their_mean(tmp_path: Path, monkeypatch, task, k) -> None:
     rng = np.random.default_rng(0)
     cohort = Cohort(tmp_path / "f")
     n_train = 4
     by_size = {}  # training bags have distinct sizes, which identify them in the forward log
     for i in range(n_train):
-        label = i % 2 if task is SUBTYPE else i
-        by_size[3 + i] = cohort.add("train", rng.normal(size=(3 + i, DIM)), label=label, time=10.0 + i, event=i % 2)
+        by_size[3 + i] = cohort.add("train", rng.normal(size=(3 + i, DIM)), label=i % 2, time=10.0 + i, event=i % 2)
     cohort.add("val", rng.normal(size=(4, DIM)), label=0, time=3.0, event=1)
     cohort.add("val", rng.normal(size=(4, DIM)), label=1, time=12.0, event=1)
     cohort.add("test", rng.normal(size=(4, DIM)), label=1, time=5.0, event=1)
@@ -143,6 +152,7 @@ def test_accumulation_over_k_bags_is_the_gradient_of_their_mean(tmp_path: Path, 
         cohort.train(tmp_path / "m", task, st)
     finally:
         handle.remove()
+    labels = cohort.fold_labels(task)  # survival: the fold's own time bins
     assert len(sizes) == 2 * n_train and len(RecordingAdam.steps) == 2 * n_train // k  # one step per k bags
 
     for step, (params, grads) in enumerate(RecordingAdam.steps):
@@ -157,7 +167,7 @@ def test_accumulation_over_k_bags_is_the_gradient_of_their_mean(tmp_path: Path, 
             if task is SUBTYPE:
                 losses.append(F.cross_entropy(out["logits"], torch.tensor([s.label])))
             else:
-                losses.append(hand_nll(out["hazards"][0], out["S"][0], s.label, s.event, alpha))
+                losses.append(hand_nll(out["hazards"][0], out["S"][0], labels[s.sample_id], s.event, alpha))
         expected = torch.autograd.grad(torch.stack(losses).mean(), list(model.parameters()))
         for g, e in zip(grads, expected, strict=True):
             torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7)
@@ -184,11 +194,12 @@ class DrawLog:
             self.ids.append(round(float(args[0][0, 0])) - 10)
 
 
-def draws(cohort: Cohort, tmp_path: Path, task: TaskSpec, sampler: str, epochs: int) -> np.ndarray:
+def draws(cohort: Cohort, tmp_path: Path, task: TaskSpec, sampler: str, epochs: int, given_bins=None) -> np.ndarray:
     log = DrawLog()
     handle = torch.nn.modules.module.register_module_forward_pre_hook(log)
     try:
-        cohort.train(tmp_path / sampler, task, settings(epochs=epochs, min_epochs=1, patience=epochs, sampler=sampler))
+        st = settings(epochs=epochs, min_epochs=1, patience=epochs, sampler=sampler)
+        cohort.train(tmp_path / sampler, task, st, given_bins=given_bins)
     finally:
         handle.remove()
     return np.array(log.ids)
@@ -222,7 +233,7 @@ def test_weighted_sampler_balances_classes(tmp_path: Path, sampler: str) -> None
         assert (np.bincount(seen, minlength=8) == epochs).all()
 
 
-def test_weighted_sampler_balances_survival_bin_and_event_groups(tmp_path: Path) -> None:
+def test_weighted_sampler_balances_survival_bin_and_event_groups(tmp_path: Path, monkeypatch) -> None:
     cohort = Cohort(tmp_path / "f")
     # (time bin, event) groups of sizes 4, 2, 1, 1: each should get a quarter of the draws.
     groups = [(0, 1)] * 4 + [(1, 1)] * 2 + [(1, 0)] + [(3, 0)]
@@ -231,13 +242,13 @@ def test_weighted_sampler_balances_survival_bin_and_event_groups(tmp_path: Path)
     cohort.add("val", id_bag(50), label=0, time=0.5, event=1)
     cohort.add("val", id_bag(51), label=2, time=3.0, event=1)
     cohort.add("test", id_bag(52), label=1, time=2.0, event=1)
-    seen = draws(cohort, tmp_path, SURVIVAL, "weighted", 50)
+    seen = draws(cohort, tmp_path, SURVIVAL, "weighted", 50, given_bins=monkeypatch)
     shares = [np.isin(seen, ids).mean() for ids in ([0, 1, 2, 3], [4, 5], [6], [7])]
     np.testing.assert_allclose(shares, 0.25, atol=0.06)
 
 
 # -- survival model selection -----------------------------------------------------------------------------------
-def test_survival_selects_the_epoch_with_the_best_validation_c_index(tmp_path: Path) -> None:
+def test_survival_selects_the_epoch_with_the_best_validation_c_index(tmp_path: Path, monkeypatch) -> None:
     """Training teaches 'high feature = early event'; validation patients follow that ordering in time (so the
     c-index climbs) but the opposite time bins (so the loss climbs too): loss and c-index disagree on the best."""
     cohort = Cohort(tmp_path / "f")
@@ -250,7 +261,7 @@ def test_survival_selects_the_epoch_with_the_best_validation_c_index(tmp_path: P
         cohort.add("val", x, label=3 if v > 0 else 0, time=float(10 + i), event=1)
     cohort.add("test", bag(1.0), label=0, time=1.0, event=1)
     st = settings(epochs=6, min_epochs=1, patience=6, lr=0.02)
-    summary = cohort.train(tmp_path / "m", SURVIVAL, st, hidden=8)
+    summary = cohort.train(tmp_path / "m", SURVIVAL, st, given_bins=monkeypatch, hidden=8)  # bins set by hand
     log = pd.read_csv(tmp_path / "m" / "log.csv")
     assert summary["monitor"] == "val_c_index"
     best = max(range(len(log)), key=lambda e: (log.loc[e, "val_c_index"], -log.loc[e, "val_loss"]))

@@ -31,26 +31,30 @@ def add_evaluate(sub: Subparsers) -> None:
 
 def _evaluation_settings(spec: dict):
     from mambamil.config import config_section
-    from mambamil.train.evaluate import EvaluationSettings
+    from mambamil.evaluation.frame import EvaluationSettings
 
     return EvaluationSettings.from_config(config_section("evaluation", settings=spec.get("evaluation")))
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from mambamil.bags import TaskSpec
-    from mambamil.train.evaluate import evaluate_folds
+    from mambamil.evaluation.evaluate import evaluate_folds
+    from mambamil.evaluation.summary import fold_text
 
     spec = task_settings(args)
     task = TaskSpec.from_config(spec["task_name"], spec["task"])
     title = f"{task.name} — {spec.get('model_name', '')}"
     settings = _evaluation_settings(spec)
-    result = evaluate_folds(args.predictions, task.kind, list(task.classes), args.out, title, settings)
+    result = evaluate_folds(args.predictions, task.kind, list(task.classes), args.out, title, settings,
+                            task.time_unit if task.kind == "survival" else None)  # fmt: skip
     for key, m in result["metrics"].items():
         fold = result["summary"].get(key)
-        folds = f"; folds {fold['mean']:.3f} ± {fold['std']:.3f}" if fold else ""
+        folds = f"; folds {fold_text(fold)}" if fold else ""
         why = f" ({m['reason']})" if m["reason"] else ""
         print(f"{task.name} {key}: {m['estimate']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]{why}{folds}")
     print(f"intervals: {result['interval_method']}")
+    if result.get("tau") is not None:
+        print(f"τ = {result['tau']:g} {task.time_unit} ({result['tau_source']}); times {result['survival_times']}")
     return 0
 
 
@@ -75,8 +79,8 @@ def run_compare(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from mambamil.bags import TaskSpec
+    from mambamil.evaluation.compare import compare_models
     from mambamil.fileio import atomic_output
-    from mambamil.train.evaluate import compare_models
 
     if len(args.names) != len(args.predictions):
         raise MambamilError(f"compare: {len(args.predictions)} predictions files but {len(args.names)} --names")

@@ -40,11 +40,13 @@ def add_predict(sub: Subparsers) -> None:
     p.add_argument("--labels", type=Path, help="label sheet CSV: labels written beside the predictions")
     p.add_argument("--label-column", default=LABEL_COLUMN, help="classification label column (default: %(default)s)")
     p.add_argument("--metrics-dir", type=Path, help="with --labels: write metrics.json, predictions.csv, curves here")
+    p.add_argument("--development-metrics", type=Path, help="with --metrics-dir: the development evaluation's "
+                   "metrics.json, whose operating point, risk cut-off and survival times are carried over")  # fmt: skip
     add_original_args(p)
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from mambamil.external import attach_labels, evaluate_cohort
+    from mambamil.external import attach_labels, evaluate_cohort, read_development
     from mambamil.fileio import atomic_output
     from mambamil.inference import load_ensemble, predict_cohort, trained_level
     from mambamil.sheets import read_label_sheet, read_slide_sheet
@@ -68,8 +70,10 @@ def run_predict(args: argparse.Namespace) -> int:
             log.warning("%s", problem)
         if args.metrics_dir:
             title = f"{task.name} — {extra.get('model_name', '')} ({args.labels.parent.name})"
+            development = read_development(args.development_metrics) if args.development_metrics else None
             result = evaluate_cohort(df, task.kind, list(task.classes), args.metrics_dir, title, problems,
-                                     {"checkpoints": [str(c) for c in args.checkpoint], "level": level})  # fmt: skip
+                                     {"checkpoints": [str(c) for c in args.checkpoint], "level": level},
+                                     development=development)  # fmt: skip
             scores = {k: v for k, v in result["pooled"].items() if isinstance(v, float)}
             print(f"{task.name}: {result['n']} scored: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     with atomic_output(args.out) as tmp:

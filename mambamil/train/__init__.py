@@ -1,2 +1,2 @@
-"""Training and evaluation of MIL aggregators: cohort assembly, patient-level splits, the training loop,
-metrics and prediction. The ``mambamil train``/``evaluate``/``predict`` verbs call into these modules."""
+"""Training of MIL aggregators: patient-level splits, the training loop and its loss (statistics live in
+:mod:`mambamil.evaluation`). The ``mambamil train``/``train-final``/``splits`` verbs call into these modules."""

@@ -17,19 +17,20 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mambamil import __version__
-from mambamil.bags import BagDataset, Sample, TaskSpec
+from mambamil.bags import BagDataset, Sample, TaskSpec, fold_survival_targets
 from mambamil.config import settings_from_config
 from mambamil.device import mil_autocast, resolve_device
 from mambamil.errors import FaultError, MambamilError
+from mambamil.evaluation.metrics import c_index, classification_metrics
+from mambamil.evaluation.plots import loss_curves
+from mambamil.evaluation.survival import add_survival_times
 from mambamil.fileio import atomic_output, write_json
 from mambamil.h5layout import check_one_encoder
 from mambamil.inference import Standardized, load_trained, predict_dataset, unwrap
 from mambamil.models import create_model, save_checkpoint
 from mambamil.ops import selfcheck
 from mambamil.paths import fold_outputs
-from mambamil.train.evaluate import add_survival_times
-from mambamil.train.metrics import c_index, classification_metrics, nll_survival_loss
-from mambamil.train.plots import loss_curves
+from mambamil.train.losses import nll_survival_loss
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,23 @@ def _validation(model, dataset, objective, device, task, precision: str = "fp32"
     return float(np.mean(losses)), metric
 
 
+def fold_subsets(
+    task: TaskSpec, samples: list[Sample], splits: pd.DataFrame, fold: int, meta: dict[str, Any]
+) -> tuple[dict[str, list[Sample]], dict[str, Any]]:
+    """The fold's ``train``/``val``/``test`` samples and its metadata. Survival targets are time bins whose edges
+    come from the fold's training patients only (stored as the checkpoint's ``bin_edges``)."""
+    rows = splits[splits["fold"] == fold]
+    member = {split: set(rows.loc[rows["split"] == split, "case_id"]) for split in ("train", "val", "test")}
+    if task.kind == "survival":
+        training = [s for s in samples if s.case_id in member["train"]]
+        try:
+            samples, edges = fold_survival_targets(samples, training, task.n_bins)
+        except MambamilError as exc:
+            raise MambamilError(f"task '{task.name}' fold {fold} training patients: {exc} (lower n_bins)") from None
+        meta = {**meta, "bin_edges": edges, "bin_edges_from": f"training patients of fold {fold}"}
+    return {k: [s for s in samples if s.case_id in v] for k, v in member.items()}, meta
+
+
 def train_fold(
     task: TaskSpec,
     model_name: str,
@@ -157,9 +175,7 @@ def train_fold(
     seed_everything(settings.seed * 1000 + fold)
     device = resolve_device(settings.device)
     selfcheck.set_enabled(settings.scan_selfcheck)
-    rows = splits[splits["fold"] == fold]
-    member = {split: set(rows.loc[rows["split"] == split, "case_id"]) for split in ("train", "val", "test")}
-    subsets = {k: [s for s in samples if s.case_id in v] for k, v in member.items()}
+    subsets, meta = fold_subsets(task, samples, splits, fold, meta)
     check_one_encoder({sid: feature_files[sid] for s in samples for sid in s.slide_ids})  # one encoder per study
     data = {k: BagDataset(v, feature_files, order_files) for k, v in subsets.items()}
     in_dim = data["train"].in_dim

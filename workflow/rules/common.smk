@@ -163,13 +163,20 @@ def evaluation_spec(task, model=None):
     return {**task_spec(task, model), "evaluation": config["evaluation"]}
 
 
-#: Further inputs of the report rule (e.g. external validation metrics), added by the rules that make them; the
-#: report reads whatever of them exists under results/.
-REPORT_INPUTS = []
-
-
 def report_inputs(wildcards):
-    return REPORT_INPUTS
+    """Every metrics file the report shows beyond the summary: each labelled external cohort's metrics of every
+    task × model, by the fold ensemble and (training.final_model) the final model. Inputs, so the report is
+    rebuilt when any of them changes and never built before they exist."""
+    files = []
+    for cohort in EXTERNAL:
+        if not EXTERNAL[cohort].get("labels"):
+            continue
+        for task in TASKS:
+            for model in MODELS:
+                files += expand(EXTERNAL_PREDICT["metrics"], cohort=cohort, task=task, model=model)
+                if final_model_on(task):
+                    files += expand(EXTERNAL_PREDICT_FINAL["metrics"], cohort=cohort, task=task, model=model)
+    return files
 
 
 def task_folds(task):
@@ -288,7 +295,8 @@ def print_qc_summary():
 
 
 def external_labels_option(cohort, final):
-    """--labels/--label-column/--metrics-dir of one external cohort's prediction jobs (none without labels)."""
+    """--labels/--label-column/--metrics-dir/--development-metrics of one external cohort's prediction jobs (none
+    without labels): the development evaluation carries its operating point, risk cut-off and survival times."""
     labels = EXTERNAL[cohort].get("labels")
 
     def option(wc):
@@ -296,12 +304,20 @@ def external_labels_option(cohort, final):
             return ""
         column = config["tasks"][wc.task].get("label_column", LABEL_COLUMN)
         out_dir = paths.external_evaluation_dir(RESULTS, cohort, wc.task, wc.model, final=final)
+        development = expand(EVALUATION["metrics"], task=wc.task, model=wc.model)[0]
         return " ".join(
             ["--labels", shlex.quote(str(labels)), "--label-column", shlex.quote(column)]
-            + ["--metrics-dir", shlex.quote(str(out_dir))]
+            + ["--metrics-dir", shlex.quote(str(out_dir)), "--development-metrics", shlex.quote(development)]
         )
 
     return option
+
+
+def development_metrics(cohort):
+    """The development evaluation a labelled external cohort's scoring carries over (its metrics.json)."""
+    if not EXTERNAL[cohort].get("labels"):
+        return []
+    return lambda wc: expand(EVALUATION["metrics"], task=wc.task, model=wc.model)
 
 
 def external_checkpoints(final):

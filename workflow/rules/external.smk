@@ -141,6 +141,7 @@ for _cohort in EXTERNAL:
             input:
                 slides=EXTERNAL[_cohort]["slides"],
                 labels=[EXTERNAL[_cohort]["labels"]] if EXTERNAL[_cohort].get("labels") else [],
+                development=development_metrics(_cohort),
                 qc=expand(EXTERNAL_QC["slides"], cohort=_cohort),
                 features=expand(EXTERNAL_FEATURES, cohort=_cohort, slide_id=EXTERNAL_IDS[_cohort]),
                 checkpoints=external_checkpoints(_final),

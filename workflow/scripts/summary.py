@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from mambamil.evaluation.compare import COMPARISON_COLUMNS
+from mambamil.evaluation.summary import summary_table
 from mambamil.fileio import atomic_output
 from mambamil.qc import exclusion_report, qc_counts, read_qc_table
-from mambamil.train.evaluate import COMPARISON_COLUMNS, summary_table
 
 snakemake = snakemake  # noqa: F821 (injected by Snakemake)
 with open(snakemake.log[0], "w") as log:

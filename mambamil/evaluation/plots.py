@@ -15,8 +15,8 @@ from lifelines import KaplanMeierFitter
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from mambamil.evaluation import bootstrap as bs
 from mambamil.fileio import atomic_output
-from mambamil.train import bootstrap as bs
 
 
 def _save(fig: plt.Figure, path: str | Path) -> None:
@@ -57,16 +57,27 @@ def roc_plot(y_true: np.ndarray, probs: np.ndarray, classes: list[str], path: st
     _save(fig, path)
 
 
-def km_plot(time: np.ndarray, event: np.ndarray, risk: np.ndarray, path: str | Path, title: str) -> None:
-    """Kaplan–Meier curves of predicted high- vs low-risk patients (split at the median risk)."""
+def km_plot(
+    time: np.ndarray,
+    event: np.ndarray,
+    high: np.ndarray,
+    path: str | Path,
+    title: str,
+    cutoff: str = "",
+    time_unit: str | None = None,
+) -> None:
+    """Kaplan–Meier curves of predicted high- vs low-risk patients (``high``: risk above the cut-off, ``cutoff``
+    says how it was fixed)."""
     fig, ax = plt.subplots(figsize=(5, 4))
-    high = np.asarray(risk) > np.median(risk)
+    high = np.asarray(high, dtype=bool)
     for mask, name in ((~high, "low risk"), (high, "high risk")):
         if mask.any():
             KaplanMeierFitter(label=f"{name} (n={int(mask.sum())})").fit(
                 time[mask], event[mask]
             ).plot_survival_function(ax=ax, ci_show=False)
-    ax.set(xlabel="time", ylabel="survival probability", title=title)
+    ax.set(xlabel=f"time ({time_unit})" if time_unit else "time", ylabel="survival probability", title=title)
+    if cutoff:
+        fig.text(0.5, -0.02, f"risk groups: {cutoff}", ha="center", fontsize=8)
     _save(fig, path)
 
 
@@ -132,7 +143,9 @@ def calibration_plot(
     _save(fig, path)
 
 
-def time_auc_plot(metrics: dict, times: list[float], path: str | Path, title: str) -> None:
+def time_auc_plot(
+    metrics: dict, times: list[float], path: str | Path, title: str, time_unit: str | None = None
+) -> None:
     """Time-dependent (cumulative/dynamic) AUC at each evaluation time with its bootstrap interval, beside
     Harrell's and Uno's c-index."""
     fig, ax = plt.subplots(figsize=(5, 3.8))
@@ -149,7 +162,8 @@ def time_auc_plot(metrics: dict, times: list[float], path: str | Path, title: st
         if np.isfinite(value):
             ax.axhline(value, color="grey", ls=style, lw=1, label=f"{name} {value:.3f}")
     ax.axhline(0.5, color="black", lw=0.5)
-    ax.set(xlabel="time", ylabel="cumulative/dynamic AUC", title=f"time-dependent AUC — {title}", ylim=(0, 1.02))
+    ax.set(xlabel=f"time ({time_unit})" if time_unit else "time", ylabel="cumulative/dynamic AUC",
+           title=f"time-dependent AUC — {title}", ylim=(0, 1.02))  # fmt: skip
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8)
     _save(fig, path)

@@ -1,5 +1,5 @@
-"""Losses and metrics: cross-entropy / discrete-time survival NLL, AUC, balanced accuracy, F1, c-index,
-Kaplan–Meier log-rank (lifelines)."""
+"""Per-fold metrics shared with training: AUC, balanced accuracy, F1, confusion matrix, Harrell's c-index
+(lifelines), Kaplan–Meier log-rank (lifelines)."""
 
 from __future__ import annotations
 
@@ -7,34 +7,9 @@ import warnings
 from typing import Any
 
 import numpy as np
-import torch
 from lifelines.statistics import logrank_test
 from lifelines.utils import concordance_index
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, roc_auc_score
-
-
-def nll_survival_loss(
-    hazards: torch.Tensor,
-    survival: torch.Tensor,
-    y: torch.Tensor,
-    event: torch.Tensor,
-    alpha: float = 0.0,
-    eps: float = 1e-7,
-) -> torch.Tensor:
-    """The discrete-time negative log-likelihood of MCAT/MambaMIL (``NLLSurvLoss``).
-
-    ``y`` is the time bin, ``event`` 1 when observed; censorship c = 1 − event. ``alpha`` weights the
-    uncensored term: loss = (1 − alpha)·(censored + uncensored) + alpha·uncensored.
-    """
-    y = y.view(-1, 1).long()
-    c = (1 - event.view(-1, 1)).float()
-    s_padded = torch.cat([torch.ones_like(c), survival], dim=1)
-    uncensored = -(1 - c) * (
-        torch.log(torch.gather(s_padded, 1, y).clamp(min=eps)) + torch.log(torch.gather(hazards, 1, y).clamp(min=eps))
-    )
-    censored = -c * torch.log(torch.gather(s_padded, 1, y + 1).clamp(min=eps))
-    loss = (1 - alpha) * (censored + uncensored) + alpha * uncensored
-    return loss.mean()
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, Any]:
