@@ -48,6 +48,8 @@ class EvaluationSettings:
     min_patients: int
     calibration_bins: int
     survival_times: list[float]
+    interval: str = "bca"
+    min_per_class: int = 10
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None = None, **overrides: Any) -> EvaluationSettings:
@@ -57,7 +59,12 @@ class EvaluationSettings:
     @property
     def method(self) -> str:
         """The interval method in words, written next to the numbers."""
-        return bs.METHOD.format(level=100 * self.confidence_level, n=self.n_resamples, seed=self.seed)
+        return bs.METHOD.format(
+            level=100 * self.confidence_level,
+            interval=bs.INTERVALS[self.interval],
+            n=self.n_resamples,
+            seed=self.seed,
+        )
 
 
 def _settings(settings: dict[str, Any] | EvaluationSettings | None) -> EvaluationSettings:
@@ -410,12 +417,19 @@ def metrics_with_intervals(
         values, reasons = {}, dict.fromkeys(names, f"fewer than {settings.min_patients} patients ({f.n_patients})")
     else:
         values, reasons = _estimates(f, settings, times, grid)
-    W = bs.bootstrap_weights(preds["case_id"].to_numpy(), settings.n_resamples, settings.seed)
+    groups = preds["case_id"].to_numpy()
+    W = bs.bootstrap_weights(groups, settings.n_resamples, settings.seed)
     todo = [n for n in names if n in values and n not in P_VALUES]
     replicates = _replicates(f, settings, times, grid, W, todo) if todo else {}
     metrics = {}
     for name in names:
-        low, high, used = bs.percentile_interval(replicates.get(name, []), settings.confidence_level)
+        low, high, used, interval = bs.interval(
+            settings.interval if name in replicates else "percentile",
+            replicates.get(name, []),
+            lambda w, name=name: _replicates(f, settings, times, grid, w, [name])[name],
+            groups,
+            settings.confidence_level,
+        )
         reason = reasons.get(name)
         if not reason and used == 0 and name not in P_VALUES:
             reason = "no bootstrap resample could be evaluated"
@@ -424,6 +438,7 @@ def metrics_with_intervals(
             "ci_low": low,
             "ci_high": high,
             "resamples": used,
+            "interval": interval if name not in P_VALUES else None,
             "reason": reason,
         }
     return {
@@ -575,7 +590,7 @@ def evaluate_folds(
 # -- paired model comparison -------------------------------------------------------------------------------------
 COMPARISON_COLUMNS = [
     "task", "metric", "model_a", "model_b", "n_patients", "estimate_a", "estimate_b", "difference", "ci_low",
-    "ci_high", "p_value", "method", "reason",
+    "ci_high", "p_value", "p_value_text", "resamples", "method", "reason",
 ]  # fmt: skip
 
 
@@ -614,7 +629,8 @@ def _compare_pair(pa, pb, a, b, kind, classes, metric, settings: EvaluationSetti
     fa, fb = _frame(frame_a, kind, classes, None), _frame(frame_b, kind, classes, None)
     row["n_patients"] = fa.n_patients
     nan = float("nan")
-    row.update(estimate_a=nan, estimate_b=nan, difference=nan, ci_low=nan, ci_high=nan, p_value=nan, reason=None)
+    row.update(estimate_a=nan, estimate_b=nan, difference=nan, ci_low=nan, ci_high=nan, p_value=nan, reason=None,
+               p_value_text="NaN", resamples=0)  # fmt: skip
     if fa.n_patients < settings.min_patients:
         row["reason"] = f"fewer than {settings.min_patients} shared patients ({fa.n_patients})"
         return row
@@ -624,15 +640,19 @@ def _compare_pair(pa, pb, a, b, kind, classes, metric, settings: EvaluationSetti
     if why_a or why_b:
         row["reason"] = why_a or why_b
         return row
-    W = bs.bootstrap_weights(frame_a["case_id"].to_numpy(), settings.n_resamples, settings.seed)
-    delta = (
-        _replicates(fa, settings, [], None, W, [metric])[metric]
-        - _replicates(fb, settings, [], None, W, [metric])[metric]
-    )
+    groups = frame_a["case_id"].to_numpy()
+    W = bs.bootstrap_weights(groups, settings.n_resamples, settings.seed)
+
+    def difference(w: np.ndarray) -> np.ndarray:
+        replicates_a = _replicates(fa, settings, [], None, w, [metric])[metric]
+        return replicates_a - _replicates(fb, settings, [], None, w, [metric])[metric]
+
+    delta = difference(W)
     delta = delta[np.isfinite(delta)]
-    low, high, _ = bs.percentile_interval(delta, settings.confidence_level)
+    low, high, used, _ = bs.interval(settings.interval, delta, difference, groups, settings.confidence_level)
     p = min(1.0, 2 * min(np.mean(delta <= 0), np.mean(delta >= 0))) if delta.size else nan
-    row.update(difference=est_a - est_b, ci_low=low, ci_high=high, p_value=float(p))
+    row.update(difference=est_a - est_b, ci_low=low, ci_high=high, p_value=float(p), resamples=used,
+               p_value_text=bs.format_p_value(float(p), used))  # fmt: skip
     if not delta.size:
         row["reason"] = "no bootstrap resample could be evaluated"
     return row
@@ -646,7 +666,8 @@ def _primary(f: _Frame, metric: str, settings: EvaluationSettings) -> tuple[floa
 def _comparison_method(settings: EvaluationSettings) -> str:
     return (
         f"paired bootstrap: {settings.n_resamples} resamples of the shared patients (seed {settings.seed}), "
-        f"{100 * settings.confidence_level:g} % percentile interval of A − B, p = 2·min(P(Δ*≤0), P(Δ*≥0))"
+        f"{100 * settings.confidence_level:g} % {bs.INTERVALS[settings.interval]} interval of A − B, "
+        "p = 2·min(P(Δ*≤0), P(Δ*≥0)) over the usable resamples B (0 is shown as < 2/B)"
     )
 
 
