@@ -15,28 +15,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import platform
 import time
 
 import numpy as np
+from scan import machine  # type: ignore[import-not-found]
 from scipy.stats import norm
 
 from mambamil.train import bootstrap as bs
 
 SETTINGS = ((30, 0.10), (40, 0.15), (60, 0.40))
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def cohort(rng: np.random.Generator, n: int, prevalence: float, d: float) -> tuple[np.ndarray, np.ndarray, int]:
@@ -62,7 +49,7 @@ def run(n: int, prevalence: float, cohorts: int, resamples: int, d: float, level
         reps = bs.auc(score, y, W)
         dropped.append(resamples - int(np.isfinite(reps).sum()))
         for method in hits:
-            low, high, _, used = bs.interval(method, reps, lambda w: bs.auc(score, y, w), groups, level)
+            low, high, _, used = bs.interval(method, reps, lambda w, s=score, pos=y: bs.auc(s, pos, w), groups, level)
             undefined += method == "bca" and used != "bca"
             hits[method] += bool(low <= true_auc <= high)
             widths[method].append(high - low)

@@ -134,7 +134,7 @@ def per_class_auc(preds: pd.DataFrame, classes: list[str], settings: dict[str, A
             row.update(auc=float(roc_auc_score(positive, score)), ci_low=low, ci_high=high, resamples=used,
                        reason=None)  # fmt: skip
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, dtype=object)
 
 
 def operating_points(preds: pd.DataFrame, classes: list[str], settings: dict[str, Any]) -> pd.DataFrame:
@@ -171,13 +171,15 @@ def operating_points(preds: pd.DataFrame, classes: list[str], settings: dict[str
         }  # fmt: skip
         for name, (hit, relevant) in ratios.items():
             row[name] = float(bs.recall(hit, relevant, np.ones((1, len(y))))[0])
-        if fold == "all":
-            cases = part["case_id"].to_numpy()
-            usable = []
-            for name, (hit, relevant) in ratios.items():
+        usable = []
+        for name, (hit, relevant) in ratios.items():
+            interval = ""
+            if fold == "all":
+                cases = part["case_id"].to_numpy()
                 low, high, used = _interval_of(lambda w, h=hit, r=relevant: bs.recall(h, r, w), cases, settings)
-                row[f"{name} interval"] = f"[{low:.3f}, {high:.3f}]" if np.isfinite(low) else "NaN"
+                interval = f"[{low:.3f}, {high:.3f}]" if np.isfinite(low) else "NaN"
                 usable.append(used)
-            row["resamples (fewest usable)"] = min(usable)
+            row[f"{name} interval"] = interval
+        row["resamples (fewest usable)"] = min(usable) if usable else None
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, dtype=object)

@@ -79,13 +79,15 @@ def small_sample_warnings(preds: pd.DataFrame, kind: str, classes: list[str], mi
     warnings = []
     table = fold_counts(preds, kind, classes)
     columns = [f"class {c}" for c in classes] if kind == "classification" else ["events"]
+    noun = "patients" if kind == "classification" else ""
     for row in table.itertuples(index=False):
         values = dict(zip(table.columns, row, strict=True))
-        short = [f"{c.removeprefix('class ')} {values[c]}" for c in columns if values[c] < minimum]
+        short = [
+            f"{values[c]} {c.replace('class ', noun + ' of class ')}".strip() for c in columns if values[c] < minimum
+        ]
         if short:
             where = "pooled test set" if values["test fold"] == "all" else f"test fold {values['test fold']}"
-            what = "patients of class" if kind == "classification" else "events:"
-            warnings.append(f"{where}: fewer than {minimum} {what} {', '.join(short)} (intervals may under-cover)")
+            warnings.append(f"{where}: {', '.join(short)}, fewer than {minimum}; intervals may under-cover")
     return warnings
 
 
@@ -106,4 +108,4 @@ def participant_flow(slides: pd.DataFrame, analysed: dict[str, int]) -> pd.DataF
     rows.append({"step": "patients without a usable slide", "slides": None, "patients": -len(all_cases - usable_cases)})
     for task, n in analysed.items():
         rows.append({"step": f"analysed, task {task} (labelled, predicted)", "slides": None, "patients": n})
-    return pd.DataFrame(rows, columns=["step", "slides", "patients"])
+    return pd.DataFrame(rows, columns=["step", "slides", "patients"], dtype=object)

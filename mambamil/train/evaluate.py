@@ -23,6 +23,7 @@ import pandas as pd
 
 from mambamil.config import settings_from_config
 from mambamil.errors import InputFileError
+from mambamil.evaluation.cohort_table import small_sample_warnings
 from mambamil.fileio import atomic_output, write_json
 from mambamil.inference import probability_column
 from mambamil.paths import evaluation_outputs, fold_outputs
@@ -519,6 +520,7 @@ def evaluate_predictions(
         "survival_times": study["survival_times"],
         "ibs_range": study["ibs_range"],
         "metrics": study["metrics"],
+        "warnings": small_sample_warnings(preds, kind, classes, settings.min_per_class),
         "summary": summary,
         "pooled": pooled,
         "per_fold": per_fold,
@@ -674,8 +676,8 @@ def _comparison_method(settings: EvaluationSettings) -> str:
 # -- cohort tables ------------------------------------------------------------------------------------------------
 def summary_table(metric_files: dict[tuple[str, str], Path]) -> pd.DataFrame:
     """One row per (task, model): fold mean ± std of each metric, and the pooled estimate with its bootstrap
-    interval (``<metric>_pooled``, ``<metric>_ci_low``, ``<metric>_ci_high``; ``<metric>_reason`` when it is NaN)
-    and the interval method."""
+    interval (``<metric>_pooled``, ``<metric>_ci_low``, ``<metric>_ci_high``, the usable ``<metric>_resamples``;
+    ``<metric>_reason`` when it is NaN), the interval method and the small-test-set ``warnings``."""
     rows = []
     for (task, model), path in sorted(metric_files.items()):
         result = json.loads(Path(path).read_text())
@@ -687,7 +689,9 @@ def summary_table(metric_files: dict[tuple[str, str], Path]) -> pd.DataFrame:
             row[f"{key}_ci_low"] = m["ci_low"]
             row[f"{key}_ci_high"] = m["ci_high"]
             row[f"{key}_reason"] = m["reason"]
+            row[f"{key}_resamples"] = m.get("resamples")
         row["ci_method"] = result.get("interval_method")
+        row["warnings"] = "; ".join(result.get("warnings", []))
         rows.append(row)
     return pd.DataFrame(rows)
 
