@@ -65,6 +65,13 @@ def test_bca_interval_equals_scipy_bca_on_the_raw_data() -> None:
     assert used == finite.size
     assert (low, high) == pytest.approx((ref.low, ref.high), abs=1e-12)
     assert (low, high) != pytest.approx(bs.percentile_interval(reps, 0.9)[:2], abs=1e-6)  # BCa moved it
+    # two identical rows per patient: resampled and left out by patient, the same interval
+    groups = np.repeat(np.arange(n), 2)
+    W2 = bs.bootstrap_weights(groups, 1000, seed=3)
+    reps2 = bs.auc(score[groups], y[groups], W2)
+    assert reps2 == pytest.approx(reps, nan_ok=True)
+    twice = bs.bca_interval(reps2, lambda w: bs.auc(score[groups], y[groups], w), groups, 0.9)
+    assert twice == pytest.approx((low, high, used), abs=1e-12)
 
 
 def test_bca_falls_back_to_percentile_where_undefined_and_says_so() -> None:
@@ -152,19 +159,19 @@ def test_median_follow_up_is_the_reverse_kaplan_meier_median() -> None:
 def test_participant_flow_counts_slides_and_patients_by_cause() -> None:
     qc = pd.DataFrame(
         {
-            "slide_id": ["S1", "S2", "S3", "S4", "S5"],
-            "case_id": ["P1", "P1", "P2", "P3", "P4"],
-            "status": ["ok", "excluded", "excluded", "excluded", "ok"],
-            "stage": ["", "tile", "tile", "features", ""],
-            "cause": ["", "no tissue found", "no tissue found", "unreadable", ""],
+            "slide_id": ["S1", "S2", "S3", "S4", "S5", "S6"],
+            "case_id": ["P1", "P1", "P2", "P3", "P4", "P5"],
+            "status": ["ok", "excluded", "excluded", "excluded", "ok", "ok"],
+            "stage": ["", "tile", "tile", "features", "", ""],
+            "cause": ["", "no tissue found", "no tissue found", "unreadable", "", ""],
         }
     )
     flow = cohort_table.participant_flow(qc, {"subtype": 2})
     rows = {r.step: (r.slides, r.patients) for r in flow.itertuples()}
-    assert rows["slides in"] == (5, 4)
+    assert rows["slides in"] == (6, 5)
     assert rows["excluded at tile: no tissue found"] == (-2, None)
     assert rows["excluded at features: unreadable"] == (-1, None)
-    assert rows["usable after QC"] == (2, 2)
+    assert rows["usable after QC"] == (3, 3)
     assert rows["patients without a usable slide"] == (None, -2)
     assert rows["analysed, task subtype (labelled, predicted)"] == (None, 2)
     preds = pd.DataFrame({"case_id": ["P1", "P4"], "target": [0, 1]})
@@ -205,18 +212,18 @@ def test_operating_points_give_ppv_and_npv_at_each_fold_threshold() -> None:
             "fold": [0, 0, 0, 0, 1, 1, 1, 1],
             "case_id": list("abcdefgh"),
             "target": [1, 1, 0, 0, 1, 0, 0, 0],
-            "prob_pos": [0.9, 0.3, 0.6, 0.1, 0.5, 0.55, 0.2, 0.1],
+            "prob_pos": [0.9, 0.3, 0.6, 0.1, 0.6, 0.55, 0.2, 0.1],
             "threshold": [0.5, 0.5, 0.5, 0.5, 0.52, 0.52, 0.52, 0.52],
         }
     )
     preds["prob_neg"] = 1 - preds["prob_pos"]
     table = clinical.operating_points(preds, CLASSES, SETTINGS).set_index("test fold")
     # fold 0 at 0.5: called a, c → TP 1 (a), FP 1 (c), FN 1 (b), TN 1 (d)
-    # fold 1 at 0.52: called f → TP 0, FP 1, FN 1 (e), TN 2; pooled TP 1, FP 2, FN 2, TN 3
+    # fold 1 at 0.52: called e, f → TP 1 (e), FP 1 (f), FN 0, TN 2; pooled TP 2, FP 2, FN 1, TN 3
     assert table.loc[0, ["TP", "FP", "TN", "FN"]].tolist() == [1, 1, 1, 1]
-    assert table.loc["all", ["TP", "FP", "TN", "FN"]].tolist() == [1, 2, 3, 2]
-    assert table.loc["all", "PPV"] == pytest.approx(1 / 3) and table.loc["all", "NPV"] == pytest.approx(3 / 5)
-    assert table.loc["all", "sensitivity"] == pytest.approx(1 / 3)
+    assert table.loc["all", ["TP", "FP", "TN", "FN"]].tolist() == [2, 2, 3, 1]
+    assert table.loc["all", "PPV"] == pytest.approx(2 / 4) and table.loc["all", "NPV"] == pytest.approx(3 / 4)
+    assert table.loc["all", "sensitivity"] == pytest.approx(2 / 3)
     assert table.loc["all", "specificity"] == pytest.approx(3 / 5)
     assert table.loc[1, "threshold"] == "0.520" and table.loc["all", "threshold"] == "2 fold thresholds"
     assert clinical.operating_points(preds.drop(columns="threshold"), CLASSES, SETTINGS).empty
