@@ -49,8 +49,8 @@ class EvaluationSettings:
     min_patients: int
     calibration_bins: int
     survival_times: list[float]
-    interval: str = "bca"
-    min_per_class: int = 10
+    interval: str
+    min_per_class: int
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None = None, **overrides: Any) -> EvaluationSettings:
