@@ -6,6 +6,10 @@ of one patient share it). Each estimator below is the library's estimator with t
 ``W`` a row of ones it equals the library's value (``tests/test_evaluation.py`` checks each against scikit-learn,
 lifelines or scikit-survival on the same data). Survival estimators with inverse-probability-of-censoring weights
 take the censoring distribution from the full sample (fixed over resamples).
+
+Intervals (:func:`interval`): BCa by default (:func:`bca_interval`, scipy's, its jackknife over patients run
+through the same weighted estimators) or percentile; resamples in which a metric is undefined are left out and
+counted. ``benchmarks/interval_coverage.py`` measures their coverage on small cohorts.
 """
 
 from __future__ import annotations

@@ -407,8 +407,9 @@ def metrics_with_intervals(
     classes: list[str],
     settings: dict[str, Any] | EvaluationSettings | None = None,
 ) -> dict[str, Any]:
-    """Every metric of the pooled frame: ``metrics`` {name: {estimate, ci_low, ci_high, resamples, reason}}, the
-    interval ``method``, the ``survival_times`` and IBS range; and, for the plots (not JSON), the prepared
+    """Every metric of the pooled frame: ``metrics`` {name: {estimate, ci_low, ci_high, resamples (usable),
+    interval (the method that made it), reason}}, the interval ``method``, the ``survival_times`` and IBS range;
+    and, for the plots (not JSON), the prepared
     ``frame``, the bootstrap ``weights`` and the IBS ``grid``."""
     settings = _settings(settings)
     times, grid = evaluation_times(preds, settings) if kind == "survival" else ([], None)
