@@ -316,7 +316,7 @@ def _cohort_section(results: Path, time_unit: str) -> str:
                 stats[f"follow-up range ({time_unit})"] = stats.pop("follow-up range")
             characteristics.setdefault(task, {})[cohort] = stats
             if cohort == "development" and "fold" in preds.columns:
-                folds[task] = cohort_table.fold_counts(preds, kind, classes)
+                folds[task] = cohort_table.fold_counts(preds, kind, classes, slides)
         if slides is None:
             parts.append(f'<p class="note">{html.escape(cohort)}: no QC table, no participant flow.</p>')
         else:

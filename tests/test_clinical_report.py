@@ -289,6 +289,7 @@ def test_report_shows_the_tripod_sections(results) -> None:
         "Cohort characteristics, task os",
         "median follow-up (reverse KM, days)",
         "Test folds, task os",
+        "test fold patients slides class neg class pos 0 20 20",
         "Survival times in days.",
         "Confusion matrix",
         "One-vs-rest AUC per class",

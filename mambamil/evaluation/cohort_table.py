@@ -40,11 +40,7 @@ def cohort_characteristics(
     cases = preds["case_id"].astype(str)
     patients = preds.drop_duplicates("case_id")
     out: dict[str, Any] = {"patients": int(cases.nunique())}
-    if slides is not None:
-        usable = slides[(slides["status"] == OK) & slides["case_id"].astype(str).isin(set(cases))]
-        out["slides"] = len(usable)
-    else:
-        out["slides"] = None
+    out["slides"] = _usable_slides(slides, cases) if slides is not None else None
     if kind == "classification":
         out.update(_class_counts(patients, classes))
         return out
@@ -57,13 +53,21 @@ def cohort_characteristics(
     return out
 
 
-def fold_counts(preds: pd.DataFrame, kind: str, classes: list[str]) -> pd.DataFrame:
-    """One row per test fold (and ``all``): patients and the patients of each class, or events and censored."""
+def _usable_slides(slides: pd.DataFrame, cases: pd.Series) -> int:
+    """QC-usable slides (QC slide table) of the patients ``cases``."""
+    return len(slides[(slides["status"] == OK) & slides["case_id"].astype(str).isin(set(cases.astype(str)))])
+
+
+def fold_counts(preds: pd.DataFrame, kind: str, classes: list[str], slides: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per test fold (and ``all``): patients (and their usable slides, given the QC slide table) and the
+    patients of each class, or events and censored."""
     rows = []
     groups = list(preds.groupby("fold")) if "fold" in preds.columns else []
     for fold, rows_ in [*groups, ("all", preds)]:
         patients = rows_.drop_duplicates("case_id")
         row: dict[str, Any] = {"test fold": fold, "patients": len(patients)}
+        if slides is not None:
+            row["slides"] = _usable_slides(slides, patients["case_id"])
         if kind == "classification":
             row.update(_class_counts(patients, classes))
         else:
