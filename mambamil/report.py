@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -54,7 +55,8 @@ th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertica
 th { background: #f0f0f0; } .note { color: #666; font-size: 0.85em; } .nan { color: #a33; }
 figure { display: inline-block; margin: 0.5em; }
 figure img { max-width: 520px; max-height: 460px; border: 1px solid #ddd; }
-figcaption { font-size: 0.8em; color: #555; } pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }
+figcaption { font-size: 0.8em; color: #555; } .warning { color: #8a4b00; font-weight: bold; }
+pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }
 """
 
 
@@ -71,12 +73,17 @@ def _num(value: Any, digits: int = 3) -> str:
 
 
 def _cell(m: dict[str, Any]) -> str:
-    """'estimate [low, high]', or NaN and its reason."""
+    """'estimate [low, high]' with the usable resamples (and the method where BCa fell back), or NaN and its
+    reason."""
     if m.get("estimate") is None or not math.isfinite(m["estimate"]):
         return f'<span class="nan">NaN</span> <span class="note">({html.escape(str(m.get("reason")))})</span>'
     text = _num(m["estimate"])
     if m.get("ci_low") is not None and math.isfinite(m["ci_low"]):
         text += f" [{_num(m['ci_low'])}, {_num(m['ci_high'])}]"
+        used = f"B = {m['resamples']}" if m.get("resamples") is not None else ""
+        if m.get("interval") and m["interval"] != "bca":
+            used += f", {m['interval']}"
+        text += f' <span class="note">{html.escape(used)}</span>' if used else ""
     return text
 
 
@@ -90,7 +97,24 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, escape=True, na_rep="NaN", float_format=lambda v: _num(float(v)), border=0)
 
 
-def _metrics_section(runs: dict[str, Path], heading: str) -> str:
+def _value(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return _num(float(v))
+    return str(v)
+
+
+def _values_table(frame: pd.DataFrame) -> str:
+    """A table of mixed counts, estimates and text: integers as integers, missing as —."""
+    return _table(frame.astype(object).map(_value))
+
+
+def _metrics_section(runs: dict[str, Path], heading: str, time_unit: str = "months") -> str:
     """The metrics table (one column per model) and the plots of each model's evaluation folder."""
     results = {model: json.loads((folder / "metrics.json").read_text()) for model, folder in runs.items()}
     names: list[str] = []
@@ -113,14 +137,19 @@ def _metrics_section(runs: dict[str, Path], heading: str) -> str:
         for m, r in results.items()
     )
     methods = sorted({r.get("interval_method", "") for r in results.values()} - {""})
+    warned = [(model, w) for model, r in results.items() for w in r.get("warnings", [])]
+    kinds = {r.get("kind") for r in results.values()}
     parts = [
         heading,
+        "".join(f'<p class="warning">Warning ({html.escape(m)}): {html.escape(w)}</p>' for m, w in warned),
         f"<table><tr><th>metric</th>{header}</tr>{''.join(rows)}</table>",
         "".join(
-            f'<p class="note">Intervals: {html.escape(m)}. Below each pooled estimate: the mean ± std (ddof 1) '
-            "over the test folds that could compute it (k of K folds); p-values are not averaged.</p>"
+            f'<p class="note">Intervals: {html.escape(m)}. B = the usable resamples. Below each pooled estimate: '
+            "the mean ± std (ddof 1) over the test folds that could compute it (k of K folds); p-values are not "
+            "averaged.</p>"
             for m in methods
         ),
+        f'<p class="note">Survival times in {html.escape(time_unit)}.</p>' if "survival" in kinds else "",
     ]
     for model, folder in runs.items():
         outputs = paths.evaluation_outputs(folder)
@@ -128,6 +157,69 @@ def _metrics_section(runs: dict[str, Path], heading: str) -> str:
         figures = [_image(outputs[k], f"{model}: {caption}") for k, caption in plots if outputs[k].exists()]
         if figures:
             parts.append(f"<h4>{html.escape(model)}</h4>" + "".join(figures))
+        parts.append(_clinical_section(model, folder, results[model]))
+    return "\n".join(parts)
+
+
+def _png(data: bytes, caption: str) -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    alt = html.escape(caption)
+    return f'<figure><img src="data:image/png;base64,{encoded}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
+
+
+def _read_predictions(folder: Path) -> pd.DataFrame | None:
+    path = paths.evaluation_outputs(folder)["predictions"]
+    return pd.read_csv(path, dtype={"sample_id": str, "case_id": str}) if path.exists() else None
+
+
+def _classes(result: dict[str, Any], preds: pd.DataFrame) -> list[str]:
+    """The class names of a classification run: from metrics.json, else the ``prob_<class>`` columns."""
+    classes = result.get("pooled", {}).get("classes")
+    return list(classes) if classes else [c.removeprefix("prob_") for c in preds.columns if c.startswith("prob_")]
+
+
+def _clinical_section(model: str, folder: Path, result: dict[str, Any]) -> str:
+    """Confusion matrix, one-vs-rest AUC per class (multi-class), calibration slope and intercept, operating
+    thresholds with PPV/NPV and the decision curve of one classification run (:mod:`mambamil.evaluation.clinical`)."""
+    from mambamil.evaluation import clinical
+
+    preds = _read_predictions(folder)
+    if result.get("kind") != "classification" or preds is None or preds.empty:
+        return ""
+    classes = _classes(result, preds)
+    settings = result.get("settings", {})
+    parts = [f"<h4>{html.escape(model)}: clinical performance</h4>"]
+    matrix = result.get("pooled", {}).get("confusion_matrix")
+    if matrix:
+        frame = pd.DataFrame(matrix, columns=[f"predicted {c}" for c in classes])
+        frame.insert(0, "true class", classes)
+        parts.append("<p>Confusion matrix (pooled test folds, highest-probability class)</p>" + _table(frame))
+    if len(classes) > 2:
+        per_class = clinical.per_class_auc(preds, classes, settings)
+        parts.append("<p>One-vs-rest AUC per class (B = usable resamples)</p>" + _values_table(per_class))
+    y = preds["target"].to_numpy(dtype=int)
+    level = settings.get("confidence_level", 0.95)
+    calib = []
+    for k in [1] if len(classes) == 2 else range(len(classes)):
+        fit = clinical.calibration_slope_intercept(y == k, preds[f"prob_{classes[k]}"].to_numpy(dtype=float), level)
+        calib.append({"class": classes[k], **fit})
+    parts.append(
+        f"<p>Calibration slope and intercept (logistic recalibration, {100 * level:g} % Wald intervals; ideal: "
+        "slope 1, intercept 0)</p>" + _values_table(pd.DataFrame(calib))
+    )
+    if len(classes) == 2:
+        points = clinical.operating_points(preds, classes, settings)
+        if points.empty:
+            parts.append('<p class="note">No operating threshold (validation predictions not given).</p>')
+        else:
+            parts.append(
+                f"<p>Operating thresholds on P({html.escape(classes[1])}) (Youden's J on each fold's validation "
+                "predictions) with sensitivity, specificity, PPV and NPV</p>" + _values_table(points)
+            )
+        curve = clinical.net_benefit(y == 1, preds[f"prob_{classes[1]}"].to_numpy(dtype=float))
+        parts.append(_png(clinical.decision_curve_png(curve, model), f"{model}: decision curve (net benefit)"))
+    else:
+        parts.append('<p class="note">Decision curve and operating thresholds: binary tasks only.</p>')
     return "\n".join(parts)
 
 
@@ -138,6 +230,8 @@ def _comparison_section(path: Path) -> str:
     if table.empty:
         return '<p class="note">No model comparison: one model only.</p>'
     methods = table["method"].dropna().unique()
+    if "p_value_text" in table.columns:  # the p-value as text: 0 is "< 2/B"
+        table["p_value"] = table.pop("p_value_text")
     shown = table.drop(columns=["method", "task"], errors="ignore")
     text = "<h4>Paired model comparison</h4>" + _table(shown)
     text += "".join(
@@ -167,6 +261,73 @@ def _qc_section(results: Path) -> str:
     return "\n".join(parts)
 
 
+def _qc_slides(results: Path) -> pd.DataFrame | None:
+    path = paths.qc_tables(paths.qc_dir(results))["slides"]
+    return pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else None
+
+
+def _cohort_section(results: Path, config: dict[str, Any] | None) -> str:
+    """Per cohort (development, each external one): the participant flow from the QC table; per task: the cohort
+    characteristics (one column per cohort) and the counts of each test fold
+    (:mod:`mambamil.evaluation.cohort_table`)."""
+    from mambamil.evaluation import cohort_table
+
+    cohorts = {"development": (results, None)}
+    for name in paths.external_cohorts(results):
+        cohorts[f"external {name}"] = (paths.external_dir(results, name), name)
+    parts = []
+    characteristics: dict[str, dict[str, dict[str, Any]]] = {}
+    folds: dict[str, pd.DataFrame] = {}
+    for cohort, (root, external) in cohorts.items():
+        slides = _qc_slides(root)
+        analysed = {}
+        for task, models in paths.evaluation_runs(results, external).items():
+            folder = next(iter(models.values()))
+            preds = _read_predictions(folder)
+            if preds is None:
+                continue
+            result = json.loads(paths.evaluation_outputs(folder)["metrics"].read_text())
+            kind = result.get("kind", "classification")
+            classes = _classes(result, preds) if kind == "classification" else []
+            analysed[task] = int(preds["case_id"].nunique())
+            stats = cohort_table.cohort_characteristics(preds, kind, classes, slides)
+            if kind == "survival":
+                unit = time_unit(config, task)
+                stats[f"median follow-up (reverse KM, {unit})"] = stats.pop("median follow-up (reverse KM)")
+                stats[f"follow-up range ({unit})"] = stats.pop("follow-up range")
+            characteristics.setdefault(task, {})[cohort] = stats
+            if cohort == "development" and "fold" in preds.columns:
+                folds[task] = cohort_table.fold_counts(preds, kind, classes, slides)
+        if slides is None:
+            parts.append(f'<p class="note">{html.escape(cohort)}: no QC table, no participant flow.</p>')
+        else:
+            flow = cohort_table.participant_flow(slides, analysed)
+            parts.append(f"<h4>Participant flow, {html.escape(cohort)} cohort</h4>" + _values_table(flow))
+    for task, by_cohort in characteristics.items():
+        frame = pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in by_cohort.items()})
+        frame.insert(0, "characteristic", frame.index)
+        parts.append(f"<h4>Cohort characteristics, task {html.escape(task)}</h4>" + _values_table(frame))
+        if task in folds:
+            parts.append(f"<p>Test folds, task {html.escape(task)}</p>" + _values_table(folds[task]))
+    if not parts:
+        return '<p class="note">No cohort yet.</p>'
+    return "\n".join(parts)
+
+
+def time_unit(config: dict[str, Any] | None, task: str | None = None) -> str:
+    """The unit of a survival task's times (``tasks.<task>.time_unit``); without ``task``, every survival task's
+    unit (joined when they differ)."""
+    from mambamil.bags import TaskSpec
+
+    tasks = (config or {}).get("tasks") or {}
+    units = [
+        str(section.get("time_unit") or TaskSpec.time_unit)
+        for name, section in tasks.items()
+        if section.get("type") == "survival" and task in (None, name)
+    ]
+    return " / ".join(dict.fromkeys(units)) or TaskSpec.time_unit
+
+
 def software_versions() -> dict[str, str]:
     """Python, the platform, mambamil and the packages that computed the results."""
     versions = {"python": platform.python_version(), "platform": platform.platform(), "mambamil": __version__}
@@ -185,20 +346,20 @@ def _slug(text: str) -> str:
 def build_report(results: str | Path, config: dict[str, Any] | None = None) -> str:
     """The HTML text of the report of ``results``."""
     results = Path(results)
-    body = []
-    toc = []
+    toc = ['<li><a href="#cohorts">Cohorts and participant flow</a></li>']
+    body = [f'<h2 id="cohorts">Cohorts and participant flow</h2>{_cohort_section(results, config)}']
     for task, models in paths.evaluation_runs(results).items():
         toc.append(f'<li><a href="#task-{_slug(task)}">{html.escape(task)}</a></li>')
         heading = f'<h2 id="task-{_slug(task)}">Task {html.escape(task)}</h2>'
-        body.append(_metrics_section(models, heading))
+        body.append(_metrics_section(models, heading, time_unit(config, task)))
         body.append(_comparison_section(paths.comparison_file(results, task)))
-    if not body:
+    if len(body) == 1:
         body.append('<p class="note">No evaluation results yet.</p>')
     ext = []
     for cohort in paths.external_cohorts(results):
         for task, models in paths.evaluation_runs(results, cohort).items():
             heading = f"<h3>Cohort {html.escape(cohort)}, task {html.escape(task)}</h3>"
-            ext.append(_metrics_section(models, heading))
+            ext.append(_metrics_section(models, heading, time_unit(config, task)))
     toc.append('<li><a href="#external">External validation</a></li>')
     body.append('<h2 id="external">External validation</h2>')
     body.append("\n".join(ext) if ext else '<p class="note">No external cohort with labels evaluated.</p>')

@@ -13,7 +13,10 @@ from mambamil.cli import main
 from mambamil.evaluation.compare import compare_models
 from mambamil.evaluation.evaluate import evaluate_predictions
 from mambamil.fileio import atomic_output
-from tests.test_evaluation import CLASSES, SETTINGS, classification_frame, survival_frame
+
+# tests/test_evaluation.py by its module name: the `tests` package that torchmil and torchstain install into
+# site-packages shadows `tests.test_evaluation`
+from test_evaluation import CLASSES, SETTINGS, classification_frame, survival_frame  # isort: skip
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +64,9 @@ def test_report_opens_offline_without_errors_and_shows_every_image(results: Path
     page.goto(out.as_uri())
     page.wait_for_load_state("load")
     images = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth, e.alt])")
-    # subtype: 2 models × (ROC/PR + calibration); survival: KM + time AUC; external: ROC/PR + calibration
-    assert len(images) == 8, images
+    # subtype: 2 models × (ROC/PR + calibration + decision curve); survival: KM + time AUC; external: ROC/PR +
+    # calibration + decision curve
+    assert len(images) == 11, images
     assert all(done and width > 0 for done, width, _ in images), images
     assert not errors, errors
     body = page.inner_text("body")
@@ -70,7 +74,12 @@ def test_report_opens_offline_without_errors_and_shows_every_image(results: Path
         "Task subtype",
         "Task survival",
         "Paired model comparison",
-        "percentile bootstrap interval: 1000 resamples",
+        "bias-corrected and accelerated (BCa",
+        "bootstrap interval: 1000 resamples",
+        "Participant flow, development cohort",
+        "Cohort characteristics, task survival",
+        "Calibration slope and intercept",
+        "Operating thresholds on P(pos)",
         "External validation",
         "Cohort hospital_b, task subtype",
         "1 of 2 slide(s) excluded",

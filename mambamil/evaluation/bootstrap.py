@@ -6,17 +6,32 @@ of one patient share it). Each estimator below is the library's estimator with t
 ``W`` a row of ones it equals the library's value (``tests/test_evaluation.py`` checks each against scikit-learn,
 lifelines or scikit-survival on the same data). Survival estimators with inverse-probability-of-censoring weights
 take the censoring distribution from the full sample (fixed over resamples).
+
+Intervals (:func:`interval`): BCa by default (:func:`bca_interval`, scipy's, its jackknife over patients run
+through the same weighted estimators) or percentile; resamples in which a metric is undefined are left out and
+counted. ``benchmarks/interval_coverage.py`` measures their coverage on small cohorts.
 """
 
 from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from types import SimpleNamespace
 
 import numpy as np
 
 #: How the intervals are made, written next to the numbers (metrics.json, summary.csv, the report).
 METHOD = (
-    "{level:g} % percentile bootstrap interval: {n} resamples of patients with replacement (seed {seed}) on the "
-    "pooled out-of-fold test predictions"
+    "{level:g} % {interval} bootstrap interval: {n} resamples of patients with replacement (seed {seed}) on the "
+    "pooled out-of-fold test predictions; resamples in which a metric cannot be computed (e.g. one class only) "
+    "are left out and the usable ones counted"
 )
+#: The interval methods (``evaluation.interval``), in words.
+INTERVALS = {
+    "bca": "bias-corrected and accelerated (BCa: scipy.stats.bootstrap, acceleration from the leave-one-patient-out "
+    "jackknife)",
+    "percentile": "percentile",
+}
 
 
 def bootstrap_weights(groups: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
@@ -40,6 +55,83 @@ def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float
     alpha = (1 - level) / 2
     low, high = np.quantile(valid, [alpha, 1 - alpha])
     return float(low), float(high), int(valid.size)
+
+
+def bca_interval(
+    samples: np.ndarray,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    groups: np.ndarray,
+    level: float = 0.95,
+    batch: int = 256,
+) -> tuple[float, float, int]:
+    """(low, high, resamples used) of the BCa interval (Efron & Tibshirani 1993, §14.3) computed by
+    ``scipy.stats.bootstrap`` from the finite bootstrap ``samples``: ``statistic`` maps resampling weights
+    (resamples × rows, as :func:`bootstrap_weights` makes them) to one value per row of weights; scipy evaluates it
+    on the full sample (bias correction) and on every leave-one-patient-out sample (``groups``: each row's case
+    id; the jackknife acceleration). NaN when BCa is undefined (a jackknife sample the metric cannot be computed
+    on, or a degenerate bootstrap distribution)."""
+    from scipy.stats import bootstrap
+
+    samples = np.asarray(samples, dtype=float)
+    valid = samples[np.isfinite(samples)]
+    _, index = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    n = int(index.max()) + 1 if len(index) else 0
+    if valid.size == 0 or n < 2:
+        return float("nan"), float("nan"), int(valid.size)
+
+    def on_patients(i: np.ndarray, axis: int = -1) -> np.ndarray:
+        """``statistic`` of samples of patient indices (… × drawn) via their counts as weights."""
+        flat = np.asarray(i).reshape(-1, np.shape(i)[-1])
+        counts = np.zeros((len(flat), n))
+        np.add.at(counts, (np.arange(len(flat))[:, None], flat), 1.0)
+        return np.asarray(statistic(counts[:, index]), dtype=float).reshape(np.shape(i)[:-1])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an undefined interval comes back NaN (scipy warns why)
+        with np.errstate(all="ignore"):
+            ci = bootstrap(
+                (np.arange(n),),
+                on_patients,
+                n_resamples=0,
+                bootstrap_result=SimpleNamespace(bootstrap_distribution=valid),
+                vectorized=True,
+                confidence_level=level,
+                method="BCa",
+                batch=batch,
+            ).confidence_interval
+    low, high = float(ci.low), float(ci.high)
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return float("nan"), float("nan"), int(valid.size)
+    return low, high, int(valid.size)
+
+
+def interval(
+    method: str,
+    samples: np.ndarray,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    groups: np.ndarray,
+    level: float = 0.95,
+) -> tuple[float, float, int, str]:
+    """(low, high, resamples used, method used) by ``method`` (a key of :data:`INTERVALS`); a BCa interval that
+    is undefined falls back to the percentile interval, and the method used says so."""
+    if method == "bca":
+        low, high, used = bca_interval(samples, statistic, groups, level)
+        if np.isfinite(low) or used == 0:
+            return low, high, used, "bca"
+        return (*percentile_interval(samples, level), "percentile (BCa undefined)")
+    if method != "percentile":
+        raise ValueError(f"unknown interval method {method!r} (one of {sorted(INTERVALS)})")
+    return (*percentile_interval(samples, level), "percentile")
+
+
+def format_p_value(p: float, resamples: int, digits: int = 3) -> str:
+    """A bootstrap p-value as text: NaN as "NaN"; 0 as "< 2/B" with B the usable resamples (no replicate fell on
+    the far side of 0, so the two-sided p = 2·min(P*(Δ ≤ 0), P*(Δ ≥ 0)) is below 2/B, not zero)."""
+    if p is None or not np.isfinite(p):
+        return "NaN"
+    if p == 0:
+        return f"< {2 / resamples:.2g} (2/B, B = {resamples})" if resamples > 0 else "NaN"
+    return f"{p:.{digits}f}"
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from mambamil.evaluation.frame import EvaluationSettings, Frame, as_settings, pr
 
 COMPARISON_COLUMNS = [
     "task", "metric", "model_a", "model_b", "n_patients", "estimate_a", "estimate_b", "difference", "ci_low",
-    "ci_high", "p_value", "method", "reason",
+    "ci_high", "p_value", "p_value_text", "resamples", "method", "reason",
 ]  # fmt: skip
 
 
@@ -54,7 +54,8 @@ def _compare_pair(pa, pb, a, b, kind, classes, metric, settings: EvaluationSetti
     fa, fb = prepare(frame_a, kind, classes, settings), prepare(frame_b, kind, classes, settings)
     row["n_patients"] = fa.n_patients
     nan = float("nan")
-    row.update(estimate_a=nan, estimate_b=nan, difference=nan, ci_low=nan, ci_high=nan, p_value=nan, reason=None)
+    row.update(estimate_a=nan, estimate_b=nan, difference=nan, ci_low=nan, ci_high=nan, p_value=nan, reason=None,
+               p_value_text="NaN", resamples=0)  # fmt: skip
     if fa.n_patients < settings.min_patients:
         row["reason"] = f"fewer than {settings.min_patients} shared patients ({fa.n_patients})"
         return row
@@ -64,12 +65,18 @@ def _compare_pair(pa, pb, a, b, kind, classes, metric, settings: EvaluationSetti
     if why_a or why_b:
         row["reason"] = why_a or why_b
         return row
-    W = bs.bootstrap_weights(frame_a["case_id"].to_numpy(), settings.n_resamples, settings.seed)
-    delta = registry.replicates(fa, W, [metric])[metric] - registry.replicates(fb, W, [metric])[metric]
+    groups = frame_a["case_id"].to_numpy()
+    W = bs.bootstrap_weights(groups, settings.n_resamples, settings.seed)
+
+    def difference(w: np.ndarray) -> np.ndarray:
+        return registry.replicates(fa, w, [metric])[metric] - registry.replicates(fb, w, [metric])[metric]
+
+    delta = difference(W)
     delta = delta[np.isfinite(delta)]
-    low, high, _ = bs.percentile_interval(delta, settings.confidence_level)
+    low, high, used, _ = bs.interval(settings.interval, delta, difference, groups, settings.confidence_level)
     p = min(1.0, 2 * min(np.mean(delta <= 0), np.mean(delta >= 0))) if delta.size else nan
-    row.update(difference=est_a - est_b, ci_low=low, ci_high=high, p_value=float(p))
+    row.update(difference=est_a - est_b, ci_low=low, ci_high=high, p_value=float(p), resamples=used,
+               p_value_text=bs.format_p_value(float(p), used))  # fmt: skip
     if not delta.size:
         row["reason"] = "no bootstrap resample could be evaluated"
     return row
@@ -83,5 +90,6 @@ def _primary(f: Frame, metric: str) -> tuple[float, str | None]:
 def _comparison_method(settings: EvaluationSettings) -> str:
     return (
         f"paired bootstrap: {settings.n_resamples} resamples of the shared patients (seed {settings.seed}), "
-        f"{100 * settings.confidence_level:g} % percentile interval of A − B, p = 2·min(P(Δ*≤0), P(Δ*≥0))"
+        f"{100 * settings.confidence_level:g} % {bs.INTERVALS[settings.interval]} interval of A − B, "
+        "p = 2·min(P(Δ*≤0), P(Δ*≥0)) over the usable resamples B (0 is shown as < 2/B)"
     )

@@ -21,6 +21,7 @@ from mambamil.errors import InputFileError
 from mambamil.evaluation import bootstrap as bs
 from mambamil.evaluation import registry
 from mambamil.evaluation.classification import OPERATING_POINT_METHOD, add_operating_thresholds, calibration_pairs
+from mambamil.evaluation.cohort_table import small_sample_warnings
 from mambamil.evaluation.frame import EvaluationSettings, as_settings, cutoff_summary, prepare
 from mambamil.evaluation.metrics import classification_metrics
 from mambamil.evaluation.plots import calibration_plot, km_plot, roc_pr_plot, time_auc_plot
@@ -44,7 +45,8 @@ def metrics_with_intervals(
     settings: dict[str, Any] | EvaluationSettings | None = None,
     survival_times: list[float] | None = None,
 ) -> dict[str, Any]:
-    """Every metric of the pooled frame: ``metrics`` {name: {estimate, ci_low, ci_high, resamples, reason}}, the
+    """Every metric of the pooled frame: ``metrics`` {name: {estimate, ci_low, ci_high, resamples (usable),
+    interval (the method that made it), reason}}, the
     interval ``method``, the ``survival_times``, IBS range and τ; and, for the plots (not JSON), the prepared
     ``frame``, the bootstrap ``weights`` and the IBS ``grid``. ``survival_times``: the development cohort's times
     (external cohorts), instead of :func:`evaluation_times`."""
@@ -63,12 +65,19 @@ def metrics_with_intervals(
         values, reasons = {}, dict.fromkeys(names, f"fewer than {settings.min_patients} patients ({f.n_patients})")
     else:
         values, reasons = registry.estimates(f, names)
-    W = bs.bootstrap_weights(preds["case_id"].to_numpy(), settings.n_resamples, settings.seed)
+    groups = preds["case_id"].to_numpy()
+    W = bs.bootstrap_weights(groups, settings.n_resamples, settings.seed)
     todo = [n for n in names if n in values and registry.has_interval(n)]
     replicates = registry.replicates(f, W, todo) if todo else {}
     metrics = {}
     for name in names:
-        low, high, used = bs.percentile_interval(replicates.get(name, []), settings.confidence_level)
+        low, high, used, interval = bs.interval(
+            settings.interval if name in replicates else "percentile",
+            replicates.get(name, []),
+            lambda w, name=name: registry.replicates(f, w, [name])[name],
+            groups,
+            settings.confidence_level,
+        )
         reason = reasons.get(name)
         if not reason and used == 0 and registry.has_interval(name):
             reason = "no bootstrap resample could be evaluated"
@@ -77,6 +86,7 @@ def metrics_with_intervals(
             "ci_low": low,
             "ci_high": high,
             "resamples": used,
+            "interval": interval if registry.has_interval(name) else None,
             "reason": reason,
         }
     return {
@@ -174,6 +184,7 @@ def evaluate_predictions(
         "operating_point": cutoff_summary(preds, "threshold", OPERATING_POINT_METHOD),
         "risk_cutoff": _risk_cutoff_summary(study["frame"], preds) if kind == "survival" else None,
         "metrics": study["metrics"],
+        "warnings": small_sample_warnings(preds, kind, classes, settings.min_per_class),
         "summary": summary,
         "pooled": pooled,
         "per_fold": per_fold,

@@ -26,6 +26,8 @@ class EvaluationSettings:
     calibration_bins: int
     survival_times: list[float]
     tau: float | None
+    interval: str
+    min_per_class: int
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None = None, **overrides: Any) -> EvaluationSettings:
@@ -35,7 +37,12 @@ class EvaluationSettings:
     @property
     def method(self) -> str:
         """The interval method in words, written next to the numbers."""
-        return bs.METHOD.format(level=100 * self.confidence_level, n=self.n_resamples, seed=self.seed)
+        return bs.METHOD.format(
+            level=100 * self.confidence_level,
+            interval=bs.INTERVALS[self.interval],
+            n=self.n_resamples,
+            seed=self.seed,
+        )
 
 
 def as_settings(settings: dict[str, Any] | EvaluationSettings | None) -> EvaluationSettings:

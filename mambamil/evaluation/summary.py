@@ -12,8 +12,9 @@ import pandas as pd
 
 def summary_table(metric_files: dict[tuple[str, str], Path]) -> pd.DataFrame:
     """One row per (task, model): fold mean ± std (k of K folds) of each metric, and the pooled estimate with its
-    bootstrap interval (``<metric>_pooled``, ``<metric>_ci_low``, ``<metric>_ci_high``; ``<metric>_reason`` when it
-    is NaN), the interval method, and for survival τ, the td-AUC times and their unit."""
+    bootstrap interval (``<metric>_pooled``, ``<metric>_ci_low``, ``<metric>_ci_high``, the usable
+    ``<metric>_resamples``; ``<metric>_reason`` when it is NaN), the interval method, the small-test-set
+    ``warnings``, and for survival τ, the td-AUC times and their unit."""
     rows = []
     for (task, model), path in sorted(metric_files.items()):
         result = json.loads(Path(path).read_text())
@@ -25,7 +26,9 @@ def summary_table(metric_files: dict[tuple[str, str], Path]) -> pd.DataFrame:
             row[f"{key}_ci_low"] = m["ci_low"]
             row[f"{key}_ci_high"] = m["ci_high"]
             row[f"{key}_reason"] = m["reason"]
+            row[f"{key}_resamples"] = m.get("resamples")
         row["ci_method"] = result.get("interval_method")
+        row["warnings"] = "; ".join(result.get("warnings", []))
         if result.get("kind") == "survival":
             row["tau"], row["survival_times"] = result.get("tau"), result.get("survival_times")
             row["time_unit"] = result.get("time_unit")

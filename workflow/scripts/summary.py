@@ -23,6 +23,9 @@ with open(snakemake.log[0], "w") as log:
     with atomic_output(snakemake.output.summary) as tmp:
         table.to_csv(tmp, index=False)
     print(table.to_string(index=False), file=log)
+    for row in table.to_dict("records"):  # test sets below evaluation.min_per_class: their intervals under-cover
+        if row.get("warnings"):
+            print(f"WARNING {row['task']} / {row['model']}: {row['warnings']}", file=log)
     frames = [pd.read_csv(p) for p in snakemake.input.comparisons]
     comparison = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COMPARISON_COLUMNS)
     with atomic_output(snakemake.output.comparison) as tmp:
