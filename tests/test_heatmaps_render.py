@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import shapely.geometry
 import tifffile
 
@@ -51,6 +52,7 @@ def test_smoothing_spreads_within_tissue_only() -> None:
     assert (smooth[40:, :, 0] == 255).all()  # rows below the patches stay background
 
 
+@pytest.mark.slow
 def test_memory_is_bounded_on_a_huge_slide() -> None:
     """200k patches on a 100k × 80k px slide: no array at slide resolution (that would be 24 GB)."""
     rng = np.random.default_rng(0)
