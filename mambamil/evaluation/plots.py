@@ -155,8 +155,10 @@ def time_auc_plot(
         est = np.array([p[1]["estimate"] for p in pts])
         low = np.array([p[1]["ci_low"] for p in pts])
         high = np.array([p[1]["ci_high"] for p in pts])
-        ax.errorbar(t, est, yerr=[np.nan_to_num(est - low), np.nan_to_num(high - est)], marker="o", capsize=4,
-                    label="AUC(t)")  # fmt: skip
+        # the interval drawn from its ends, not as errors around the estimate: a pooled estimate may lie outside
+        # its bootstrap interval (matplotlib refuses negative error bars)
+        ax.vlines(t, low, high, color="C0", lw=1.5)
+        ax.plot(t, est, marker="o", color="C0", label="AUC(t) with its interval")
     for name, style in (("c_index", "--"), ("uno_c_index", ":")):
         value = metrics.get(name, {}).get("estimate", float("nan"))
         if np.isfinite(value):
