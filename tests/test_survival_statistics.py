@@ -220,3 +220,17 @@ def test_external_scoring_carries_the_development_operating_point_and_survival_t
     for name in ("ibs", "ipa", *[registry.time_key("td_auc", t) for t in development["survival_times"]]):
         assert math.isfinite(result["metrics"][name]["estimate"]), (name, result["metrics"][name])
     assert result["risk_cutoff"]["development"] == pytest.approx(development["risk_cutoff"])
+
+
+def test_time_auc_plot_draws_an_estimate_outside_its_interval(tmp_path: Path) -> None:
+    """A pooled estimate can lie outside its bootstrap interval (BCa, few usable resamples): the plot draws it
+    rather than failing on negative error bars (which stopped `predict --metrics-dir` of a survival model)."""
+    from mambamil.evaluation.plots import time_auc_plot
+
+    metrics = {
+        "td_auc_5": {"estimate": 0.90, "ci_low": 0.92, "ci_high": 0.99},
+        "td_auc_10": {"estimate": 0.70, "ci_low": 0.50, "ci_high": 0.80},
+        "c_index": {"estimate": 0.70},
+    }
+    time_auc_plot(metrics, [5.0, 10.0], tmp_path / "time_auc.png", "t", "months")
+    assert (tmp_path / "time_auc.png").stat().st_size > 0
