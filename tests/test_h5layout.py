@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from mambamil import __version__, h5layout
+from mambamil import __version__
 from mambamil.errors import InputFileError
 from mambamil.h5layout import CoordsAttrs, FeatureAttrs, read_bag, read_coords, write_coords, write_features
 from mambamil.train.engine import feature_attrs
@@ -35,9 +35,9 @@ COORDS = CoordsAttrs(
 
 
 def documented_attrs(dataset: str) -> set[str]:
-    """The attribute names the :mod:`mambamil.h5layout` docstring lists for ``coords`` (of a coordinates file)
-    or ``features``."""
-    doc = h5layout.__doc__
+    """The attribute names docs/h5.md (the layout page :mod:`mambamil.h5layout` points to) lists for ``coords`` (of
+    a coordinates file) or ``features``."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "h5.md").read_text()
     section = doc.split("Coordinates file" if dataset == "coords" else "Feature file")[1]
     block = section.split(f"\n    /{dataset} ")[1].split("attrs:")[1].split("\n    /")[0]
     names = {w.strip() for w in re.sub(r"\([^)]*\)", "", block).split(",")}
