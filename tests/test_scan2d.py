@@ -155,6 +155,6 @@ def test_chunked_memory_is_bounded_on_a_300x300_grid():
 
     grid = ScanGrid.from_positions(np.array([(c, r) for r in range(300) for c in range(300)]))
     plan = scan2d._plan(grid, "pad", 1024 * 16, scan2d.DEFAULT_BLOCK)
-    biggest = max(idx.size for idx, _, _ in plan.blocks) * 1024 * 16
+    biggest = max(idx.numel() for idx, _, _ in plan.blocks) * 1024 * 16
     assert biggest <= scan2d.DEFAULT_BLOCK
-    assert sum(idx.size for idx, _, _ in plan.blocks) == 300 * 300
+    assert sum(idx.numel() for idx, _, _ in plan.blocks) == 300 * 300

@@ -36,7 +36,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from mambamil.errors import MambamilError
 from mambamil.ops.selective_scan import _EXP_FLOOR, _compute_dtype, _finish, _prep_delta, _triton_usable
@@ -222,10 +221,10 @@ class _Plan:
     row's grid columns and the (R, M) mask of tissue cells.
     """
 
-    blocks: list[tuple[np.ndarray, list[np.ndarray], np.ndarray]]  # (idx (R, M), cols per row, tissue (R, M))
+    blocks: list[tuple[Tensor, list[Tensor], np.ndarray]]  # (idx (R, M), cols per row, tissue (R, M))
 
 
-def _plan(grid: ScanGrid, background: str, per_cell: int, budget: int) -> _Plan:
+def _plan(grid: ScanGrid, background: str, per_cell: int, budget: int, device: torch.device | str = "cpu") -> _Plan:
     """Row-major cells (tissue only for ``skip``; the whole box from the first tissue row for ``pad``)."""
     N = len(grid)
     cells = grid.cell_index
@@ -252,41 +251,122 @@ def _plan(grid: ScanGrid, background: str, per_cell: int, budget: int) -> _Plan:
         idx = np.full((stop - start, longest), N + 1, np.int64)
         for r, (ext, _) in enumerate(rows[start:stop]):
             idx[r, : len(ext)] = ext
-        blocks.append((idx, [c for _, c in rows[start:stop]], idx < N))
+        cols = [torch.as_tensor(c, device=device) for _, c in rows[start:stop]]
+        blocks.append((torch.as_tensor(idx, device=device), cols, idx < N))
         start = stop
     return _Plan(blocks)
 
 
-def _scan_block(
-    V: Tensor, de: Tensor, du: Tensor, Bx: Tensor, Cx: Tensor, A: Tensor, idx: Tensor, cols: list[Tensor],
-    lo: float,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """One block of rows: V (W, b, d, n) column states before it; de, du (b, d, N+2), Bx, Cx (b, n, N+2) the
-    extended per-cell inputs; idx (R, M) extended indices. Returns (V after the block, y (R, M, b, d))."""
+def _gather(x: Tensor, flat: Tensor, R: int, M: int) -> Tensor:
+    """Extended per-cell tensor x (b, c, N+2) at cells ``flat`` (R*M,) as (R, M, b, c)."""
+    return x[:, :, flat].permute(2, 0, 1).reshape(R, M, *x.shape[:2])
+
+
+def _block_forward(
+    V: Tensor, ins: tuple[Tensor, ...], A: Tensor, idx: Tensor, cols: list[Tensor], lo: float, keep: bool
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One block of rows, in place on the column states V (W, b, d, n). ``ins`` = (de, du, Bx, Cx), each (b, c, N+2).
+
+    The horizontal pass runs all rows of the block at once, one cell after another; the vertical pass one row
+    after another, all of its cells at once. Returns y (R*M, b, d) and, with ``keep``, the block's decays ``a``,
+    horizontal states ``g`` and the vertical states above each cell ``up`` (R, M, b, d, n) for the backward.
+    """
     R, M = idx.shape
     flat = idx.reshape(-1)
-    de_c = de[:, :, flat].permute(2, 0, 1).reshape(R, M, *de.shape[:2])  # (R, M, b, d)
-    du_c = du[:, :, flat].permute(2, 0, 1).reshape(R, M, *du.shape[:2])
-    B_c = Bx[:, :, flat].permute(2, 0, 1).reshape(R, M, *Bx.shape[:2])  # (R, M, b, n)
-    C_c = Cx[:, :, flat].permute(2, 0, 1).reshape(R, M, *Cx.shape[:2])
-    a = torch.exp(torch.clamp(de_c.unsqueeze(-1) * A, min=lo))  # (R, M, b, d, n)
-    # horizontal pass: all rows of the block at once, one cell (column of the matrix) at a time
-    g = a.new_zeros(R, *a.shape[2:])
-    hs = []
-    for t in range(M):
-        g = a[:, t] * g + du_c[:, t, :, :, None] * B_c[:, t, :, None, :]
-        hs.append(g)
-    gh = torch.stack(hs, dim=1)  # (R, M, b, d, n)
-    # vertical pass: one row after another, all of its cells at once
-    V = V.clone()
-    ys = []
+    de, du, Bc, Cc = (_gather(x, flat, R, M) for x in ins)
+    a = torch.mul(de.unsqueeze(-1), A).clamp_(min=lo).exp_()  # (R, M, b, d, n)
+    g = torch.empty_like(a)
+    torch.mul(du[:, 0, :, :, None], Bc[:, 0, :, None, :], out=g[:, 0])
+    for t in range(1, M):
+        torch.mul(a[:, t], g[:, t - 1], out=g[:, t]).addcmul_(du[:, t, :, :, None], Bc[:, t, :, None, :])
+    up = torch.empty_like(a) if keep else None
+    y = a.new_zeros(R, M, *de.shape[2:])
+    W = V.shape[0]
     for r in range(R):
         c, m = cols[r], len(cols[r])
-        h = a[r, :m] * V.index_select(0, c) + gh[r, :m]
-        V.index_copy_(0, c, h)
-        ys.append(torch.einsum("mbdn,mbn->mbd", h, C_c[r, :m]))
-    y = torch.stack([F.pad(yr, (0, 0, 0, 0, 0, M - yr.shape[0])) for yr in ys])  # (R, M, b, d)
-    return V, y
+        full = m == W  # a row over every column: work on V itself, no gather/scatter
+        h = V if full else V.index_select(0, c)
+        if up is not None:
+            up[r, :m] = h
+        h.mul_(a[r, :m]).add_(g[r, :m])
+        if not full:
+            V.index_copy_(0, c, h)
+        torch.matmul(h, Cc[r, :m, :, :, None], out=y[r, :m, :, :, None])
+    return y.reshape(R * M, *y.shape[2:]), ({"a": a, "g": g, "up": up, "de": de, "du": du, "B": Bc, "C": Cc}
+                                          if keep else {})
+
+
+class _Scan2DFn(torch.autograd.Function):
+    """Core 2D scan y = C . h on extended cells (no D, z, bias, softplus) with a block-wise custom backward."""
+
+    @staticmethod
+    def forward(ctx, de, du, Bx, Cx, A, plan, width):  # type: ignore[override]
+        b, d, N2 = de.shape
+        lo = _EXP_FLOOR[de.dtype]
+        V = de.new_zeros(width, b, d, A.shape[1])
+        y = de.new_zeros(N2, b, d)
+        starts = []
+        for idx, cols, _ in plan.blocks:
+            starts.append(V.clone())
+            yb, _ = _block_forward(V, (de, du, Bx, Cx), A, idx, cols, lo, keep=False)
+            y.index_copy_(0, idx.reshape(-1), yb)  # pad and filler slots (N, N+1) are written and dropped
+        ctx.save_for_backward(de, du, Bx, Cx, A, *starts)
+        ctx.plan, ctx.width = plan, width
+        return y[: N2 - 2]
+
+    @staticmethod
+    def backward(ctx, gy):  # type: ignore[override]
+        de, du, Bx, Cx, A, *starts = ctx.saved_tensors
+        plan = ctx.plan
+        b, d, _ = de.shape
+        lo = _EXP_FLOOR[de.dtype]
+        gy = torch.cat([gy, gy.new_zeros(2, b, d)])  # (N+2, b, d)
+        g_de, g_du = torch.zeros_like(de), torch.zeros_like(du)
+        g_B, g_C = torch.zeros_like(Bx), torch.zeros_like(Cx)
+        g_A = torch.zeros_like(A)
+        lam_up = de.new_zeros(ctx.width, b, d, A.shape[1])  # a_below * lambda_h_below, per column
+        for (idx, cols, _), V0 in reversed(list(zip(plan.blocks, starts, strict=True))):
+            R, M = idx.shape
+            flat = idx.reshape(-1)
+            _, s = _block_forward(V0.clone(), (de, du, Bx, Cx), A, idx, cols, lo, keep=True)
+            a, g, up = s["a"], s["g"], s["up"]
+            gyc = gy[flat].reshape(R, M, b, d)
+            lam_h = torch.zeros_like(a)
+            dC = de.new_zeros(R, M, b, A.shape[1])
+            W = lam_up.shape[0]
+            for r in reversed(range(R)):  # vertical adjoint, bottom row first
+                c, m = cols[r], len(cols[r])
+                full = m == W
+                lh = lam_h[r, :m]
+                torch.mul(gyc[r, :m, :, :, None], s["C"][r, :m, :, None, :], out=lh)
+                lh.add_(lam_up if full else lam_up.index_select(0, c))
+                if full:
+                    torch.mul(lh, a[r, :m], out=lam_up)
+                else:
+                    lam_up.index_copy_(0, c, lh * a[r, :m])
+                h = torch.addcmul(g[r, :m], a[r, :m], up[r, :m])
+                torch.matmul(gyc[r, :m, :, None, :], h, out=dC[r, :m, :, None, :])
+            # horizontal adjoint, right to left, all rows at once: lam_g_t = lam_h_t + a_{t+1} lam_g_{t+1}
+            ddu, dde = de.new_empty(R, M, b, d), de.new_empty(R, M, b, d)
+            dB = de.new_empty(R, M, b, A.shape[1])
+            lam_g = torch.zeros_like(a[:, 0])
+            dA = torch.zeros_like(lam_g)
+            Bt, dut, det = s["B"][..., None], s["du"][:, :, :, None, :], s["de"][..., None]
+            for t in reversed(range(M)):
+                lam_g.add_(lam_h[:, t])
+                torch.matmul(lam_g, Bt[:, t], out=ddu[:, t, :, :, None])  # sum_n lam_g B
+                torch.matmul(dut[:, t], lam_g, out=dB[:, t, :, None, :])  # sum_d lam_g delta u
+                da = lam_h[:, t].mul_(up[:, t])  # da_t = lam_h_t up_t + lam_g_t g_{t-1}, times a_t
+                if t > 0:
+                    da.addcmul_(lam_g, g[:, t - 1])
+                da.mul_(a[:, t])
+                dA.addcmul_(da, det[:, t])
+                torch.sum(da.mul_(A), -1, out=dde[:, t])
+                lam_g.mul_(a[:, t])
+            g_A.add_(dA.sum((0, 1)))
+            for grad, val in ((g_de, dde), (g_du, ddu), (g_B, dB), (g_C, dC)):
+                grad.index_add_(2, flat, val.reshape(R * M, b, -1).permute(1, 2, 0))
+        return g_de, g_du, g_B, g_C, g_A, None, None
 
 
 def selective_scan_2d_chunked(
@@ -315,7 +395,7 @@ def selective_scan_2d_chunked(
     """
     _check(u, delta, A, B, C, grid, background)
     dt = _compute_dtype(u)
-    b, d, N = u.shape
+    b, d, _ = u.shape
     n = A.shape[1]
     dl = _prep_delta(delta, delta_bias, delta_softplus, dt)
     uf, Af, Bf, Cf = u.to(dt), A.to(dt), B.to(dt), C.to(dt)
@@ -325,21 +405,8 @@ def selective_scan_2d_chunked(
     du = torch.cat([dl * uf, zeros, zeros], dim=2)
     Bx = F.pad(Bf, (0, 2))
     Cx = F.pad(Cf, (0, 2))
-    plan = _plan(grid, background, b * d * n, block or DEFAULT_BLOCK)
-    V = uf.new_zeros(grid.width, b, d, n)
-    y = uf.new_zeros(N, b, d)
-    lo = _EXP_FLOOR[dt]
-    need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (de, du, Af, Bx, Cx))
-    for idx_np, cols_np, tissue in plan.blocks:
-        idx = torch.as_tensor(idx_np, device=u.device)
-        cols = [torch.as_tensor(c, device=u.device) for c in cols_np]
-        args = (V, de, du, Bx, Cx, Af, idx, cols, lo)
-        if need_grad:
-            V, yb = checkpoint(_scan_block, *args, use_reentrant=False)
-        else:
-            V, yb = _scan_block(*args)
-        sel = torch.as_tensor(np.flatnonzero(tissue.reshape(-1)), device=u.device)
-        y = y.index_copy(0, idx.reshape(-1)[sel], yb.reshape(-1, b, d)[sel])
+    plan = _plan(grid, background, b * d * n, block or DEFAULT_BLOCK, u.device)
+    y = _Scan2DFn.apply(de, du, Bx, Cx, Af, plan, grid.width)  # (N, b, d)
     y = y.permute(1, 2, 0)
     return _finish(y, uf, None if D is None else D.to(dt), None if z is None else z.to(dt), dt).to(u.dtype)
 
