@@ -393,21 +393,29 @@ def selective_scan_2d_chunked(
     the backward, which recomputes one block at a time: memory is O(batch*d*n*(W * blocks + block)), never
     O(H*W*d*n). Cost is O(tissue) with ``skip`` and O(box) multiply-adds with ``pad`` (pad cells carry state).
     """
+    return _prepare(u, delta, A, B, C, grid, D, z, delta_bias, delta_softplus, background, _Scan2DFn, block=block)
+
+
+def _prepare(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, grid: ScanGrid, D: Tensor | None, z: Tensor | None,
+    delta_bias: Tensor | None, delta_softplus: bool, background: str, fn: type[torch.autograd.Function],
+    dtype: torch.dtype | None = None, block: int | None = None,
+) -> Tensor:  # fmt: skip
+    """Shared by the chunked and Triton backends: extended per-cell inputs (cell N: pad, N + 1: identity filler),
+    the plan, the core scan ``fn``, then D and z."""
     _check(u, delta, A, B, C, grid, background)
-    dt = _compute_dtype(u)
+    dt = dtype or _compute_dtype(u)
     b, d, _ = u.shape
     n = A.shape[1]
     dl = _prep_delta(delta, delta_bias, delta_softplus, dt)
     uf, Af, Bf, Cf = u.to(dt), A.to(dt), B.to(dt), C.to(dt)
     pad_de = _pad_delta(delta_bias, delta_softplus, b, d, uf)
     zeros = uf.new_zeros(b, d, 1)
-    de = torch.cat([dl, pad_de[:, :, None], zeros], dim=2)  # extended cells: N = pad, N + 1 = identity filler
-    du = torch.cat([dl * uf, zeros, zeros], dim=2)
-    Bx = F.pad(Bf, (0, 2))
-    Cx = F.pad(Cf, (0, 2))
+    de = torch.cat([dl, pad_de[:, :, None], zeros], dim=2).contiguous()
+    du = torch.cat([dl * uf, zeros, zeros], dim=2).contiguous()
+    Bx, Cx = F.pad(Bf, (0, 2)).contiguous(), F.pad(Cf, (0, 2)).contiguous()
     plan = _plan(grid, background, b * d * n, block or DEFAULT_BLOCK, u.device)
-    y = _Scan2DFn.apply(de, du, Bx, Cx, Af, plan, grid.width)  # (N, b, d)
-    y = y.permute(1, 2, 0)
+    y = fn.apply(de, du, Bx, Cx, Af.contiguous(), plan, grid.width).permute(1, 2, 0)  # (b, d, N)
     return _finish(y, uf, None if D is None else D.to(dt), None if z is None else z.to(dt), dt).to(u.dtype)
 
 
