@@ -13,7 +13,13 @@ warm-up; peak RSS above the RSS once the inputs exist):
 The table gives the 2D cost per instance as a ratio to the 1D one (the target is <= 3x) and the grid's
 tissue share. ``--grid 300`` adds a full 300 x 300 grid (90k cells), the 4 GB memory bound of the issue.
 
-usage: python benchmarks/scan2d.py [--sizes 10000 50000 100000] [--grid 300] [--quick]
+GPU (``--device cuda``, one process; the first table of benchmarks/gpu_check.sh): 1d (mambamil's scan, backend
+auto), 2d-skip / 2d-pad with the Triton forward and 2d-skip with the chunked scan on the GPU; fwd+bwd ms (median
+of 3 after a warm-up), peak MB above the inputs, and at the first size the max relative error of the triton 2D
+output and gradients against the chunked 2D scan in float64 on the GPU. ``--smoke`` runs it on CPU (tiny sizes,
+needs TRITON_INTERPRET=1).
+
+usage: python benchmarks/scan2d.py [--sizes 10000 50000 100000] [--grid 300] [--quick] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -109,13 +115,99 @@ def spawn(method: str, n: int, grid_side: int = 0, timeout: float = 1800) -> dic
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def main_cuda(sizes: list[int], device: str) -> None:
+    import numpy as np
+    import torch
+
+    from mambamil.ops.scan2d import ScanGrid, selective_scan_2d
+    from mambamil.ops.selective_scan import selective_scan
+
+    cuda = device == "cuda"
+    print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu (smoke)'}, torch {torch.__version__}")
+    print(f"d={D}, n={N_STATE}, batch 1, forward+backward, all scan options on\n")
+    print("| N | tissue | method | fwd+bwd ms | x 1d | peak MB |")
+    print("|---|---|---|---|---|---|")
+    methods = {"1d": ("1d", "auto", ""), "2d-skip triton": ("2d", "triton", "skip"),
+               "2d-pad triton": ("2d", "triton", "pad"), "2d-skip chunked": ("2d", "chunked", "skip")}  # fmt: skip
+
+    def inputs(m, dtype=torch.float32, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        t = [torch.randn(1, D, m, generator=g), torch.randn(1, D, m, generator=g) * 0.5,
+             -torch.exp(torch.randn(D, N_STATE, generator=g) * 0.5) * 4, torch.randn(1, N_STATE, m, generator=g),
+             torch.randn(1, N_STATE, m, generator=g), torch.randn(D, generator=g), torch.randn(1, D, m, generator=g),
+             torch.rand(D, generator=g) * 0.5]  # fmt: skip
+        return [x.to(device=device, dtype=dtype).requires_grad_() for x in t]
+
+    def call(kind, backend, bg, args, grid):
+        u, dl, A, B, C, Dp, z, bias = args
+        if kind == "1d":
+            return selective_scan(u, dl, A, B, C, Dp, z, bias, True, backend=backend)
+        return selective_scan_2d(u, dl, A, B, C, grid, Dp, z, bias, True, bg, backend=backend)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    for i, n in enumerate(sizes):
+        grid = ScanGrid.from_positions(tissue_positions(n))
+        res = {}
+        for name, (kind, backend, bg) in methods.items():
+            args = inputs(len(grid))
+            try:
+                y = call(kind, backend, bg, args, grid)  # warm-up
+                y.backward(torch.ones_like(y))
+                sync()
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated() if cuda else 0
+                times = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    y = call(kind, backend, bg, args, grid)
+                    y.backward(torch.ones_like(y))
+                    sync()
+                    times.append(time.perf_counter() - t0)
+                peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else float("nan")
+                res[name] = (float(np.median(times)) * 1e3, peak)
+            except Exception as exc:  # report and go on: the other rows still count
+                res[name] = (float("nan"), float("nan"))
+                print(f"| {len(grid)} | | {name} | error: {str(exc).splitlines()[0][:80]} | | |")
+        for name, (ms, peak) in res.items():
+            ratio = ms / res["1d"][0]
+            tissue = len(grid) / (grid.height * grid.width)
+            print(f"| {len(grid)} | {tissue:.0%} | {name} | {ms:.1f} | {ratio:.2f} | {peak:.0f} |", flush=True)
+        if i == 0:
+            for bg in ("skip", "pad"):
+                ref_in = inputs(len(grid), torch.float64, seed=1)
+                ref = call("2d", "chunked", bg, ref_in, grid)
+                w = torch.randn_like(ref)
+                ref_g = torch.autograd.grad((ref * w).sum(), ref_in)
+                xs = [x.detach().float().requires_grad_() for x in ref_in]
+                out = call("2d", "triton", bg, xs, grid)
+                got_g = torch.autograd.grad((out * w.float()).sum(), xs)
+                errs = [((g.double() - r).abs().max() / r.abs().max()).item()
+                        for g, r in zip([out, *got_g], [ref, *ref_g], strict=True)]  # fmt: skip
+                print(f"\nmax rel error of triton 2d-{bg} vs float64 chunked at N={len(grid)}: output {errs[0]:.1e}, "
+                      f"gradients (u, delta, A, B, C, D, z, delta_bias) max {max(errs[1:]):.1e}\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 100_000])
     ap.add_argument("--grid", type=int, default=0, help="also a full grid of this side (e.g. 300), 2d-pad only")
     ap.add_argument("--quick", action="store_true", help="sizes 2000 and 5000")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--smoke", action="store_true", help="dry run of --device cuda on CPU (needs TRITON_INTERPRET=1)")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.smoke:
+        global D
+        D = 32
+        main_cuda([60], "cpu")
+        return
+    if a.device == "cuda":
+        main_cuda(a.sizes, "cuda")
+        return
     if a.child:
         print(json.dumps(run_case(a.child[0], int(a.child[1]), int(a.child[2]))))
         return

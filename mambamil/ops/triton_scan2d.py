@@ -33,8 +33,8 @@ MAX_N = 16
 @triton.jit
 def _scan2d_fwd_kernel(
     de_ptr, du_ptr, B_ptr, C_ptr, A_ptr, V_ptr, y_ptr, cell_ptr, col_ptr, start_ptr,
-    ncells, b, d, n, N2, lo,
-    BLOCK_D: tl.constexpr, NP: tl.constexpr,
+    ncells, b, d, n, N2,
+    LO: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr,
 ):  # fmt: skip
     """One (batch, channel block) over a block's cell stream; de, du (b, d, N2), B, C (b, n, N2), A (d, n),
     V (W, b, d, n) in place, y (N2, b, d)."""
@@ -53,7 +53,7 @@ def _scan2d_fwd_kernel(
         du = tl.load(du_ptr + (pid_b * d + offs_d) * N2 + k, mask=dmask, other=0.0)
         Bv = tl.load(B_ptr + (pid_b * n + offs_n) * N2 + k, mask=nmask, other=0.0)
         Cv = tl.load(C_ptr + (pid_b * n + offs_n) * N2 + k, mask=nmask, other=0.0)
-        a = tl.exp(tl.maximum(de[:, None] * A, lo))
+        a = tl.exp(tl.maximum(de[:, None] * A, LO))
         g = tl.where(first != 0, 0.0, g)
         g = a * g + du[:, None] * Bv[None, :]
         voff = ((col * b + pid_b) * d + offs_d[:, None]) * n + offs_n[None, :]
@@ -77,8 +77,8 @@ def _launch(V: Tensor, ins: tuple[Tensor, ...], A: Tensor, y: Tensor, stream: tu
     n = A.shape[1]
     grid = (b, triton.cdiv(d, BLOCK_D))
     _scan2d_fwd_kernel[grid](
-        de, du, Bx, Cx, A, V, y, *stream, len(stream[0]), b, d, n, N2, _EXP_FLOOR[torch.float32],
-        BLOCK_D=BLOCK_D, NP=triton.next_power_of_2(n), num_warps=WARPS,
+        de, du, Bx, Cx, A, V, y, *stream, len(stream[0]), b, d, n, N2,
+        LO=_EXP_FLOOR[torch.float32], BLOCK_D=BLOCK_D, NP=triton.next_power_of_2(n), num_warps=WARPS,
     )  # fmt: skip
 
 
@@ -114,4 +114,30 @@ def selective_scan_2d_triton(
                     torch.float32)  # fmt: skip
 
 
-__all__ = ["INTERPRETED", "cell_stream", "selective_scan_2d_triton"]
+def compile_kernel(arch: int = 90, n: int = 16, d: int = 1024, ncells: int = 90_000):
+    """Compile the forward kernel for ``sm_<arch>`` without a GPU (Triton's bundled ptxas) as the JIT specialises
+    it (16-aligned pointers; integers divisible by 16 marked so); returns (CompiledKernel, options, elements per
+    loop iteration), for benchmarks/triton_compile.py."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    consts = {"LO": _EXP_FLOOR[torch.float32], "BLOCK_D": BLOCK_D, "NP": triton.next_power_of_2(n)}
+    ints = {"ncells": ncells, "b": 1, "d": d, "n": n, "N2": ncells + 2}
+    sig, attrs = {}, {}
+    for i, name in enumerate(_scan2d_fwd_kernel.arg_names):
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name in ints:
+            sig[name] = "i32"
+            if ints[name] % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            sig[name] = "*i32" if name in ("cell_ptr", "col_ptr", "start_ptr") else "*fp32"
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    options = {"num_warps": WARPS}
+    kernel = triton.compile(ASTSource(_scan2d_fwd_kernel, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
+                            options=options)  # fmt: skip
+    return kernel, options, BLOCK_D * triton.next_power_of_2(n)
+
+
+__all__ = ["INTERPRETED", "cell_stream", "compile_kernel", "selective_scan_2d_triton"]
