@@ -198,6 +198,7 @@ def main_cuda(sizes: list[int], device: str) -> None:
 
 
 def main() -> None:
+    global D, THREADS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 100_000])
     ap.add_argument("--grid", type=int, default=0, help="also a full grid of this side (e.g. 300), 2d-pad only")
@@ -209,7 +210,6 @@ def main() -> None:
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.smoke:
-        global D
         D = 32
         main_cuda([60], "cpu")
         return
@@ -219,7 +219,6 @@ def main() -> None:
     if a.child:
         print(json.dumps(run_case(a.child[0], *map(int, a.child[1:]))))
         return
-    global D, THREADS
     D, THREADS = a.d, a.threads
     sizes = [2000, 5000] if a.quick else a.sizes
     print(f"machine: {machine()}; {THREADS} torch thread(s) per case")
