@@ -346,24 +346,20 @@ class _Scan2DFn(torch.autograd.Function):
                     lam_up.index_copy_(0, c, lh * a[r, :m])
                 h = torch.addcmul(g[r, :m], a[r, :m], up[r, :m])
                 torch.matmul(gyc[r, :m, :, None, :], h, out=dC[r, :m, :, None, :])
-            # horizontal adjoint, right to left, all rows at once: lam_g_t = lam_h_t + a_{t+1} lam_g_{t+1}
-            ddu, dde = de.new_empty(R, M, b, d), de.new_empty(R, M, b, d)
-            dB = de.new_empty(R, M, b, A.shape[1])
-            lam_g = torch.zeros_like(a[:, 0])
-            dA = torch.zeros_like(lam_g)
-            Bt, dut, det = s["B"][..., None], s["du"][:, :, :, None, :], s["de"][..., None]
+            # horizontal adjoint, right to left, all rows at once: lam_g_t = lam_h_t + a_{t+1} lam_g_{t+1}, written
+            # over lam_h; the rest is block-wide: da_t = (lam_h_t up_t + lam_g_t g_{t-1}) a_t
+            da = up.mul_(lam_h)
+            carry = torch.zeros_like(a[:, 0])
             for t in reversed(range(M)):
-                lam_g.add_(lam_h[:, t])
-                torch.matmul(lam_g, Bt[:, t], out=ddu[:, t, :, :, None])  # sum_n lam_g B
-                torch.matmul(dut[:, t], lam_g, out=dB[:, t, :, None, :])  # sum_d lam_g delta u
-                da = lam_h[:, t].mul_(up[:, t])  # da_t = lam_h_t up_t + lam_g_t g_{t-1}, times a_t
-                if t > 0:
-                    da.addcmul_(lam_g, g[:, t - 1])
-                da.mul_(a[:, t])
-                dA.addcmul_(da, det[:, t])
-                torch.sum(da.mul_(A), -1, out=dde[:, t])
-                lam_g.mul_(a[:, t])
-            g_A.add_(dA.sum((0, 1)))
+                lam_g = lam_h[:, t].add_(carry)
+                torch.mul(lam_g, a[:, t], out=carry)
+            lam_g = lam_h
+            da[:, 1:].addcmul_(lam_g[:, 1:], g[:, :-1])
+            da.mul_(a)
+            ddu = torch.matmul(lam_g, s["B"][..., None]).squeeze(-1)  # sum_n lam_g B
+            dB = torch.matmul(s["du"][..., None, :], lam_g).squeeze(-2)  # sum_d lam_g delta u
+            g_A.add_(torch.einsum("rmbdn,rmbd->dn", da, s["de"]))
+            dde = da.mul_(A).sum(-1)
             for grad, val in ((g_de, dde), (g_du, ddu), (g_B, dB), (g_C, dC)):
                 grad.index_add_(2, flat, val.reshape(R * M, b, -1).permute(1, 2, 0))
         return g_de, g_du, g_B, g_C, g_A, None, None
