@@ -291,7 +291,8 @@ def _block_forward(
         h.mul_(a[r, :m]).add_(g[r, :m])
         if not full:
             V.index_copy_(0, c, h)
-        torch.matmul(h, Cc[r, :m, :, :, None], out=y[r, :m, :, :, None])
+        if not keep:  # the backward's recomputation needs the states, not y
+            torch.matmul(h, Cc[r, :m, :, :, None], out=y[r, :m, :, :, None])
     return y.reshape(R * M, *y.shape[2:]), ({"a": a, "g": g, "up": up, "de": de, "du": du, "B": Bc, "C": Cc}
                                           if keep else {})
 
