@@ -279,7 +279,7 @@ def _block_forward(
     torch.mul(du[:, 0, :, :, None], Bc[:, 0, :, None, :], out=g[:, 0])
     for t in range(1, M):
         torch.mul(a[:, t], g[:, t - 1], out=g[:, t]).addcmul_(du[:, t, :, :, None], Bc[:, t, :, None, :])
-    up = torch.empty_like(a) if keep else None
+    up = torch.zeros_like(a) if keep else None  # filler slots stay 0 (their adjoints are 0; 0 * garbage may be NaN)
     y = a.new_zeros(R, M, *de.shape[2:])
     W = V.shape[0]
     for r in range(R):
