@@ -149,12 +149,16 @@ def test_grid_over_limit_names_the_limit():
 
 
 def test_chunked_memory_is_bounded_on_a_300x300_grid():
-    """A 300 x 300 grid at d = 1024, n = 16 would need H*W*d*n*4 B = 5.9 GB of states at once; the chunked scan's
-    forward holds the column states (W*d*n) and one block (default 2**23 elements) instead."""
+    """A 300 x 300 grid at d = 1024, n = 16 would need H*W*d*n*4 B = 5.9 GB of states at once. The chunked scan
+    holds one block of rows (4 buffers of it in the backward) and, with gradients, the column states (W*d*n) at
+    every block start: under 2.5 GB together, and one block without gradients."""
     from mambamil.ops import scan2d
 
     grid = ScanGrid.from_positions(np.array([(c, r) for r in range(300) for c in range(300)]))
-    plan = scan2d._plan(grid, "pad", 1024 * 16, scan2d.DEFAULT_BLOCK)
-    biggest = max(idx.numel() for idx, _, _ in plan.blocks) * 1024 * 16
-    assert biggest <= scan2d.DEFAULT_BLOCK
-    assert sum(idx.numel() for idx, _, _ in plan.blocks) == 300 * 300
+    per_cell = 1024 * 16
+    for grad in (False, True):
+        plan = scan2d._plan(grid, "pad", per_cell, scan2d.block_budget(grid, "pad", per_cell, grad))
+        assert sum(idx.numel() for idx, _, _ in plan.blocks) == 300 * 300
+        block = max(idx.numel() for idx, _, _ in plan.blocks) * per_cell
+        kept = len(plan.blocks) * 300 * per_cell if grad else 0
+        assert (4 * block + kept) * 4 < 2.5e9 if grad else block <= scan2d.DEFAULT_BLOCK

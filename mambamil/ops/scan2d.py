@@ -29,6 +29,7 @@ else ``chunked``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -224,6 +225,14 @@ class _Plan:
     blocks: list[tuple[Tensor, list[Tensor], np.ndarray]]  # (idx (R, M), cols per row, tissue (R, M))
 
 
+def block_budget(grid: ScanGrid, background: str, per_cell: int, grad: bool) -> int:
+    """State elements per block: DEFAULT_BLOCK, or with gradients sqrt(cells * W / 4) * per_cell when larger, which
+    balances the block-start column states kept for the backward (W * per_cell each) against the block buffers."""
+    if not grad:
+        return DEFAULT_BLOCK
+    return max(DEFAULT_BLOCK, int(math.sqrt(grid_cells(grid, background) * grid.width / 4) * per_cell))
+
+
 def _plan(grid: ScanGrid, background: str, per_cell: int, budget: int, device: torch.device | str = "cpu") -> _Plan:
     """Row-major cells (tissue only for ``skip``; the whole box from the first tissue row for ``pad``)."""
     N = len(grid)
@@ -301,14 +310,15 @@ class _Scan2DFn(torch.autograd.Function):
     """Core 2D scan y = C . h on extended cells (no D, z, bias, softplus) with a block-wise custom backward."""
 
     @staticmethod
-    def forward(ctx, de, du, Bx, Cx, A, plan, width):  # type: ignore[override]
+    def forward(ctx, de, du, Bx, Cx, A, plan, width, keep_starts):  # type: ignore[override]
         b, d, N2 = de.shape
         lo = _EXP_FLOOR[de.dtype]
         V = de.new_zeros(width, b, d, A.shape[1])
         y = de.new_zeros(N2, b, d)
         starts = []
         for idx, cols, _ in plan.blocks:
-            starts.append(V.clone())
+            if keep_starts:  # the column states at every block start, for the backward only
+                starts.append(V.clone())
             yb, _ = _block_forward(V, (de, du, Bx, Cx), A, idx, cols, lo, keep=False)
             y.index_copy_(0, idx.reshape(-1), yb)  # pad and filler slots (N, N+1) are written and dropped
         ctx.save_for_backward(de, du, Bx, Cx, A, *starts)
@@ -363,7 +373,7 @@ class _Scan2DFn(torch.autograd.Function):
             dde = da.mul_(A).sum(-1)
             for grad, val in ((g_de, dde), (g_du, ddu), (g_B, dB), (g_C, dC)):
                 grad.index_add_(2, flat, val.reshape(R * M, b, -1).permute(1, 2, 0))
-        return g_de, g_du, g_B, g_C, g_A, None, None
+        return g_de, g_du, g_B, g_C, g_A, None, None, None
 
 
 def selective_scan_2d_chunked(
@@ -386,9 +396,11 @@ def selective_scan_2d_chunked(
     the first tissue row on, pad cells sharing one decay). Consecutive rows form a block of about ``block``
     state elements (rows x longest row x batch x d x n, default 2**23): the horizontal pass runs all rows of a
     block at once, cell by cell, then the vertical pass updates the column states (W, batch, d, n) row by row.
-    Each block runs under activation checkpointing, so only the column states at block boundaries are kept for
-    the backward, which recomputes one block at a time: memory is O(batch*d*n*(W * blocks + block)), never
-    O(H*W*d*n). Cost is O(tissue) with ``skip`` and O(box) multiply-adds with ``pad`` (pad cells carry state).
+    Only the column states at block starts are kept for the backward (a custom autograd Function), which
+    recomputes one block at a time: memory is O(batch*d*n*(W * blocks + block)), never O(H*W*d*n); with gradients
+    the block grows to sqrt(cells * W / 4) * batch*d*n elements when that is larger, so that the kept states and
+    the block buffers stay balanced (a 300 x 300 grid at d=1024, n=16: ~0.8 GB each). Cost is O(tissue) with
+    ``skip`` and O(box) with ``pad`` (pad cells carry state).
     """
     return _prepare(u, delta, A, B, C, grid, D, z, delta_bias, delta_softplus, background, _Scan2DFn, block=block)
 
@@ -411,8 +423,10 @@ def _prepare(
     de = torch.cat([dl, pad_de[:, :, None], zeros], dim=2).contiguous()
     du = torch.cat([dl * uf, zeros, zeros], dim=2).contiguous()
     Bx, Cx = F.pad(Bf, (0, 2)).contiguous(), F.pad(Cf, (0, 2)).contiguous()
-    plan = _plan(grid, background, b * d * n, block or DEFAULT_BLOCK, u.device)
-    y = fn.apply(de, du, Bx, Cx, Af.contiguous(), plan, grid.width).permute(1, 2, 0)  # (b, d, N)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (de, du, Bx, Cx, Af))
+    per_cell = b * d * n
+    plan = _plan(grid, background, per_cell, block or block_budget(grid, background, per_cell, grad), u.device)
+    y = fn.apply(de, du, Bx, Cx, Af.contiguous(), plan, grid.width, grad).permute(1, 2, 0)  # (b, d, N)
     return _finish(y, uf, None if D is None else D.to(dt), None if z is None else z.to(dt), dt).to(u.dtype)
 
 

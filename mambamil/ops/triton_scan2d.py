@@ -86,13 +86,14 @@ class _Scan2DTritonFn(_Scan2DFn):
     """The chunked scan's autograd Function with the forward blocks run by the Triton kernel."""
 
     @staticmethod
-    def forward(ctx, de, du, Bx, Cx, A, plan, width):  # type: ignore[override]
+    def forward(ctx, de, du, Bx, Cx, A, plan, width, keep_starts):  # type: ignore[override]
         b, d, N2 = de.shape
         V = de.new_zeros(width, b, d, A.shape[1])
         y = de.new_zeros(N2, b, d)
         starts = []
         for idx, cols, _ in plan.blocks:
-            starts.append(V.clone())
+            if keep_starts:
+                starts.append(V.clone())
             _launch(V, (de, du, Bx, Cx), A, y, cell_stream(idx, cols))
         ctx.save_for_backward(de, du, Bx, Cx, A, *starts)
         ctx.plan, ctx.width = plan, width
