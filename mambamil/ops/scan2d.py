@@ -60,6 +60,8 @@ BACKGROUND = ("pad", "skip")
 DEFAULT_MAX_CELLS = 1 << 22
 #: target number of state elements (rows x cells x batch x d x n) of one block of rows in the chunked scan
 DEFAULT_BLOCK = 1 << 23
+#: kept block-start states (elements) above which the blocks grow (1 GB of float32)
+KEPT_LIMIT = 1 << 28
 
 
 class GridError(MambamilError):
@@ -226,11 +228,13 @@ class _Plan:
 
 
 def block_budget(grid: ScanGrid, background: str, per_cell: int, grad: bool) -> int:
-    """State elements per block: DEFAULT_BLOCK, or with gradients sqrt(cells * W / 4) * per_cell when larger, which
-    balances the block-start column states kept for the backward (W * per_cell each) against the block buffers."""
-    if not grad:
+    """State elements per block: DEFAULT_BLOCK; with gradients, when the block-start column states kept for the
+    backward (W * per_cell each) would pass KEPT_LIMIT elements, sqrt(cells * W / 4) * per_cell, which balances
+    them against the block buffers."""
+    cells = grid_cells(grid, background)
+    if not grad or cells * per_cell / DEFAULT_BLOCK * grid.width * per_cell <= KEPT_LIMIT:
         return DEFAULT_BLOCK
-    return max(DEFAULT_BLOCK, int(math.sqrt(grid_cells(grid, background) * grid.width / 4) * per_cell))
+    return max(DEFAULT_BLOCK, int(math.sqrt(cells * grid.width / 4) * per_cell))
 
 
 def _plan(grid: ScanGrid, background: str, per_cell: int, budget: int, device: torch.device | str = "cpu") -> _Plan:
@@ -397,10 +401,10 @@ def selective_scan_2d_chunked(
     state elements (rows x longest row x batch x d x n, default 2**23): the horizontal pass runs all rows of a
     block at once, cell by cell, then the vertical pass updates the column states (W, batch, d, n) row by row.
     Only the column states at block starts are kept for the backward (a custom autograd Function), which
-    recomputes one block at a time: memory is O(batch*d*n*(W * blocks + block)), never O(H*W*d*n); with gradients
-    the block grows to sqrt(cells * W / 4) * batch*d*n elements when that is larger, so that the kept states and
-    the block buffers stay balanced (a 300 x 300 grid at d=1024, n=16: ~0.8 GB each). Cost is O(tissue) with
-    ``skip`` and O(box) with ``pad`` (pad cells carry state).
+    recomputes one block at a time: memory is O(batch*d*n*(W * blocks + block)), never O(H*W*d*n); when the kept
+    states would pass 1 GB the block grows to sqrt(cells * W / 4) * batch*d*n elements, so that they and the block
+    buffers stay balanced (a 300 x 300 grid at d=1024, n=16: ~0.75 GB kept, 157 MB per block buffer). Cost is
+    O(tissue) with ``skip`` and O(box) with ``pad`` (pad cells carry state).
     """
     return _prepare(u, delta, A, B, C, grid, D, z, delta_bias, delta_softplus, background, _Scan2DFn, block=block)
 
