@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# One prepared GPU run for the Triton selective scan (issues 10, 20): cuda-marked tests first (triton vs float64
+# One prepared GPU run for the Triton selective scan (issues 10, 20, 29). First table (issue 29): the 2D scan,
+# cuda-marked tests of tests/test_triton_scan2d.py, then benchmarks/scan2d.py --device cuda (2D vs 1D fwd+bwd at
+# 10k, 50k, 100k instances, and the triton 2D scan's error against float64). Then cuda-marked tests (triton vs float64
 # at L = 1 to 16k and 400k, forward, last state and every gradient; triton vs mamba-ssm), then the scan and the
 # aggregator benchmarks, each under its own time limit so that what finished is kept. Results go to $OUT
 # (default benchmarks/out/gpu). On the GPU machine, from the project root, with ../shared/device/prepare.sh
@@ -21,7 +23,7 @@
 set -u
 OUT=${OUT:-benchmarks/out/gpu}
 mkdir -p "$OUT"
-STEPS=${GPU_CHECK_STEPS:-selfcheck tests scan agg}
+STEPS=${GPU_CHECK_STEPS:-selfcheck scan2d tests scan agg}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 {
@@ -36,6 +38,9 @@ for step in $STEPS; do
   case $step in
     selfcheck) { timeout 150 "$PY" -m mambamil doctor; timeout 150 "$PY" benchmarks/selfcheck.py --device cuda; } \
                  > "$OUT/selfcheck.txt" 2>&1 ;;
+    scan2d) timeout 60 "$PY" -m pytest -q -p no:cacheprovider -m cuda -rs tests/test_triton_scan2d.py \
+              > "$OUT/scan2d.txt" 2>&1
+            timeout 150 "$PY" benchmarks/scan2d.py --device cuda >> "$OUT/scan2d.txt" 2>&1 ;;
     tests) timeout 170 "$PY" -m pytest -q -p no:cacheprovider -m cuda -rs tests/test_triton_scan.py tests/test_scan.py \
              tests/test_scan_selfcheck.py \
              tests/test_models.py > "$OUT/tests.txt" 2>&1
@@ -58,4 +63,4 @@ for step in $STEPS; do
 done
 cat "$OUT/selfcheck.txt" 2>/dev/null
 tail -n 5 "$OUT/tests.txt" 2>/dev/null
-tail -n 30 "$OUT/scan.txt" "$OUT/aggregator.txt" "$OUT/features.txt" "$OUT/encoders.txt" "$OUT/stain.txt" 2>/dev/null
+tail -n 30 "$OUT/scan2d.txt" "$OUT/scan.txt" "$OUT/aggregator.txt" "$OUT/features.txt" "$OUT/encoders.txt" "$OUT/stain.txt" 2>/dev/null

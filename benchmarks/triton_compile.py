@@ -13,6 +13,9 @@ iteration) covers, i.e. thread-instructions per element; a pass's total is the s
 epilogue instructions are counted as if in the loop: an upper bound). MUFU counts exp (EX2), log and the
 reciprocals of divisions and sigmoids.
 
+The 2D scan's forward kernel (mambamil.ops.triton_scan2d) gets its own table (fp32 inputs: the 2D scan's Triton
+path computes its per-cell inputs in float32).
+
 usage: python benchmarks/triton_compile.py [--arch 90] [--dtype bf16] [--baseline dad97fa]
 """
 
@@ -130,6 +133,22 @@ def table(title: str, variants: list, dtype: str, arch: int) -> dict:
     return tot
 
 
+def scan2d_table(arch: int) -> None:
+    """The 2D scan's forward kernel (mambamil.ops.triton_scan2d, issue 29): fp32 inputs, one cell per iteration."""
+    from mambamil.ops import triton_scan2d as t2
+
+    kernel, options, elems = t2.compile_kernel(arch)
+    s = stats(kernel, arch)
+    lanes = 32 * options["num_warps"]
+    print("\n## 2D scan (issue 29), fp32, d=1024, n=16; loop iteration = one grid cell of one channel block\n")
+    print("| kernel | warps | registers | spill B | smem B | SASS instr | SHFL | MUFU | SHFL / (d,n,cell) | "
+          "MUFU / (d,n,cell) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    sh, mu = s["shfl"] * lanes / elems, s["mufu"] * lanes / elems
+    print(f"| S1 scan2d_fwd | {options['num_warps']} | {s['regs']} | {s['spill']} | {s['smem']} | {s['sass']} | "
+          f"{s['shfl']} | {s['mufu']} | {sh:.2f} | {mu:.2f} |")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (default: %(default)s, H100/H200)")
@@ -150,6 +169,7 @@ def main() -> None:
     variants = ts.kernel_variants(b, d, n, L)
     saved = (ts.saved_state_bytes(b, d, n, L), ts.backward_scratch_bytes(b, d, n, L))
     res["new"] = (table("new (issue 20)", variants, args.dtype, args.arch), saved)
+    scan2d_table(args.arch)
     print(f"\n# compiled in {time.perf_counter() - t0:.1f} s\n")
     print("| version | max registers | max spill B | SHFL / (d,n,t) fwd / bwd | MUFU / (d,n,t) fwd / bwd | "
           f"states saved for backward at L={L} | backward transient buffers |")  # fmt: skip
