@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from mambamil.errors import InputFileError, MambamilError
+from mambamil.models.common import InstanceCoords
 from mambamil.order import read_order
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,8 @@ class BagDataset(torch.utils.data.Dataset):
         self.feature_files = feature_files
         self.order_files = order_files or {}
         self.cache = cache
-        self._cache: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
+        self._cache: dict[int, tuple[torch.Tensor, InstanceCoords]] = {}
+        self._coords_meta: dict[str, Any] = {}  # each slide's CoordsAttrs, filled by load
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -172,6 +174,7 @@ class BagDataset(torch.utils.data.Dataset):
         feats, coords, owners = [], [], []
         for sid in sample.slide_ids:
             bag = read_bag(self.feature_files[sid])
+            self._coords_meta[sid] = bag.coords_meta
             f = np.asarray(bag.features, dtype=np.float32)
             # Bags without coordinates (CLAM .pt files alone) keep their stored order.
             c = np.asarray(bag.coords) if bag.coords is not None else np.full((len(f), 2), -1, np.int64)
@@ -187,14 +190,39 @@ class BagDataset(torch.utils.data.Dataset):
             raise InputFileError(self.feature_files[sample.slide_ids[0]], f"slides of {sample.sample_id} differ in dim")
         return torch.from_numpy(np.concatenate(feats)), np.concatenate(coords), owners
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, Sample]:
+    def _item(self, index: int) -> tuple[torch.Tensor, InstanceCoords]:
         if self.cache and index in self._cache:
-            return self._cache[index][0], self.samples[index]
-        x, coords, _ = self.load(index)
+            return self._cache[index]
+        x, coords, owners = self.load(index)
+        item = (x, InstanceCoords(coords, owners, {sid: self._coords_meta[sid] for sid in dict.fromkeys(owners)}))
         if self.cache:
-            self._cache[index] = (x, coords)
-        return x, self.samples[index]
+            self._cache[index] = item
+        return item
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Sample]:
+        return self._item(index)[0], self.samples[index]
+
+    def coords(self, index: int) -> InstanceCoords:
+        """Where the instances of sample ``index`` lie (in the bag's order), for models with ``needs_coords``."""
+        return self._item(index)[1]
 
     @property
     def in_dim(self) -> int:
         return int(self[0][0].shape[1])
+
+
+def configure_coords(model: torch.nn.Module, dataset: BagDataset) -> None:
+    """Give a model that reads coordinates (``needs_coords``, no ``grid_step`` yet) the patch stride of the
+    dataset's slides, kept in its config (and so in its checkpoint); slides of different strides are an error."""
+    from mambamil.models.mambamil2d import target_stride
+
+    if not getattr(model, "needs_coords", False) or model.config.get("grid_step") is not None:
+        return
+    strides = set()
+    for i in range(len(dataset)):
+        coords = dataset.coords(i)
+        strides |= {target_stride(m) for m in coords.meta.values()} - {None}
+    if len(strides) > 1:
+        raise MambamilError(f"{model.config['name']}: the slides have different patch strides {sorted(strides)} px")
+    if strides:
+        model.set_grid_step(strides.pop())

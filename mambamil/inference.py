@@ -29,7 +29,7 @@ from mambamil.device import mil_autocast, resolve_device
 from mambamil.errors import InputFileError, MambamilError
 from mambamil.fileio import atomic_output
 from mambamil.h5layout import describe_encoder, encoder_difference, encoder_identity
-from mambamil.models import load_checkpoint
+from mambamil.models import InstanceCoords, call_model, load_checkpoint
 from mambamil.order import METHODS, STORED, slide_order
 
 if TYPE_CHECKING:
@@ -51,9 +51,10 @@ class Standardized(torch.nn.Module):
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).clamp(min=1e-6))
         self.in_dim, self.n_classes, self.task = model.in_dim, model.n_classes, model.task
+        self.needs_coords = getattr(model, "needs_coords", False)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.model((x - self.mean) / self.std)
+    def forward(self, x: torch.Tensor, **kw: Any) -> dict[str, torch.Tensor]:
+        return self.model((x - self.mean) / self.std, **kw)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -211,6 +212,12 @@ def sequence_order(bag: Bag, order: tuple[str, int]) -> np.ndarray:
     return slide_order(bag.coords, bag.coords_meta, method, seed, bag.slide_id)
 
 
+def bag_coords(bag: Bag, perm: np.ndarray) -> InstanceCoords:
+    """Where the instances of ``bag`` read in order ``perm`` lie (coordinates of -1 when the bag has none)."""
+    coords = bag.coords if bag.coords is not None else np.full((len(bag.features), 2), -1, np.int64)
+    return InstanceCoords.of_slide(coords[perm], bag.slide_id, bag.coords_meta)
+
+
 def _explained_target(out: dict[str, torch.Tensor]) -> torch.Tensor:
     """What gradient × input explains: the risk (survival) or the predicted class's logit."""
     if "risk" in out:
@@ -220,19 +227,24 @@ def _explained_target(out: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def forward(
-    model: torch.nn.Module, x: torch.Tensor, device: torch.device, precision: str, gradients: bool = False
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    device: torch.device,
+    precision: str,
+    gradients: bool = False,
+    coords: InstanceCoords | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """One forward pass: the output dict (float32, CPU) and, with ``gradients``, gradient × input per instance
-    (towards :func:`_explained_target`) from the same pass."""
+    (towards :func:`_explained_target`) from the same pass; ``coords`` (in x's order) for models that read them."""
     model.eval()
     x = x.to(device)
     if not gradients:
         with torch.inference_mode(), mil_autocast(device, precision):
-            out = model(x)
+            out = call_model(model, x, coords)
         return {k: v.float().cpu() for k, v in out.items() if isinstance(v, torch.Tensor)}, None
     xg = x.detach().clone().requires_grad_(True)
     with torch.enable_grad(), mil_autocast(device, precision):
-        out = model(xg)
+        out = call_model(model, xg, coords)
         (grad,) = torch.autograd.grad(_explained_target(out), xg)
     gxi = (grad.float() * xg.detach()).sum(dim=-1).cpu()
     return {k: v.detach().float().cpu() for k, v in out.items() if isinstance(v, torch.Tensor)}, gxi
@@ -288,7 +300,7 @@ def bag_outputs(ensemble: Ensemble, bag: Bag, gradients: bool = False) -> BagRes
         inverse = np.empty_like(perm)
         inverse[perm] = np.arange(len(perm))
         out, gxi = forward(member.model, bag.features[torch.as_tensor(perm)], ensemble.device, member.precision,
-                           gradients)  # fmt: skip
+                           gradients, bag_coords(bag, perm))  # fmt: skip
         outs.append(out)
         if "attention" in out:
             attention.append(out["attention"].reshape(-1).numpy()[inverse])
@@ -309,7 +321,7 @@ def predict_dataset(
     rows = []
     for i in range(len(dataset)):
         x, sample = dataset[i]
-        outs = [forward(m, x, device, precision)[0] for m in models]
+        outs = [forward(m, x, device, precision, coords=dataset.coords(i))[0] for m in models]
         row: dict[str, Any] = {
             "sample_id": sample.sample_id,
             "case_id": sample.case_id,
@@ -362,8 +374,10 @@ def pooled_outputs(ensemble: Ensemble, bags: list[Bag]) -> dict[str, Any]:
     bags = sorted(bags, key=lambda b: b.slide_id)
     outs = []
     for member in ensemble.members:
-        x = torch.cat([bag.features[torch.as_tensor(sequence_order(bag, member.order))] for bag in bags])
-        outs.append(forward(member.model, x, ensemble.device, member.precision)[0])
+        perms = [sequence_order(bag, member.order) for bag in bags]
+        x = torch.cat([bag.features[torch.as_tensor(perm)] for bag, perm in zip(bags, perms, strict=True)])
+        coords = InstanceCoords.concat([bag_coords(bag, perm) for bag, perm in zip(bags, perms, strict=True)])
+        outs.append(forward(member.model, x, ensemble.device, member.precision, coords=coords)[0])
     return summarise(outs, ensemble.task, ", ".join(str(b.path) for b in bags))
 
 

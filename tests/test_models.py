@@ -258,7 +258,7 @@ def test_load_checkpoint_errors(tmp_path):
 
 
 def test_registry_and_errors():
-    assert list_models() == ["abmil", "mambamil", "max", "mean", "transmil"]
+    assert list_models() == ["abmil", "mambamil", "mambamil_2d", "max", "mean", "transmil"]
     assert type(create_model("max", 8, 2)).__name__ == "MaxMIL"
     assert type(create_model("mean", 8, 2)).__name__ == "MeanMIL"
     with pytest.raises(ValueError, match="unknown model"):

@@ -11,7 +11,7 @@ import of original MambaMIL state dicts live in :mod:`mambamil.models.checkpoint
 from __future__ import annotations
 
 # Importing the families registers their models.
-from mambamil.models import baselines, mambamil  # noqa: F401
+from mambamil.models import baselines, mambamil, mambamil2d  # noqa: F401
 from mambamil.models.checkpoint import (
     ORIGINAL_OPTIONS,
     ORIGINAL_SOURCE,
@@ -20,13 +20,15 @@ from mambamil.models.checkpoint import (
     original_metadata,
     save_checkpoint,
 )
-from mambamil.models.common import MILModel, survival_head
+from mambamil.models.common import InstanceCoords, MILModel, call_model, survival_head
 from mambamil.models.registry import create_model, list_models, register_model
 
 __all__ = [
     "ORIGINAL_OPTIONS",
     "ORIGINAL_SOURCE",
+    "InstanceCoords",
     "MILModel",
+    "call_model",
     "convert_original",
     "create_model",
     "list_models",

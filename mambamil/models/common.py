@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -57,9 +59,11 @@ def xavier_init(module: nn.Module) -> None:
 
 
 class MILModel(nn.Module):
-    """Base class: keeps ``in_dim``, ``n_classes``, ``task`` and the ``config`` for create_model."""
+    """Base class: keeps ``in_dim``, ``n_classes``, ``task`` and the ``config`` for create_model; models that read
+    the instances' coordinates set ``needs_coords`` (forward(x, coords=InstanceCoords))."""
 
     model_name = ""
+    needs_coords = False
 
     def __init__(self, in_dim: int, n_classes: int, task: str, **config: Any) -> None:
         super().__init__()
@@ -73,3 +77,34 @@ class MILModel(nn.Module):
             "task": self.task,
             **config,
         }
+
+
+@dataclass(frozen=True)
+class InstanceCoords:
+    """Where a bag's instances lie: level-0 coordinates (N, 2), the slide of each instance, and each slide's
+    coordinates attributes (:class:`~mambamil.h5layout.CoordsAttrs`, or None); for models with ``needs_coords``."""
+
+    coords: np.ndarray
+    slide_ids: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of_slide(cls, coords: np.ndarray, slide_id: str, meta: Any = None) -> InstanceCoords:
+        return cls(np.asarray(coords), [slide_id] * len(coords), {slide_id: meta})
+
+    @classmethod
+    def concat(cls, parts: list[InstanceCoords]) -> InstanceCoords:
+        """The coordinates of bags concatenated in the order of ``parts`` (a patient's slides)."""
+        return cls(
+            np.concatenate([p.coords for p in parts]),
+            [s for p in parts for s in p.slide_ids],
+            {k: v for p in parts for k, v in p.meta.items()},
+        )
+
+
+def call_model(model: nn.Module, x: Tensor, coords: InstanceCoords | None = None) -> dict[str, Tensor]:
+    """Run a MIL model on one bag: the one place that passes coordinates, to the models that declare
+    ``needs_coords`` (and to wrappers that forward them)."""
+    if getattr(model, "needs_coords", False):
+        return model(x, coords=coords)
+    return model(x)

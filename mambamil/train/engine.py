@@ -17,14 +17,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mambamil import __version__
-from mambamil.bags import BagDataset, Sample, TaskSpec
+from mambamil.bags import BagDataset, Sample, TaskSpec, configure_coords
 from mambamil.config import settings_from_config
 from mambamil.device import mil_autocast, resolve_device
 from mambamil.errors import FaultError, MambamilError
 from mambamil.fileio import atomic_output, write_json
 from mambamil.h5layout import check_one_encoder
 from mambamil.inference import Standardized, load_trained, predict_dataset, unwrap
-from mambamil.models import create_model, save_checkpoint
+from mambamil.models import call_model, create_model, save_checkpoint
 from mambamil.paths import fold_outputs
 from mambamil.train.evaluate import add_survival_times
 from mambamil.train.metrics import c_index, classification_metrics, nll_survival_loss
@@ -114,7 +114,7 @@ def _validation(model, dataset, objective, device, task, precision: str = "fp32"
         for i in range(len(dataset)):
             x, sample = dataset[i]
             with mil_autocast(device, precision):
-                out = model(x.to(device))
+                out = call_model(model, x.to(device), dataset.coords(i))
             losses.append(float(objective.loss(out, sample)))
             if task.kind == "survival":
                 risks.append(float(out["risk"].reshape(-1)[0]))
@@ -161,6 +161,7 @@ def train_fold(
     data = {k: BagDataset(v, feature_files, order_files) for k, v in subsets.items()}
     in_dim = data["train"].in_dim
     model = create_model(model_name, in_dim=in_dim, n_classes=task.n_outputs, task=task.kind, **model_kwargs)
+    configure_coords(model, data["train"])
     scaler = feature_scaler(data["train"]) if settings.standardize_features else None
     if scaler:
         model = Standardized(model, scaler["mean"], scaler["std"])
@@ -270,7 +271,7 @@ def train_epoch(
         x, sample = dataset[int(idx)]
         try:
             with mil_autocast(device, settings.precision):
-                out = model(x.to(device))
+                out = call_model(model, x.to(device), dataset.coords(int(idx)))
             loss = objective.loss(out, sample)
             (loss / settings.grad_accum).backward()
         except (torch.OutOfMemoryError, RuntimeError) as exc:
@@ -316,6 +317,7 @@ def train_final(
     device = resolve_device(settings.device)
     data = BagDataset(samples, feature_files, order_files)
     model = create_model(model_name, in_dim=data.in_dim, n_classes=task.n_outputs, task=task.kind, **model_kwargs)
+    configure_coords(model, data)
     scaler = feature_scaler(data) if settings.standardize_features else None
     if scaler:
         model = Standardized(model, scaler["mean"], scaler["std"])
