@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from mambamil.demo import _lesion_mask, _tissue_mask
 from mambamil.fileio import atomic_output
 from mambamil.inference import probability_column
 from mambamil.models import create_model, list_models
+from mambamil.models.common import InstanceCoords, call_model
 from mambamil.order import METHODS, order_permutation
 from mambamil.train.engine import seed_everything
 from mambamil.train.evaluate import EvaluationSettings, compare_models, metrics_with_intervals
@@ -272,8 +272,8 @@ def grid_bags(task: str, n_bags: int, seed: int) -> list[Bag]:
 
 # -- training and evaluation -----------------------------------------------------------------------------------------
 def takes_coords(model: torch.nn.Module) -> bool:
-    """Whether the model's forward reads the patch coordinates (the 2D family)."""
-    return "coords" in inspect.signature(model.forward).parameters
+    """Whether the model reads the patch coordinates (``needs_coords``: the 2D family)."""
+    return bool(getattr(model, "needs_coords", False))
 
 
 def sequence(bag: Bag, order: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -285,8 +285,9 @@ def sequence(bag: Bag, order: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def forward(model: torch.nn.Module, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    out = model(x, coords=coords) if takes_coords(model) else model(x)
-    return out["logits"]
+    """Logits through the project's one place that hands coordinates to the models that need them (each synthetic
+    bag is one slide without tile attributes: the grid step comes from the coordinate spacing)."""
+    return call_model(model, x, InstanceCoords.of_slide(coords.numpy(), "synthetic"))["logits"]
 
 
 def build(name: str, seed: int) -> torch.nn.Module:
