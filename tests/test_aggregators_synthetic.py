@@ -144,6 +144,17 @@ def test_orders_come_from_the_order_stage_and_2d_reads_coordinates():
     assert not syn.order_sensitive("abmil") and syn.order_sensitive("mambamil")
 
 
+def test_2d_model_reads_the_grid_not_the_order():
+    """mambamil_2d gets the coordinates (call_model), so its output does not depend on the order of the bag."""
+    pytest.importorskip("mambamil.models.mambamil2d")
+    assert syn.reads("mambamil_2d") == "2D grid"
+    model = syn.build("mambamil_2d", 0).eval()
+    bag = syn.spatial_bag(1, True)
+    with torch.inference_mode():
+        by_order = [syn.forward(model, *syn.sequence(bag, order)) for order in ("raster", "random")]
+    torch.testing.assert_close(by_order[0], by_order[1], atol=1e-4, rtol=1e-4)
+
+
 def test_harness_trains_predicts_and_evaluates(tmp_path):
     """A tiny run through the cache: the prediction frame is what the evaluation reads, and a cached run is read
     back, not retrained."""
