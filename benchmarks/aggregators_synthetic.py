@@ -65,7 +65,7 @@ DIM = 16
 #: level-0 pixels per grid step of the synthetic bags (any positive value; the orders divide it out)
 PATCH = 256
 #: patch grid (rows, cols) of the spatial bags: the demo's tissue outline drawn at one cell per patch
-GRID = (28, 36)
+GRID = (20, 26)
 #: lesion-type patch feature: mean μ on the first ``SIGNAL_DIMS`` dimensions (spatial task: clearly visible)
 SIGNAL_DIMS = 4
 LESION_MEAN = 2.0
@@ -506,8 +506,8 @@ def main() -> None:
     sizes = (
         {"a_train": 40, "a_val": 20, "a_test": 40, "a_epochs": 1, "grid_train": 24, "grid_test": 24, "grid_epochs": 1}
         if args.quick
-        else {"a_train": 200, "a_val": 100, "a_test": 200, "a_epochs": 10, "grid_train": 120, "grid_test": 160,
-              "grid_epochs": 10}
+        else {"a_train": 100, "a_val": 60, "a_test": 100, "a_epochs": 4, "grid_train": 80, "grid_test": 100,
+              "grid_epochs": 6}
     )  # fmt: skip
     models = available(args.models)
     from scan import machine  # type: ignore[import-not-found]
