@@ -493,6 +493,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: few bags, one epoch")
     ap.add_argument("--parts", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c"])
     ap.add_argument("--models", nargs="+", help="registry names or variants (default: all)")
+    ap.add_argument("--tasks", nargs="+", default=list(GRID_TASKS), choices=list(GRID_TASKS), help="grid tasks of (c)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--out",
@@ -517,8 +518,8 @@ def main() -> None:
     if "a" in args.parts:
         part_a(runs, models)
     grids = {}
-    for task in ("demo", "spatial"):
-        if (task == "spatial" and {"b", "c"} & set(args.parts)) or (task == "demo" and "c" in args.parts):
+    for task in GRID_TASKS:
+        if (task == "spatial" and "b" in args.parts) or (task in args.tasks and "c" in args.parts):
             grids[task] = (
                 grid_bags(task, sizes["grid_train"], args.seed + 10),
                 grid_bags(task, sizes["grid_test"], args.seed + 11),
@@ -526,7 +527,7 @@ def main() -> None:
     if "b" in args.parts:
         part_b(runs, [m for m in models if m not in VARIANTS], grids)
     if "c" in args.parts:
-        part_c(runs, [m for m in models if m not in VARIANTS], grids)
+        part_c(runs, [m for m in models if m not in VARIANTS], {t: grids[t] for t in args.tasks})
 
 
 if __name__ == "__main__":
