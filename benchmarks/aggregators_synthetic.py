@@ -29,7 +29,7 @@
     :mod:`mambamil.demo` on the patch grid; positive = lesion present, lesion patches weakly shifted) and on the
     spatial task: raster, snake, Hilbert and random (:func:`mambamil.order.order_permutation`, the order stage's
     function) and the 2D scan, each with its AUC bootstrap interval and the evaluation's paired comparison
-    (:func:`mambamil.train.evaluate.compare_models`, same resampled patients for both).
+    (:func:`mambamil.evaluation.compare.compare_models`, same resampled patients for both).
 
 Small models (hidden 64), one thread, seeds fixed; ``--quick`` is a smoke run of every code path.
 
@@ -51,14 +51,16 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from mambamil.columns import probability_column
 from mambamil.demo import _lesion_mask, _tissue_mask
+from mambamil.evaluation.compare import compare_models
+from mambamil.evaluation.evaluate import metrics_with_intervals
+from mambamil.evaluation.frame import EvaluationSettings
 from mambamil.fileio import atomic_output
-from mambamil.inference import probability_column
 from mambamil.models import create_model, list_models
 from mambamil.models.common import InstanceCoords, call_model
 from mambamil.order import METHODS, order_permutation
 from mambamil.train.engine import seed_everything
-from mambamil.train.evaluate import EvaluationSettings, compare_models, metrics_with_intervals
 
 CLASSES = ["negative", "positive"]
 DIM = 16
