@@ -54,11 +54,6 @@ class Unavailable(Exception):
     """A metric that cannot be computed on this frame; its message is the reason written beside the NaN."""
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line (the reason of a NaN metric)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 @dataclass
 class Frame:
     """What the metrics of one prediction frame need, prepared once."""

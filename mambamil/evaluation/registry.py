@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mambamil.errors import one_line
 from mambamil.evaluation import classification as cls
 from mambamil.evaluation import survival as surv
-from mambamil.evaluation.frame import Frame, Unavailable, one_line
+from mambamil.evaluation.frame import Frame, Unavailable
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def estimates(f: Frame, names: list[str]) -> tuple[dict[str, float], dict[str, s
         except Unavailable as exc:
             reasons[key] = str(exc)
         except (ValueError, ZeroDivisionError) as exc:
-            reasons[key] = one_line(exc)
+            reasons[key] = one_line(exc) or type(exc).__name__  # the reason of a NaN metric
     return values, reasons
 
 

@@ -427,10 +427,12 @@ def feature_attrs(path: Path) -> dict[str, Any]:
         **(bag.feature_meta.to_attrs() if bag.feature_meta else {}),
         **({"coords_from": str(bag.coords_from)} if bag.coords_from else {}),
     }
-    return {k: _json_safe(v) for k, v in attrs.items()}
+    return {k: _checkpoint_value(v) for k, v in attrs.items()}
 
 
-def _json_safe(value: Any) -> Any:
+def _checkpoint_value(value: Any) -> Any:
+    """A model option as checkpoint metadata keeps it: lists as lists, scalars as they are, anything else as text
+    (NaN kept; metrics.json's NaN → null conversion is :func:`mambamil.evaluation.evaluate.json_safe`)."""
     if isinstance(value, (tuple, list)):
         return list(value)
     return value if isinstance(value, (str, int, float, bool)) else str(value)
