@@ -150,6 +150,7 @@ def _metrics_section(runs: dict[str, Path], heading: str, time_unit: str = "mont
             for m in methods
         ),
         f'<p class="note">Survival times in {html.escape(time_unit)}.</p>' if "survival" in kinds else "",
+        "".join(_survival_settings(model, r, time_unit) for model, r in results.items() if r.get("kind") == "survival"),
     ]
     for model, folder in runs.items():
         outputs = paths.evaluation_outputs(folder)
@@ -159,6 +160,28 @@ def _metrics_section(runs: dict[str, Path], heading: str, time_unit: str = "mont
             parts.append(f"<h4>{html.escape(model)}</h4>" + "".join(figures))
         parts.append(_clinical_section(model, folder, results[model]))
     return "\n".join(parts)
+
+
+def _survival_settings(model: str, result: dict[str, Any], unit: str) -> str:
+    """What a survival model's numbers hang on: τ and where it came from, the td-AUC times, the IBS range and the
+    risk-group cut-off (per fold, fixed on validation predictions)."""
+
+    def num(x: Any) -> str:
+        return "—" if x is None else f"{x:.4g}" if isinstance(x, float) else html.escape(str(x))
+
+    tau = result.get("tau")
+    times = ", ".join(num(t) for t in result.get("survival_times") or [])
+    ibs = result.get("ibs_range") or []
+    cut = result.get("risk_cutoff") or {}
+    per_fold = cut.get("per_fold") or {}
+    folds = ", ".join(f"fold {k}: {num(v)}" for k, v in per_fold.items()) if isinstance(per_fold, dict) else ""
+    return (
+        f'<p class="note">{html.escape(model)}: τ = {num(tau)} {html.escape(unit)} '
+        f"({html.escape(str(result.get('tau_source') or 'not set'))}); time-dependent AUC at {times or '—'} "
+        f"{html.escape(unit)}; IBS from {num(ibs[0] if ibs else None)} to {num(ibs[-1] if ibs else None)}; "
+        f"risk groups cut at {num(cut.get('development'))} ({html.escape(str(cut.get('method') or '—'))}"
+        f"{'; ' + html.escape(folds) if folds else ''}).</p>"
+    )
 
 
 def _png(data: bytes, caption: str) -> str:

@@ -293,6 +293,9 @@ def test_report_shows_the_tripod_sections(results) -> None:
         "Test folds, task os",
         "test fold patients slides class neg class pos 0 20 20",
         "Survival times in days.",
+        "m: τ = ",  # what the survival numbers hang on: τ, td-AUC times, IBS range, risk cut-off
+        "time-dependent AUC at",
+        "risk groups cut at",
         "Confusion matrix",
         "One-vs-rest AUC per class",
         "Calibration slope and intercept",
