@@ -20,6 +20,9 @@ from sksurv.functions import StepFunction
 from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc, integrated_brier_score
 from sksurv.util import Surv
 
+# tests/test_evaluation.py by its module name (the `tests` package torchmil/torchstain install shadows `tests.`)
+from test_evaluation import classification_frame  # isort: skip
+
 from mambamil.bags import Sample, TaskSpec
 from mambamil.evaluation import registry
 from mambamil.evaluation.evaluate import evaluate_folds, evaluate_predictions, metrics_with_intervals
@@ -50,14 +53,6 @@ def survival_frame(n: int = 60, seed: int = 0, folds: int = 3) -> pd.DataFrame:
     return frame
 
 
-def classification_frame(n: int = 60, seed: int = 0, folds: int = 3) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 2, n)
-    p = 1 / (1 + np.exp(-rng.normal(1.5 * (y - 0.5), 1)))
-    ids = [f"P{i:03d}" for i in range(n)]
-    return pd.DataFrame(
-        {"fold": np.arange(n) % folds, "sample_id": ids, "case_id": ids, "target": y, "prob_neg": 1 - p, "prob_pos": p}
-    )
 
 
 def test_each_folds_training_targets_come_from_its_training_patients_only() -> None:
