@@ -128,13 +128,15 @@ class Mamba(nn.Module):
         dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
         dt_proj.bias._no_reinit = True  # type: ignore[attr-defined]
 
+    def _branch_parts(self, suffix: str) -> tuple[nn.Conv1d, nn.Linear, nn.Linear, Tensor, Tensor]:
+        """conv1d, x_proj, dt_proj, A_log and D of one SSM branch (``suffix`` "" or "_b": the state-dict names)."""
+        A_log = getattr(self, "A_log" if not suffix else "A" + suffix + "_log")
+        names = ("conv1d", "x_proj", "dt_proj")
+        return (*(getattr(self, name + suffix) for name in names), A_log, getattr(self, "D" + suffix))
+
     def _branch(self, xz: Tensor, suffix: str) -> Tensor:
         """One SSM branch on xz (b, 2*d_inner, L) -> (b, d_inner, L) (before out_proj)."""
-        conv: nn.Conv1d = getattr(self, "conv1d" + suffix)
-        x_proj: nn.Linear = getattr(self, "x_proj" + suffix)
-        dt_proj: nn.Linear = getattr(self, "dt_proj" + suffix)
-        A_log = getattr(self, "A_log" if not suffix else "A" + suffix + "_log")
-        D = getattr(self, "D" + suffix)
+        conv, x_proj, dt_proj, A_log, D = self._branch_parts(suffix)
         x, z = xz.chunk(2, dim=1)
         if causal_conv1d_fn is not None and x.is_cuda:
             x = causal_conv1d_fn(x.contiguous(), conv.weight.squeeze(1), conv.bias, activation="silu")

@@ -118,11 +118,7 @@ class SRMamba2D(Mamba):
         self.scan_backend, self.background = scan_backend, background
 
     def _branch2d(self, xz: Tensor, suffix: str, grid: ScanGrid, raster: Tensor) -> Tensor:
-        conv: nn.Conv1d = getattr(self, "conv1d" + suffix)
-        x_proj: nn.Linear = getattr(self, "x_proj" + suffix)
-        dt_proj: nn.Linear = getattr(self, "dt_proj" + suffix)
-        A_log = getattr(self, "A_log" if not suffix else "A" + suffix + "_log")
-        D = getattr(self, "D" + suffix)
+        conv, x_proj, dt_proj, A_log, D = self._branch_parts(suffix)
         x, z = xz.chunk(2, dim=1)
         # depthwise causal conv along the raster order of the grid, as 2DMamba's conv over the flattened grid
         inverse = torch.empty_like(raster)
