@@ -21,6 +21,7 @@ from mambamil.features.encoders import (
     TimmOverrides,
     build_preset,
     create_encoder,
+    list_encoders,
     matching_presets,
     release_to_model_keys,
 )
@@ -292,6 +293,18 @@ def test_encoders_verb_lists_every_preset(capsys: pytest.CaptureFixture) -> None
     for name, p in PRESETS.items():
         row = next(line for line in out.splitlines() if line.startswith(f"| {name} |"))
         assert f"| {p.dim} |" in row and p.hub_id in row
+
+
+def test_encoders_verb_filters_by_name_or_builder_tag(capsys: pytest.CaptureFixture) -> None:
+    """`mambamil encoders PATTERN` lists what `list_encoders(PATTERN)` lists (name or builder.name tag, as timm's
+    list_models); a pattern matching nothing is one line, exit 1."""
+    assert main(["encoders", "timm_vit.*"]) == 0
+    listed = {line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    assert listed - {"name"} == set(list_encoders("timm_vit.*")) and "resnet50_trunc" not in listed
+    assert main(["encoders", "resnet50*"]) == 0
+    assert "| resnet50_trunc_native |" in capsys.readouterr().out
+    assert main(["encoders", "no_such_model"]) == 1
+    assert "no encoder preset matches 'no_such_model'" in capsys.readouterr().err
 
 
 # -- one encoder downstream -----------------------------------------------------------------------------------

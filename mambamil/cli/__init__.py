@@ -90,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _set_threads(args.threads)
     try:
         return int(handler(args) or 0)
+    except BrokenPipeError:  # the reader went away (`mambamil encoders | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 0
     except KeyboardInterrupt:
         print(f"mambamil {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -115,6 +115,13 @@ def add_encoders(sub: Subparsers) -> None:
         "timm model is timm:<name>.",
     )
     p.add_argument("--format", choices=("table", "json"), default="table", help="default: %(default)s")
+    p.add_argument(
+        "pattern",
+        nargs="?",
+        default="*",
+        help="only the presets whose name or builder.name tag matches this shell pattern (e.g. 'timm_vit.*', "
+        "'uni*'; default: all)",
+    )
 
 
 def run_encoders(args: argparse.Namespace) -> int:
@@ -122,7 +129,9 @@ def run_encoders(args: argparse.Namespace) -> int:
 
     from mambamil.features.presets import preset_table
 
-    rows = preset_table()
+    rows = preset_table(args.pattern)
+    if not rows:
+        raise MambamilError(f"no encoder preset matches {args.pattern!r} (mambamil encoders lists them all)")
     if args.format == "json":
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0

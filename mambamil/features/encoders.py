@@ -43,6 +43,7 @@ from mambamil.features.presets import (  # noqa: F401  (IMAGENET_*: re-exported)
     SWIGLU_PACKED,
     WEIGHT_FILES,
     Preset,
+    matches,
 )
 from mambamil.features.weights import (  # noqa: F401  (re-exported: the weights half of the encoder API)
     _hub_error,
@@ -133,9 +134,7 @@ def register_preset(row: Preset) -> Preset:
 def list_encoders(pattern: str = "*") -> list[str]:
     """Encoder names whose name or ``builder.name`` tag matches a shell-style ``pattern`` (as timm's
     ``list_models``: ``timm_vit.*`` lists the timm ViT presets); ``timm:<model>`` takes any of timm's."""
-    from fnmatch import fnmatchcase
-
-    return [n for n, p in PRESETS.items() if fnmatchcase(n, pattern) or fnmatchcase(f"{p.family}.{n}", pattern)]
+    return [n for n, p in PRESETS.items() if matches(p, pattern)]
 
 
 def available_encoders() -> list[str]:

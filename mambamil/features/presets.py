@@ -623,6 +623,14 @@ _PRESETS = [
 PRESETS: dict[str, Preset] = {p.name: p for p in _PRESETS}
 
 
-def preset_table() -> list[dict[str, Any]]:
-    """The rows of ``mambamil encoders``."""
-    return [p.describe() for p in _PRESETS]
+def matches(preset: Preset, pattern: str) -> bool:
+    """Whether the preset's name or its ``family.name`` tag matches a shell-style ``pattern`` (as timm's
+    ``list_models``: ``timm_vit.*`` matches the timm ViT presets)."""
+    from fnmatch import fnmatchcase
+
+    return fnmatchcase(preset.name, pattern) or fnmatchcase(f"{preset.family}.{preset.name}", pattern)
+
+
+def preset_table(pattern: str = "*") -> list[dict[str, Any]]:
+    """The rows of ``mambamil encoders`` (the presets :func:`matches` ``pattern``)."""
+    return [p.describe() for p in _PRESETS if matches(p, pattern)]
