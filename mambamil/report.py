@@ -23,6 +23,8 @@ import pandas as pd
 import yaml
 
 from mambamil import __version__, paths
+from mambamil.columns import probability_column
+from mambamil.evaluation.frame import as_settings
 from mambamil.evaluation.registry import label as metric_label
 from mambamil.evaluation.summary import fold_text
 from mambamil.fileio import atomic_output
@@ -210,7 +212,7 @@ def _clinical_section(model: str, folder: Path, result: dict[str, Any]) -> str:
     if result.get("kind") != "classification" or preds is None or preds.empty:
         return ""
     classes = _classes(result, preds)
-    settings = result.get("settings", {})
+    settings = as_settings(result.get("settings") or None)  # the run's; schema defaults for keys it lacks
     parts = [f"<h4>{html.escape(model)}: clinical performance</h4>"]
     matrix = result.get("pooled", {}).get("confusion_matrix")
     if matrix:
@@ -221,10 +223,11 @@ def _clinical_section(model: str, folder: Path, result: dict[str, Any]) -> str:
         per_class = clinical.per_class_auc(preds, classes, settings)
         parts.append("<p>One-vs-rest AUC per class (B = usable resamples)</p>" + _values_table(per_class))
     y = preds["target"].to_numpy(dtype=int)
-    level = settings.get("confidence_level", 0.95)
+    level = settings.confidence_level
     calib = []
     for k in [1] if len(classes) == 2 else range(len(classes)):
-        fit = clinical.calibration_slope_intercept(y == k, preds[f"prob_{classes[k]}"].to_numpy(dtype=float), level)
+        prob = preds[probability_column(classes[k])].to_numpy(dtype=float)
+        fit = clinical.calibration_slope_intercept(y == k, prob, level)
         calib.append({"class": classes[k], **fit})
     parts.append(
         f"<p>Calibration slope and intercept (logistic recalibration, {100 * level:g} % Wald intervals; ideal: "

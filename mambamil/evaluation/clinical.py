@@ -13,7 +13,12 @@ import numpy as np
 import pandas as pd
 
 from mambamil.columns import probability_column
+from mambamil.errors import one_line
 from mambamil.evaluation import bootstrap as bs
+from mambamil.evaluation.frame import EvaluationSettings, as_settings
+
+#: A run's ``evaluation`` settings: the dataclass, or the dict metrics.json keeps of it.
+Settings = EvaluationSettings | dict[str, Any] | None
 
 #: Risk thresholds of the decision curve: 1 % to 99 % in steps of 1 %.
 DECISION_THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)
@@ -46,7 +51,7 @@ def calibration_slope_intercept(positive: np.ndarray, prob: np.ndarray, level: f
             fit_slope = sm.GLM(y, sm.add_constant(lp, has_constant="add"), family=family).fit()
             fit_large = sm.GLM(y, np.ones((len(y), 1)), family=family, offset=lp).fit()
     except (ValueError, np.linalg.LinAlgError) as exc:  # perfect separation and the like
-        return out | {"reason": " ".join(str(exc).split()) or type(exc).__name__}
+        return out | {"reason": one_line(exc) or type(exc).__name__}
     (slope_low, slope_high) = fit_slope.conf_int(1 - level)[1]
     (int_low, int_high) = fit_large.conf_int(1 - level)[0]
     return {
@@ -106,15 +111,15 @@ def decision_curve_png(curve: pd.DataFrame, title: str) -> bytes:
     return buffer.getvalue()
 
 
-def _interval_of(statistic, groups: np.ndarray, settings: dict[str, Any]) -> tuple[float, float, int]:
-    W = bs.bootstrap_weights(groups, settings.get("n_resamples", 1000), settings.get("seed", 0))
-    low, high, used, _ = bs.interval(
-        settings.get("interval", "percentile"), statistic(W), statistic, groups, settings.get("confidence_level", 0.95)
-    )
+def _interval_of(statistic, groups: np.ndarray, settings: Settings) -> tuple[float, float, int]:
+    """The run's bootstrap interval (its evaluation settings; the schema's defaults for keys it lacks)."""
+    s = as_settings(settings)
+    W = bs.bootstrap_weights(groups, s.n_resamples, s.seed)
+    low, high, used, _ = bs.interval(s.interval, statistic(W), statistic, groups, s.confidence_level)
     return low, high, used
 
 
-def per_class_auc(preds: pd.DataFrame, classes: list[str], settings: dict[str, Any]) -> pd.DataFrame:
+def per_class_auc(preds: pd.DataFrame, classes: list[str], settings: Settings) -> pd.DataFrame:
     """One-vs-rest AUC of each class (scikit-learn), with its patient-bootstrap interval (``settings``: the
     ``evaluation`` settings of the run) and the usable resamples."""
     from sklearn.metrics import roc_auc_score
@@ -137,7 +142,7 @@ def per_class_auc(preds: pd.DataFrame, classes: list[str], settings: dict[str, A
     return pd.DataFrame(rows, dtype=object)
 
 
-def operating_points(preds: pd.DataFrame, classes: list[str], settings: dict[str, Any]) -> pd.DataFrame:
+def operating_points(preds: pd.DataFrame, classes: list[str], settings: Settings) -> pd.DataFrame:
     """The threshold on the positive class's probability (``classes[1]``) of each test fold (chosen on its
     validation predictions; the ``threshold`` column) and, per fold and pooled, the counts at that threshold with
     sensitivity, specificity, PPV and NPV (scikit-learn's confusion matrix; the pooled rows with their bootstrap
