@@ -55,7 +55,7 @@ from mambamil.features.encoders import (
     weights_kind,
 )
 from mambamil.features.presets import PRESETS
-from mambamil.features.stain import NO_STAIN_ATTRS, StainNormaliser, read_reference
+from mambamil.features.stain import NO_STAIN_ATTRS, StainNormaliser, read_reference, reference_path
 from mambamil.h5layout import FEATURES_FORMAT_VERSION, CoordsFile, read_coords, read_feature_attrs, write_features
 from mambamil.slide import Slide, open_slide
 
@@ -186,9 +186,7 @@ def _stained(settings: FeatureSettings) -> bool:
 
 
 def _reference_sha(settings: FeatureSettings) -> str:
-    from mambamil.features.stain import DEFAULT_REFERENCE
-
-    return read_reference(settings.stain_reference or DEFAULT_REFERENCE)[1]
+    return read_reference(reference_path(settings.stain_reference))[1]
 
 
 # -- one slide --------------------------------------------------------------------------------------------

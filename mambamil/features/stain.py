@@ -64,6 +64,11 @@ def tissue_fraction(x: torch.Tensor) -> float:
     return float((_optical_density(x) >= BETA).all(dim=0).float().mean())
 
 
+def reference_path(reference: str | Path | None) -> Path:
+    """The reference tile a ``features.stain_reference`` setting names: the file given, else the shipped one."""
+    return Path(reference) if reference else DEFAULT_REFERENCE
+
+
 def read_reference(path: str | Path) -> tuple[np.ndarray, str]:
     """A reference tile as uint8 RGB and its file's SHA-256; a one-line error naming the file otherwise."""
     from PIL import Image, UnidentifiedImageError
@@ -90,7 +95,7 @@ class StainNormaliser:
         if method not in STAIN_METHODS[1:]:
             raise MambamilError(f"features.stain_norm must be one of {', '.join(STAIN_METHODS)}, got {method!r}")
         self.method = method
-        self.reference = Path(reference) if reference else DEFAULT_REFERENCE
+        self.reference = reference_path(reference)
         rgb, self.reference_sha256 = read_reference(self.reference)
         target = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().to(device)
         if tissue_fraction(target) < MIN_TISSUE_FRACTION:
